@@ -1,0 +1,221 @@
+//! The Lua surface: one module per namespace, installed into a VM's globals by
+//! [`install`]. This layer only translates: Lua options tables become typed
+//! Rust specs (unknown keys refused at the line that wrote them), typed results
+//! become plain Lua tables, and failures become Lua errors — a message naming
+//! the field for misuse, a structured value (`kind`, `code`, `retryable`,
+//! `op`, `message`) for operational failures.
+
+mod ec2;
+mod net;
+mod opts;
+mod util;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
+use serde::Serialize;
+
+use crate::cloud::{AwsError, Cloud};
+use crate::host::Vm;
+use crate::network::{NetError, Waits};
+
+pub use opts::RefArg;
+
+/// What every primitive can reach.
+pub struct Context {
+    pub cloud: Arc<Cloud>,
+    pub waits: Waits,
+}
+
+/// A failure a primitive reports to the script.
+#[derive(Debug)]
+pub enum ApiError {
+    /// Misuse: raised as the string `file:line: prim: opts.field: message`.
+    Usage(String),
+    /// An operational failure: raised as a structured error value.
+    Fail(Failure),
+}
+
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub kind: &'static str,
+    pub op: String,
+    pub message: String,
+    pub code: Option<String>,
+    pub retryable: bool,
+    #[serde(skip)]
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn usage(prim: &str, msg: impl std::fmt::Display) -> ApiError {
+        ApiError::Usage(format!("{prim}: {msg}"))
+    }
+
+    pub fn field(prim: &str, field: &str, msg: impl std::fmt::Display) -> ApiError {
+        ApiError::Usage(format!("{prim}: opts.{field}: {msg}"))
+    }
+
+    pub fn fail(kind: &'static str, op: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Fail(Failure {
+            kind,
+            op: op.into(),
+            message: message.into(),
+            code: None,
+            retryable: false,
+            details: None,
+        })
+    }
+
+    pub fn aws(e: AwsError) -> ApiError {
+        ApiError::Fail(Failure {
+            kind: "aws",
+            op: e.op.to_string(),
+            message: e.message,
+            code: e.code,
+            retryable: e.retryable,
+            details: None,
+        })
+    }
+
+    pub fn net(prim: &str, e: NetError) -> ApiError {
+        match e {
+            NetError::Invalid { field, message } => ApiError::field(prim, &field, message),
+            NetError::Conflict { field, message } => ApiError::fail("conflict", prim, format!("opts.{field}: {message}")),
+            NetError::Aws(e) => ApiError::aws(e),
+            NetError::Timeout(m) => ApiError::fail("timeout", prim, m),
+        }
+    }
+}
+
+pub type ApiResult = Result<Value, ApiError>;
+
+/// Converts a Rust result to the Lua values the wrapper expects: `true, value` or `false, err`.
+fn settle(lua: &Lua, r: ApiResult) -> mlua::Result<(bool, Value)> {
+    match r {
+        Ok(v) => Ok((true, v)),
+        Err(ApiError::Usage(m)) => Ok((false, Value::String(lua.create_string(m)?))),
+        Err(ApiError::Fail(f)) => {
+            let t: Table = lua.create_table()?;
+            t.set("kind", f.kind)?;
+            t.set("op", f.op)?;
+            t.set("message", f.message)?;
+            t.set("code", f.code)?;
+            t.set("retryable", f.retryable)?;
+            if let Some(d) = f.details {
+                t.set("details", d)?;
+            }
+            Ok((false, Value::Table(t)))
+        }
+    }
+}
+
+/// Serializes a result for Lua: `None` becomes nil, not a null sentinel.
+pub fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> ApiResult {
+    let opts = mlua::serde::SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false)
+        .set_array_metatable(false);
+    lua.to_value_with(v, opts)
+        .map_err(|e| ApiError::fail("internal", "serialize", e.to_string()))
+}
+
+/// The Lua half of every primitive: raises what the Rust half returned, at the caller's line.
+const WRAPPER: &str = r#"
+local where_ = ...
+local Error = { __name = "skiff.error" }
+Error.__index = Error
+Error.__tostring = function(e)
+  local s = e.where and (e.where .. ": ") or ""
+  if e.op then s = s .. e.op .. ": " end
+  s = s .. tostring(e.message)
+  if e.code then s = s .. " (" .. e.code .. ")" end
+  return s
+end
+local function wrap(raw)
+  return function(...)
+    local ok, v = raw(...)
+    if ok then return v end
+    if type(v) == "string" then error(v, 2) end
+    v.where = where_()
+    error(setmetatable(v, Error), 0)
+  end
+end
+return wrap, Error
+"#;
+
+/// Builds primitives for one VM.
+pub struct Registrar {
+    lua: Lua,
+    wrap: Function,
+    pub ctx: Arc<Context>,
+}
+
+impl Registrar {
+    fn new(lua: &Lua, ctx: Arc<Context>) -> mlua::Result<Registrar> {
+        // Level 0 is this function, 1 the wrapper, 2 the script that called the primitive.
+        let where_ = lua.create_function(|lua, ()| {
+            Ok(lua.inspect_stack(2, |d| {
+                let src = d.source();
+                match (src.short_src, d.current_line()) {
+                    (Some(s), Some(l)) => Some(format!("{s}:{l}")),
+                    _ => None,
+                }
+            }))
+        })?;
+        let (wrap, error_mt): (Function, Table) = lua
+            .load(WRAPPER)
+            .set_name(crate::host::INTERNAL_CHUNK)
+            .call(where_)?;
+        lua.set_named_registry_value("skiff.error", error_mt)?;
+        Ok(Registrar {
+            lua: lua.clone(),
+            wrap,
+            ctx,
+        })
+    }
+
+    /// An async primitive taking one options value.
+    pub fn async_fn<F, Fut>(&self, f: F) -> mlua::Result<Function>
+    where
+        F: Fn(Lua, Arc<Context>, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ApiResult> + Send + 'static,
+    {
+        let ctx = self.ctx.clone();
+        let raw = self.lua.create_async_function(move |lua: Lua, v: Value| {
+            let fut = f(lua.clone(), ctx.clone(), v);
+            async move {
+                let r = fut.await;
+                settle(&lua, r)
+            }
+        })?;
+        self.wrap.call(raw)
+    }
+
+    /// A synchronous primitive taking any arguments.
+    pub fn sync_fn<F>(&self, f: F) -> mlua::Result<Function>
+    where
+        F: Fn(&Lua, &Context, mlua::MultiValue) -> ApiResult + Send + Sync + 'static,
+    {
+        let ctx = self.ctx.clone();
+        let raw = self
+            .lua
+            .create_function(move |lua, args: mlua::MultiValue| settle(lua, f(lua, &ctx, args)))?;
+        self.wrap.call(raw)
+    }
+}
+
+/// Installs every namespace and global primitive into a VM, plus `args`.
+pub fn install(vm: &Vm, ctx: Arc<Context>, args: &[String]) -> mlua::Result<()> {
+    let lua = vm.lua();
+    let reg = Registrar::new(lua, ctx)?;
+    ec2::register(lua, &reg)?;
+    net::register(lua, &reg)?;
+    util::register(lua, &reg)?;
+    lua.globals().set("args", util::args_table(lua, args)?)?;
+    Ok(())
+}
+
+/// Names of the namespaces and global primitives skiff installs, for REPL completion.
+pub const NAMESPACES: &[&str] = &["ec2", "net", "log", "time", "json"];

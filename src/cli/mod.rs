@@ -1,0 +1,102 @@
+//! The `skiff` command line: one module per verb.
+
+mod repl;
+mod run;
+mod spec;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::{self, Context};
+use crate::cloud::Cloud;
+use crate::config::{ByteSize, Config};
+use crate::host::{Vm, VmOptions};
+use crate::network::Waits;
+
+#[derive(Parser, Debug)]
+#[command(name = "skiff", version, about = "Lua-scriptable backup engine for AWS EC2 workloads")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a Lua runbook.
+    Run(run::RunArgs),
+    /// Open an interactive Lua session with every primitive loaded.
+    Repl(repl::ReplArgs),
+    /// Run Lua spec files (describe/it/expect); the exit code reflects failures.
+    Test(spec::TestArgs),
+}
+
+/// Options every script-running verb shares.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ScriptOpts {
+    /// Config file (default: skiff.toml beside the script, else in the current directory).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Give scripts the full Lua standard library (os.execute, io.popen, debug, C modules).
+    #[arg(long, global = true)]
+    pub unsafe_lua: bool,
+    /// Memory limit per script VM, e.g. 256MiB (default from skiff.toml, else 256MiB).
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
+    /// Instructions one top-level call may run (default from skiff.toml, else 1e9).
+    #[arg(long, global = true, value_name = "N")]
+    pub instruction_limit: Option<u64>,
+}
+
+/// A loaded config, the cloud clients built from it, and VM options.
+pub struct Session {
+    pub config: Arc<Config>,
+    pub ctx: Arc<Context>,
+    pub vm_options: VmOptions,
+}
+
+impl Session {
+    pub async fn open(opts: &ScriptOpts, script: Option<&Path>) -> anyhow::Result<Session> {
+        let config = Arc::new(Config::discover(opts.config.as_deref(), script)?);
+        let mut limits = config.lua.clone();
+        if let Some(m) = opts.memory_limit {
+            limits.memory_limit = m;
+        }
+        if let Some(n) = opts.instruction_limit {
+            limits.instruction_limit = n;
+        }
+        let mut search_dirs = Vec::new();
+        if let Some(dir) = script.and_then(|s| s.parent()) {
+            search_dirs.push(dir.to_path_buf());
+        }
+        let cloud = Arc::new(Cloud::load(config.clone()).await);
+        Ok(Session {
+            config,
+            ctx: Arc::new(Context {
+                cloud,
+                waits: Waits::default(),
+            }),
+            vm_options: VmOptions {
+                unsafe_lua: opts.unsafe_lua,
+                limits,
+                search_dirs,
+            },
+        })
+    }
+
+    /// A fresh VM with every primitive installed.
+    pub fn vm(&self, args: &[String]) -> anyhow::Result<Vm> {
+        let vm = Vm::new(&self.vm_options)?;
+        api::install(&vm, self.ctx.clone(), args).map_err(|e| anyhow::anyhow!("cannot install the Lua API: {e}"))?;
+        Ok(vm)
+    }
+}
+
+pub async fn main(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(a) => run::run(a).await,
+        Command::Repl(a) => repl::repl(a).await,
+        Command::Test(a) => spec::test(a).await,
+    }
+}

@@ -1,0 +1,248 @@
+//! Cloud clients: one SDK configuration per (account, region), accounts reached
+//! by assuming their role through STS from the ambient credentials (the
+//! standard AWS chain, `AWS_ENDPOINT_URL` included).
+
+mod error;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+
+pub use error::{AwsError, is_retryable_code};
+
+use crate::config::Config;
+
+/// The account name that stands for the ambient credentials.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// Where a call goes: an account named in `skiff.toml` (or `default`) and a region.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    pub account: String,
+    pub region: String,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "account {}, region {}", self.account, self.region)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("unknown account {name:?}: {known}")]
+    UnknownAccount { name: String, known: String },
+    #[error("no region: pass region = \"…\", set `region` in skiff.toml or AWS_REGION")]
+    NoRegion,
+    #[error("invalid region {0:?}: expected a name such as \"us-east-1\"")]
+    BadRegion(String),
+}
+
+/// Extracts the account id from `arn:aws:iam::123456789012:role/name`.
+pub fn account_id_of_role(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    let (arn_kw, _partition, service, _region, account, resource) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let ok = arn_kw == "arn"
+        && service == "iam"
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource.starts_with("role/")
+        && resource.len() > 5;
+    ok.then_some(account)
+}
+
+fn valid_region(r: &str) -> bool {
+    // e.g. us-east-1, eu-central-2, us-gov-west-1, ap-southeast-4
+    let parts: Vec<&str> = r.split('-').collect();
+    parts.len() >= 3
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && parts.last().unwrap().bytes().all(|b| b.is_ascii_digit())
+}
+
+pub struct Cloud {
+    base: SdkConfig,
+    config: Arc<Config>,
+    sessions: Mutex<HashMap<Scope, SdkConfig>>,
+    account_ids: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Cloud {
+    /// Loads the ambient AWS configuration (environment, profiles, SSO, IMDS…).
+    pub async fn load(config: Arc<Config>) -> Cloud {
+        let base = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        Self::with_base(base, config)
+    }
+
+    pub fn with_base(base: SdkConfig, config: Arc<Config>) -> Cloud {
+        Cloud {
+            base,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            account_ids: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Names of every account a script may use, `default` first.
+    pub fn account_names(&self) -> Vec<String> {
+        std::iter::once(DEFAULT_ACCOUNT.to_string())
+            .chain(self.config.accounts.keys().cloned())
+            .collect()
+    }
+
+    /// Resolves optional account and region arguments to a scope, applying the
+    /// defaults: the config's `default_account`, then the account's region,
+    /// the config's region, and the ambient region.
+    pub fn scope(&self, account: Option<&str>, region: Option<&str>) -> Result<Scope, ScopeError> {
+        let account = account
+            .or(self.config.default_account.as_deref())
+            .unwrap_or(DEFAULT_ACCOUNT);
+        let account_region = if account == DEFAULT_ACCOUNT {
+            None
+        } else {
+            let Some(acc) = self.config.accounts.get(account) else {
+                let known = if self.config.accounts.is_empty() {
+                    "skiff.toml declares no [accounts]".to_string()
+                } else {
+                    format!(
+                        "skiff.toml declares {}",
+                        self.config.accounts.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                    )
+                };
+                return Err(ScopeError::UnknownAccount {
+                    name: account.to_string(),
+                    known,
+                });
+            };
+            acc.region.as_deref()
+        };
+        let region = region
+            .or(account_region)
+            .or(self.config.region.as_deref())
+            .or(self.base.region().map(|r| r.as_ref()))
+            .ok_or(ScopeError::NoRegion)?;
+        if !valid_region(region) {
+            return Err(ScopeError::BadRegion(region.to_string()));
+        }
+        Ok(Scope {
+            account: account.to_string(),
+            region: region.to_string(),
+        })
+    }
+
+    /// The SDK configuration for a scope; role sessions are created once per scope.
+    pub async fn sdk(&self, scope: &Scope) -> SdkConfig {
+        if let Some(c) = self.sessions.lock().unwrap().get(scope) {
+            return c.clone();
+        }
+        let region = Region::new(scope.region.clone());
+        let mut builder = self.base.to_builder();
+        builder.set_region(Some(region.clone()));
+        if let Some(acc) = self.config.accounts.get(&scope.account) {
+            let mut provider = AssumeRoleProvider::builder(acc.role_arn.clone())
+                .session_name("skiff")
+                .region(region)
+                .configure(&self.base);
+            if let Some(ext) = &acc.external_id {
+                provider = provider.external_id(ext.clone());
+            }
+            let provider = provider.build().await;
+            builder.set_credentials_provider(Some(SharedCredentialsProvider::new(provider)));
+        }
+        let sdk = builder.build();
+        self.sessions.lock().unwrap().insert(scope.clone(), sdk.clone());
+        sdk
+    }
+
+    pub async fn ec2(&self, scope: &Scope) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk(scope).await)
+    }
+
+    pub async fn sts(&self, scope: &Scope) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::new(&self.sdk(scope).await)
+    }
+
+    /// The 12-digit id of an account: from its role ARN, or for `default`
+    /// from STS GetCallerIdentity (asked once).
+    pub async fn account_id(&self, scope: &Scope) -> Result<String, AwsError> {
+        if let Some(acc) = self.config.accounts.get(&scope.account) {
+            if let Some(id) = account_id_of_role(&acc.role_arn) {
+                return Ok(id.to_string());
+            }
+        }
+        let mut ids = self.account_ids.lock().await;
+        if let Some(id) = ids.get(&scope.account) {
+            return Ok(id.clone());
+        }
+        let out = self
+            .sts(scope)
+            .await
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("sts:GetCallerIdentity", e))?;
+        let id = out.account().unwrap_or_default().to_string();
+        ids.insert(scope.account.clone(), id.clone());
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cloud(toml: &str) -> Cloud {
+        let config = Config::parse(toml, std::path::Path::new("skiff.toml")).unwrap();
+        let base = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        Cloud::with_base(base, Arc::new(config))
+    }
+
+    #[test]
+    fn role_arns() {
+        assert_eq!(account_id_of_role("arn:aws:iam::111111111111:role/skiff"), Some("111111111111"));
+        assert_eq!(account_id_of_role("arn:aws:iam::111111111111:user/skiff"), None);
+        assert_eq!(account_id_of_role("arn:aws:iam::1111:role/skiff"), None);
+    }
+
+    #[test]
+    fn scope_defaults() {
+        let c = cloud(
+            "region = \"eu-west-1\"\n[accounts.repo]\nrole_arn = \"arn:aws:iam::222222222222:role/r\"\nregion = \"us-west-2\"\n",
+        );
+        assert_eq!(
+            c.scope(None, None).unwrap(),
+            Scope { account: "default".into(), region: "eu-west-1".into() }
+        );
+        assert_eq!(c.scope(Some("repo"), None).unwrap().region, "us-west-2");
+        assert_eq!(c.scope(Some("repo"), Some("ap-south-1")).unwrap().region, "ap-south-1");
+        assert_eq!(
+            c.scope(Some("prod"), None).unwrap_err().to_string(),
+            "unknown account \"prod\": skiff.toml declares \"repo\""
+        );
+        assert_eq!(
+            c.scope(None, Some("useast1")).unwrap_err().to_string(),
+            "invalid region \"useast1\": expected a name such as \"us-east-1\""
+        );
+    }
+
+    #[test]
+    fn no_region_anywhere() {
+        let c = cloud("");
+        assert!(matches!(c.scope(None, None), Err(ScopeError::NoRegion)));
+    }
+}

@@ -1,0 +1,11 @@
+//! skiff: a Lua-scriptable engine that protects AWS EC2 workloads.
+//!
+//! The host runs Lua runbooks and policies; the primitives they call live in
+//! the area modules below, which know nothing of Lua.
+
+pub mod cloud;
+pub mod config;
+pub mod network;
+pub mod api;
+pub mod cli;
+pub mod host;
