@@ -220,6 +220,7 @@ struct VerifyOpts {
     #[serde(default)]
     services: Vec<String>,
     repository_vpc: Option<RefArg>,
+    from: Option<String>,
     #[serde(default)]
     strict: bool,
     account: Option<String>,
@@ -282,10 +283,12 @@ async fn verify_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         .as_ref()
         .map(|v| v.resolve(&ctx, P, "repository_vpc", "vpc", a, r))
         .transpose()?;
+    let from = o.from.as_deref().map(|f| super::ec2::parse_cidr(P, "from", f)).transpose()?;
     let spec = verify::VerifySpec {
         subnets,
         services: o.services,
         repository_vpc,
+        from,
     };
     let report = run_verify(&ctx, &spec).await.map_err(|e| ApiError::net(P, e))?;
     let out = to_lua(&lua, &report_out(&report))?;

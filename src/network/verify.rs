@@ -18,6 +18,9 @@ pub struct VerifySpec {
     /// The VPC holding the repository's S3 interface endpoint, if workers
     /// reach the repository through peering.
     pub repository_vpc: Option<ResourceRef>,
+    /// The addresses the traffic comes from (default: each subnet's CIDR),
+    /// e.g. the one address of an appliance inside its subnet.
+    pub from: Option<Cidr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,10 +214,19 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
     for s in &subnets {
         let worker = vpc::lookup(cloud, "subnets", &ResourceRef { id: s.vpc_id.clone(), scope: s.scope.clone() }).await?;
         let endpoints = endpoint::of_vpc(cloud, &worker.as_ref(), None).await?;
-        let worker_label = format!("the worker subnet {}", s.id);
+        if let Some(from) = &spec.from {
+            if !s.cidr.contains(from) {
+                return Err(NetError::invalid("from", format!("{from} is not inside subnet {} ({})", s.id, s.cidr)));
+            }
+        }
+        let source = spec.from.unwrap_or(s.cidr);
+        let worker_label = match spec.from {
+            Some(_) => format!("the address in subnet {}", s.id),
+            None => format!("the worker subnet {}", s.id),
+        };
         for svc in &spec.services {
             if let Some(e) = c.interface_endpoint(&worker, &endpoints, svc, "worker VPC").cloned() {
-                c.check_groups(&e, svc, &s.cidr, &worker_label).await?;
+                c.check_groups(&e, svc, &source, &worker_label).await?;
             }
         }
         if let Some(repo) = &repo {
@@ -227,7 +239,7 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
             }
             let s3 = c.interface_endpoint(repo, &repo_endpoints, "s3", "repository VPC").cloned();
             if let Some(e) = &s3 {
-                c.check_groups(e, "s3", &s.cidr, &worker_label).await?;
+                c.check_groups(e, "s3", &source, &worker_label).await?;
             }
             if repo.id != worker.id {
                 c.check_path(&worker, s, repo, s3.as_ref()).await?;

@@ -1,0 +1,5 @@
+"""Corrections that make moto behave like AWS where skiff's tests depend on it.
+
+Each module patches one service and documents, rule by rule, the AWS behaviour
+it restores. They are applied when this package is imported.
+"""
