@@ -48,7 +48,11 @@ fn reword(path: &str, msg: &str) -> (String, String) {
     if let Some(rest) = msg.strip_prefix("unknown field ") {
         let (field, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
         let field = strip(field);
-        let full = if path.is_empty() { field } else { format!("{path}.{field}") };
+        let full = if path.is_empty() || path == field || path.ends_with(&format!(".{field}")) {
+            if path.is_empty() { field } else { path.to_string() }
+        } else {
+            format!("{path}.{field}")
+        };
         let expected = strip(expected).trim_start_matches("one of ").to_string();
         let hint = if expected.is_empty() { String::new() } else { format!("; expected one of {expected}") };
         return (full, format!("unknown option{hint}"));

@@ -64,7 +64,7 @@ fn clean_traceback(tb: &str) -> Option<String> {
         .filter(|l| {
             let t = l.trim();
             !(t.contains(internal)
-                || t.starts_with("[C]: in function 'xpcall'")
+                || (t.starts_with("[C]: in ") && t.ends_with("'xpcall'"))
                 || t.starts_with("[C]: in ?")
                 || t.contains("__mlua"))
         })

@@ -37,6 +37,26 @@ struct Budget {
     limit: u64,
 }
 
+impl Budget {
+    fn exhausted(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.limit
+    }
+}
+
+/// `pcall`, `xpcall` and `coroutine.resume` that cannot swallow a spent
+/// instruction budget: once it is spent, whatever they caught is raised again.
+const UNCATCHABLE_BUDGET: &str = r#"
+local exhausted, budget_error = ...
+local pcall_, xpcall_, resume = pcall, xpcall, coroutine.resume
+local function check(ok, ...)
+  if not ok and exhausted() then error(budget_error(), 0) end
+  return ok, ...
+end
+pcall = function(...) return check(pcall_(...)) end
+xpcall = function(...) return check(xpcall_(...)) end
+coroutine.resume = function(...) return check(resume(...)) end
+"#;
+
 pub struct Vm {
     lua: Lua,
     budget: Arc<Budget>,
@@ -79,6 +99,12 @@ fn sandbox(lua: &Lua) -> mlua::Result<()> {
         .call::<Function>(load)?;
     g.set("load", text_load)?;
     Ok(())
+}
+
+fn budget_message(limit: u64) -> String {
+    format!(
+        "instruction limit reached: the script ran {limit} VM instructions without finishing (time spent waiting on primitives does not count); raise it with --instruction-limit or [lua] instruction_limit in skiff.toml"
+    )
 }
 
 impl Vm {
@@ -144,11 +170,13 @@ impl Vm {
                 (Some(s), Some(l)) => format!("{s}:{l}: "),
                 _ => String::new(),
             };
-            Err(mlua::Error::runtime(format!(
-                "{place}instruction limit reached: the script ran {} VM instructions without finishing (time spent waiting on primitives does not count); raise it with --instruction-limit or [lua] instruction_limit in skiff.toml",
-                b.limit
-            )))
+            Err(mlua::Error::runtime(format!("{place}{}", budget_message(b.limit))))
         })?;
+        let (b1, b2) = (budget.clone(), budget.clone());
+        lua.load(UNCATCHABLE_BUDGET).set_name(INTERNAL_CHUNK).call::<()>((
+            lua.create_function(move |_, ()| Ok(b1.exhausted()))?,
+            lua.create_function(move |_, ()| Ok(budget_message(b2.limit)))?,
+        ))?;
         lua.set_memory_limit(opts.limits.memory_limit.0 as usize)?;
         Ok(Vm {
             lua,

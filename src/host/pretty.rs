@@ -155,12 +155,12 @@ mod tests {
     fn renders_tables_sorted_and_cycles() {
         let lua = Lua::new();
         let v: Value = lua
-            .load(r#"local t = { 1, "two", zeta = true, alpha = { x = 1 }, ["with space"] = 2.5 } t.self = t return t"#)
+            .load(r#"local t = { 1, "two", zeta = true, alpha = { x = 1 }, ["a b"] = 2.5 } t.self = t return t"#)
             .eval()
             .unwrap();
         assert_eq!(
             pretty(&v),
-            r#"{ 1, "two", alpha = { x = 1 }, self = <cycle>, ["with space"] = 2.5, zeta = true }"#
+            r#"{ 1, "two", ["a b"] = 2.5, alpha = { x = 1 }, self = <cycle>, zeta = true }"#
         );
     }
 

@@ -1,0 +1,10 @@
+//! skiff's integration tests: one binary (debug binaries are large), one
+//! emulator per run of this binary, one fresh emulated AWS account per test
+//! so tests run in parallel without sharing state.
+
+mod harness;
+
+mod examples;
+mod host;
+mod network;
+mod specs;
