@@ -9,7 +9,11 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
     entries.sort_by_key(|e| e.path());
     for e in entries {
         let p = e.path();
-        let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = p
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
         if p.is_dir() {
             if rel != "types" {
                 walk(&p, root, out);
@@ -28,7 +32,11 @@ fn main() {
     let mut code = String::from("pub static STDLIB: &[(&str, &str)] = &[\n");
     for f in &files {
         println!("cargo:rerun-if-changed=stdlib/{f}");
-        writeln!(code, "    ({f:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/stdlib/{f}\"))),").unwrap();
+        writeln!(
+            code,
+            "    ({f:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/stdlib/{f}\"))),"
+        )
+        .unwrap();
     }
     code.push_str("];\n");
     let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("stdlib.rs");

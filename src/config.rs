@@ -155,15 +155,13 @@ impl Config {
         if let Some(path) = explicit {
             return Self::load(path);
         }
-        let beside_script = script
-            .and_then(|s| s.parent())
-            .map(|dir| {
-                if dir.as_os_str().is_empty() {
-                    PathBuf::from(FILE_NAME)
-                } else {
-                    dir.join(FILE_NAME)
-                }
-            });
+        let beside_script = script.and_then(|s| s.parent()).map(|dir| {
+            if dir.as_os_str().is_empty() {
+                PathBuf::from(FILE_NAME)
+            } else {
+                dir.join(FILE_NAME)
+            }
+        });
         for candidate in beside_script.into_iter().chain([PathBuf::from(FILE_NAME)]) {
             if candidate.is_file() {
                 return Self::load(&candidate);
@@ -250,8 +248,11 @@ instruction_limit = 1000
 
     #[test]
     fn rejects_bad_role_arn() {
-        let e = Config::parse("[accounts.b]\nrole_arn = \"nope\"\n", Path::new("skiff.toml"))
-            .unwrap_err();
+        let e = Config::parse(
+            "[accounts.b]\nrole_arn = \"nope\"\n",
+            Path::new("skiff.toml"),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "skiff.toml: accounts.b.role_arn: expected a role ARN such as \"arn:aws:iam::123456789012:role/skiff\", got \"nope\""

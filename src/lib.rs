@@ -3,9 +3,9 @@
 //! The host runs Lua runbooks and policies; the primitives they call live in
 //! the area modules below, which know nothing of Lua.
 
-pub mod cloud;
-pub mod config;
-pub mod network;
 pub mod api;
 pub mod cli;
+pub mod cloud;
+pub mod config;
 pub mod host;
+pub mod network;

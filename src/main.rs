@@ -4,7 +4,9 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let cli = skiff::cli::Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info,aws_config=error,aws_smithy_runtime=warn,hyper=warn")))
+        .with_env_filter(EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| {
+            EnvFilter::new("info,aws_config=error,aws_smithy_runtime=warn,hyper=warn")
+        }))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)

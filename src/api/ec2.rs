@@ -6,11 +6,11 @@ use mlua::{Lua, Table, Value};
 use serde::{Deserialize, Serialize};
 
 use super::opts::{self, RefArg, Tags};
-use super::{ApiError, ApiResult, Context, Registrar, to_lua};
+use super::{to_lua, ApiError, ApiResult, Context, Registrar};
 use crate::network::security_group::{self, Proto, Rule, SecurityGroup};
 use crate::network::subnet::{self, Subnet};
 use crate::network::vpc::{self, Vpc};
-use crate::network::{Cidr, cidr};
+use crate::network::{cidr, Cidr};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,7 +128,14 @@ async fn subnet_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "ec2.subnet";
     let o: SubnetOpts = opts::parse(P, v)?;
     let cidr = parse_cidr(P, "cidr", &o.cidr)?;
-    let vpc = o.vpc.resolve(&ctx, P, "vpc", "vpc", o.account.as_deref(), o.region.as_deref())?;
+    let vpc = o.vpc.resolve(
+        &ctx,
+        P,
+        "vpc",
+        "vpc",
+        o.account.as_deref(),
+        o.region.as_deref(),
+    )?;
     let spec = subnet::SubnetSpec {
         vpc,
         cidr,
@@ -191,7 +198,13 @@ fn rule_out(r: &Rule) -> RuleOut {
             Proto::Icmp => "icmp",
             Proto::All => "all",
         },
-        port: r.ports.map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }),
+        port: r.ports.map(|(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        }),
         cidr: r.cidr.to_string(),
     }
 }
@@ -210,18 +223,24 @@ struct SecurityGroupOut<'a> {
 }
 
 fn parse_rules(prim: &str, rules: &[RuleOpts]) -> Result<Vec<Rule>, ApiError> {
-    rules.iter().enumerate().map(|(i, r)| r.to_rule(prim, i)).collect()
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.to_rule(prim, i))
+        .collect()
 }
 
 impl RuleOpts {
     fn to_rule(&self, prim: &str, i: usize) -> Result<Rule, ApiError> {
         let field = |f: &str| format!("ingress[{}].{f}", i + 1);
-        let proto = Proto::parse(&self.proto).map_err(|m| ApiError::field(prim, &field("proto"), m))?;
+        let proto =
+            Proto::parse(&self.proto).map_err(|m| ApiError::field(prim, &field("proto"), m))?;
         let port = self.port.as_ref().map(|p| match p {
             PortOpt::N(n) => n.to_string(),
             PortOpt::S(s) => s.clone(),
         });
-        let ports = security_group::parse_ports(proto, port.as_deref()).map_err(|m| ApiError::field(prim, &field("port"), m))?;
+        let ports = security_group::parse_ports(proto, port.as_deref())
+            .map_err(|m| ApiError::field(prim, &field("port"), m))?;
         let cidr = parse_cidr(prim, &field("cidr"), &self.cidr)?;
         Ok(Rule { proto, ports, cidr })
     }
@@ -231,7 +250,14 @@ async fn security_group_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "ec2.security_group";
     let o: SecurityGroupOpts = opts::parse(P, v)?;
     let ingress = parse_rules(P, &o.ingress)?;
-    let vpc = o.vpc.resolve(&ctx, P, "vpc", "vpc", o.account.as_deref(), o.region.as_deref())?;
+    let vpc = o.vpc.resolve(
+        &ctx,
+        P,
+        "vpc",
+        "vpc",
+        o.account.as_deref(),
+        o.region.as_deref(),
+    )?;
     let spec = security_group::SecurityGroupSpec {
         vpc,
         name: o.name,

@@ -82,7 +82,9 @@ impl ApiError {
     pub fn net(prim: &str, e: NetError) -> ApiError {
         match e {
             NetError::Invalid { field, message } => ApiError::field(prim, &field, message),
-            NetError::Conflict { field, message } => ApiError::fail("conflict", prim, format!("opts.{field}: {message}")),
+            NetError::Conflict { field, message } => {
+                ApiError::fail("conflict", prim, format!("opts.{field}: {message}"))
+            }
             NetError::Aws(e) => ApiError::aws(e),
             NetError::Timeout(m) => ApiError::fail("timeout", prim, m),
         }

@@ -6,7 +6,7 @@ use mlua::{Lua, Table, Value};
 use serde::{Deserialize, Serialize};
 
 use super::opts::{self, RefArg, Tags};
-use super::{ApiError, ApiResult, Context, Registrar, to_lua};
+use super::{to_lua, ApiError, ApiResult, Context, Registrar};
 use crate::network::endpoint::{self, Endpoint, Kind};
 use crate::network::peering::{self, Peering, Side};
 use crate::network::verify::{self, Report};
@@ -83,12 +83,22 @@ fn ids_in_scope(
         .enumerate()
         .map(|(i, r)| {
             let f = format!("{field}[{}]", i + 1);
-            let resolved = r.resolve(ctx, prim, &f, kind, Some(&vpc.scope.account), Some(&vpc.scope.region))?;
+            let resolved = r.resolve(
+                ctx,
+                prim,
+                &f,
+                kind,
+                Some(&vpc.scope.account),
+                Some(&vpc.scope.region),
+            )?;
             if resolved.scope != vpc.scope {
                 return Err(ApiError::field(
                     prim,
                     &f,
-                    format!("{} is in {}, but the VPC {} is in {}", r.id, resolved.scope, vpc.id, vpc.scope),
+                    format!(
+                        "{} is in {}, but the VPC {} is in {}",
+                        r.id, resolved.scope, vpc.id, vpc.scope
+                    ),
                 ));
             }
             Ok(resolved.id)
@@ -104,9 +114,23 @@ async fn create_endpoint(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         Some(k) => Kind::parse(k).map_err(|m| ApiError::field(P, "type", m))?,
         None => Kind::Interface,
     };
-    let vpc = o.vpc.resolve(&ctx, P, "vpc", "vpc", o.account.as_deref(), o.region.as_deref())?;
+    let vpc = o.vpc.resolve(
+        &ctx,
+        P,
+        "vpc",
+        "vpc",
+        o.account.as_deref(),
+        o.region.as_deref(),
+    )?;
     let subnets = ids_in_scope(&ctx, P, "subnets", "subnet", &o.subnets, &vpc)?;
-    let security_groups = ids_in_scope(&ctx, P, "security_groups", "security_group", &o.security_groups, &vpc)?;
+    let security_groups = ids_in_scope(
+        &ctx,
+        P,
+        "security_groups",
+        "security_group",
+        &o.security_groups,
+        &vpc,
+    )?;
     let spec = endpoint::EndpointSpec {
         vpc,
         service: o.service,
@@ -258,7 +282,10 @@ fn report_out(r: &Report) -> ReportOut<'_> {
 }
 
 /// Runs the private-network preflight; shared with worker deployment.
-pub async fn run_verify(ctx: &Context, spec: &verify::VerifySpec) -> Result<Report, crate::network::NetError> {
+pub async fn run_verify(
+    ctx: &Context,
+    spec: &verify::VerifySpec,
+) -> Result<Report, crate::network::NetError> {
     verify::verify(&ctx.cloud, spec).await
 }
 
@@ -267,7 +294,11 @@ async fn verify_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     let o: VerifyOpts = opts::parse(P, v)?;
     let (a, r) = (o.account.as_deref(), o.region.as_deref());
     if o.subnets.is_empty() {
-        return Err(ApiError::field(P, "subnets", "name at least one worker subnet"));
+        return Err(ApiError::field(
+            P,
+            "subnets",
+            "name at least one worker subnet",
+        ));
     }
     let subnets = o
         .subnets
@@ -276,28 +307,43 @@ async fn verify_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         .map(|(i, s)| s.resolve(&ctx, P, &format!("subnets[{}]", i + 1), "subnet", a, r))
         .collect::<Result<Vec<_>, _>>()?;
     for (i, s) in o.services.iter().enumerate() {
-        endpoint::check_service(s).map_err(|m| ApiError::field(P, &format!("services[{}]", i + 1), m))?;
+        endpoint::check_service(s)
+            .map_err(|m| ApiError::field(P, &format!("services[{}]", i + 1), m))?;
     }
     let repository_vpc = o
         .repository_vpc
         .as_ref()
         .map(|v| v.resolve(&ctx, P, "repository_vpc", "vpc", a, r))
         .transpose()?;
-    let from = o.from.as_deref().map(|f| super::ec2::parse_cidr(P, "from", f)).transpose()?;
+    let from = o
+        .from
+        .as_deref()
+        .map(|f| super::ec2::parse_cidr(P, "from", f))
+        .transpose()?;
     let spec = verify::VerifySpec {
         subnets,
         services: o.services,
         repository_vpc,
         from,
     };
-    let report = run_verify(&ctx, &spec).await.map_err(|e| ApiError::net(P, e))?;
+    let report = run_verify(&ctx, &spec)
+        .await
+        .map_err(|e| ApiError::net(P, e))?;
     let out = to_lua(&lua, &report_out(&report))?;
     if o.strict && !report.ok() {
-        let lines: Vec<String> = report.findings.iter().map(|f| format!("\n  - {f}")).collect();
+        let lines: Vec<String> = report
+            .findings
+            .iter()
+            .map(|f| format!("\n  - {f}"))
+            .collect();
         let mut err = ApiError::fail(
             "preflight",
             P,
-            format!("the private network is not ready ({} findings):{}", report.findings.len(), lines.join("")),
+            format!(
+                "the private network is not ready ({} findings):{}",
+                report.findings.len(),
+                lines.join("")
+            ),
         );
         if let ApiError::Fail(f) = &mut err {
             f.details = Some(out);

@@ -49,17 +49,29 @@ fn reword(path: &str, msg: &str) -> (String, String) {
         let (field, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
         let field = strip(field);
         let full = if path.is_empty() || path == field || path.ends_with(&format!(".{field}")) {
-            if path.is_empty() { field } else { path.to_string() }
+            if path.is_empty() {
+                field
+            } else {
+                path.to_string()
+            }
         } else {
             format!("{path}.{field}")
         };
         let expected = strip(expected).trim_start_matches("one of ").to_string();
-        let hint = if expected.is_empty() { String::new() } else { format!("; expected one of {expected}") };
+        let hint = if expected.is_empty() {
+            String::new()
+        } else {
+            format!("; expected one of {expected}")
+        };
         return (full, format!("unknown option{hint}"));
     }
     if let Some(rest) = msg.strip_prefix("missing field ") {
         let field = strip(rest);
-        let full = if path.is_empty() { field } else { format!("{path}.{field}") };
+        let full = if path.is_empty() {
+            field
+        } else {
+            format!("{path}.{field}")
+        };
         return (full, "required".to_string());
     }
     if let Some(rest) = msg.strip_prefix("invalid value: ") {
@@ -74,7 +86,9 @@ fn path_of(p: &serde_path_to_error::Path) -> String {
     let mut out = String::new();
     for seg in p.iter() {
         match seg {
-            serde_path_to_error::Segment::Seq { index } => out.push_str(&format!("[{}]", index + 1)),
+            serde_path_to_error::Segment::Seq { index } => {
+                out.push_str(&format!("[{}]", index + 1))
+            }
             serde_path_to_error::Segment::Map { key } => {
                 if !out.is_empty() {
                     out.push('.');
@@ -98,7 +112,10 @@ pub fn parse<T: DeserializeOwned>(prim: &str, v: Value) -> Result<T, ApiError> {
     if !matches!(v, Value::Table(_)) {
         return Err(ApiError::usage(
             prim,
-            format!("expected an options table {prim}{{…}}, got {}", lua_type(&v)),
+            format!(
+                "expected an options table {prim}{{…}}, got {}",
+                lua_type(&v)
+            ),
         ));
     }
     let de = mlua::serde::Deserializer::new(v);
@@ -121,7 +138,11 @@ pub fn take_function(prim: &str, v: &Value, key: &str) -> Result<Option<mlua::Fu
             t.raw_set(key, Value::Nil).ok();
             Ok(Some(f))
         }
-        Ok(other) => Err(ApiError::field(prim, key, format!("expected function, got {}", lua_type(&other)))),
+        Ok(other) => Err(ApiError::field(
+            prim,
+            key,
+            format!("expected function, got {}", lua_type(&other)),
+        )),
     }
 }
 
@@ -144,7 +165,10 @@ impl<'de> Deserialize<'de> for RefArg {
                 f.write_str("an id string or a resource table")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RefArg, E> {
-                Ok(RefArg { id: s.to_string(), ..Default::default() })
+                Ok(RefArg {
+                    id: s.to_string(),
+                    ..Default::default()
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RefArg, A::Error> {
                 let mut r = RefArg::default();
@@ -202,16 +226,34 @@ impl RefArg {
                 return Err(ApiError::field(
                     prim,
                     field,
-                    format!("expected {}, got {} ({})", article(kind), article(k), self.id),
+                    format!(
+                        "expected {}, got {} ({})",
+                        article(kind),
+                        article(k),
+                        self.id
+                    ),
                 ));
             }
         }
         let scope = self.scope(ctx, prim, field, account, region)?;
-        Ok(ResourceRef { id: self.id.clone(), scope })
+        Ok(ResourceRef {
+            id: self.id.clone(),
+            scope,
+        })
     }
 
-    fn scope(&self, ctx: &Context, prim: &str, field: &str, account: Option<&str>, region: Option<&str>) -> Result<Scope, ApiError> {
-        let (acc, reg) = (self.account.as_deref().or(account), self.region.as_deref().or(region));
+    fn scope(
+        &self,
+        ctx: &Context,
+        prim: &str,
+        field: &str,
+        account: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<Scope, ApiError> {
+        let (acc, reg) = (
+            self.account.as_deref().or(account),
+            self.region.as_deref().or(region),
+        );
         ctx.cloud.scope(acc, reg).map_err(|e| {
             let sub = if self.account.is_some() || self.region.is_some() {
                 field.to_string()
@@ -222,14 +264,23 @@ impl RefArg {
                 crate::cloud::ScopeError::UnknownAccount { .. } => "account",
                 _ => "region",
             };
-            let f = if sub.is_empty() { which.to_string() } else { format!("{sub}.{which}") };
+            let f = if sub.is_empty() {
+                which.to_string()
+            } else {
+                format!("{sub}.{which}")
+            };
             ApiError::field(prim, &f, e)
         })
     }
 }
 
 /// The scope of a primitive's own `account`/`region` options.
-pub fn scope(ctx: &Context, prim: &str, account: Option<&str>, region: Option<&str>) -> Result<Scope, ApiError> {
+pub fn scope(
+    ctx: &Context,
+    prim: &str,
+    account: Option<&str>,
+    region: Option<&str>,
+) -> Result<Scope, ApiError> {
     ctx.cloud.scope(account, region).map_err(|e| {
         let which = match e {
             crate::cloud::ScopeError::UnknownAccount { .. } => "account",
@@ -254,9 +305,15 @@ mod tests {
         );
         assert_eq!(
             reword("", "unknown field `cidrr`, expected one of `name`, `cidr`"),
-            ("cidrr".into(), "unknown option; expected one of name, cidr".into())
+            (
+                "cidrr".into(),
+                "unknown option; expected one of name, cidr".into()
+            )
         );
-        assert_eq!(reword("", "missing field `cidr`"), ("cidr".into(), "required".into()));
+        assert_eq!(
+            reword("", "missing field `cidr`"),
+            ("cidr".into(), "required".into())
+        );
         assert_eq!(
             reword("ingress[1]", "missing field `cidr`"),
             ("ingress[1].cidr".into(), "required".into())

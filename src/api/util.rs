@@ -77,10 +77,18 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
             let secs = match v {
                 Value::Integer(i) => i as f64,
                 Value::Number(n) => n,
-                _ => return Err(ApiError::usage("time.sleep", "expected seconds as a number")),
+                _ => {
+                    return Err(ApiError::usage(
+                        "time.sleep",
+                        "expected seconds as a number",
+                    ))
+                }
             };
             if !(0.0..=86_400.0 * 365.0).contains(&secs) {
-                return Err(ApiError::usage("time.sleep", format!("{secs} is not a usable number of seconds")));
+                return Err(ApiError::usage(
+                    "time.sleep",
+                    format!("{secs} is not a usable number of seconds"),
+                ));
             }
             tokio::time::sleep(Duration::from_secs_f64(secs)).await;
             Ok(Value::Nil)
@@ -111,7 +119,10 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
                 .from_value_with(v, mlua::serde::DeserializeOptions::new().sort_keys(true))
                 .map_err(|e| ApiError::usage("json.encode", e))?;
             let s = serde_json::to_string(&j).map_err(|e| ApiError::usage("json.encode", e))?;
-            Ok(Value::String(lua.create_string(s).map_err(|e| ApiError::usage("json.encode", e))?))
+            Ok(Value::String(
+                lua.create_string(s)
+                    .map_err(|e| ApiError::usage("json.encode", e))?,
+            ))
         })?,
     )?;
     json.set(
@@ -121,8 +132,8 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
                 Some(Value::String(s)) => s.to_string_lossy(),
                 _ => return Err(ApiError::usage("json.decode", "expected a string")),
             };
-            let j: serde_json::Value =
-                serde_json::from_str(&s).map_err(|e| ApiError::usage("json.decode", format!("invalid JSON: {e}")))?;
+            let j: serde_json::Value = serde_json::from_str(&s)
+                .map_err(|e| ApiError::usage("json.decode", format!("invalid JSON: {e}")))?;
             super::to_lua(lua, &j)
         })?,
     )?;

@@ -16,7 +16,11 @@ use crate::host::{Vm, VmOptions};
 use crate::network::Waits;
 
 #[derive(Parser, Debug)]
-#[command(name = "skiff", version, about = "Lua-scriptable backup engine for AWS EC2 workloads")]
+#[command(
+    name = "skiff",
+    version,
+    about = "Lua-scriptable backup engine for AWS EC2 workloads"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -88,7 +92,8 @@ impl Session {
     /// A fresh VM with every primitive installed.
     pub fn vm(&self, args: &[String]) -> anyhow::Result<Vm> {
         let vm = Vm::new(&self.vm_options)?;
-        api::install(&vm, self.ctx.clone(), args).map_err(|e| anyhow::anyhow!("cannot install the Lua API: {e}"))?;
+        api::install(&vm, self.ctx.clone(), args)
+            .map_err(|e| anyhow::anyhow!("cannot install the Lua API: {e}"))?;
         Ok(vm)
     }
 }

@@ -35,12 +35,17 @@ pub fn is_incomplete(checker: &Lua, src: &str) -> bool {
     let incomplete = |code: &str| {
         matches!(
             checker.load(code).set_name("=repl").into_function(),
-            Err(mlua::Error::SyntaxError { incomplete_input: true, .. })
+            Err(mlua::Error::SyntaxError {
+                incomplete_input: true,
+                ..
+            })
         )
     };
     let as_expr = format!("return {src}");
     // Complete as an expression or as a statement: done.
-    if checker.load(as_expr.as_str()).into_function().is_ok() || checker.load(src).into_function().is_ok() {
+    if checker.load(as_expr.as_str()).into_function().is_ok()
+        || checker.load(src).into_function().is_ok()
+    {
         return false;
     }
     incomplete(src)
@@ -94,7 +99,12 @@ struct ReplHelper {
 
 impl Completer for ReplHelper {
     type Candidate = Pair;
-    fn complete(&self, line: &str, pos: usize, _: &rustyline::Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let names = self.names.lock().unwrap();
         let (start, found) = complete_word(&names, line, pos);
         Ok((
@@ -115,7 +125,11 @@ impl Hinter for ReplHelper {
 }
 
 impl Highlighter for ReplHelper {
-    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(&'s self, prompt: &'p str, _default: bool) -> Cow<'b, str> {
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
+        &'s self,
+        prompt: &'p str,
+        _default: bool,
+    ) -> Cow<'b, str> {
         Cow::Borrowed(prompt)
     }
 }
@@ -165,10 +179,17 @@ pub async fn repl(a: ReplArgs) -> anyhow::Result<i32> {
         let _ = rl.load_history(h);
     }
     let checker = Lua::new();
-    println!("skiff {} — Lua 5.4; Tab completes, Ctrl-D leaves", env!("CARGO_PKG_VERSION"));
+    println!(
+        "skiff {} — Lua 5.4; Tab completes, Ctrl-D leaves",
+        env!("CARGO_PKG_VERSION")
+    );
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { "skiff> " } else { "   ... " };
+        let prompt = if buffer.is_empty() {
+            "skiff> "
+        } else {
+            "   ... "
+        };
         let line = tokio::task::block_in_place(|| rl.readline(prompt));
         let line = match line {
             Ok(l) => l,
@@ -235,18 +256,38 @@ mod tests {
         assert!(is_incomplete(&lua, "x = [[long"));
         assert!(!is_incomplete(&lua, "1 + 1"));
         assert!(!is_incomplete(&lua, "x = 1"));
-        assert!(!is_incomplete(&lua, "x = = 1"), "a plain syntax error is not incomplete");
+        assert!(
+            !is_incomplete(&lua, "x = = 1"),
+            "a plain syntax error is not incomplete"
+        );
     }
 
     #[test]
     fn completes_namespaces_and_functions() {
-        let names: Vec<String> = ["ec2", "ec2.security_group", "ec2.subnet", "ec2.vpc", "net", "net.verify", "peer_vpcs"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(complete_word(&names, "ec2.s", 5), (0, vec!["ec2.security_group".into(), "ec2.subnet".into()]));
-        assert_eq!(complete_word(&names, "local x = pe", 12), (10, vec!["peer_vpcs".into()]));
+        let names: Vec<String> = [
+            "ec2",
+            "ec2.security_group",
+            "ec2.subnet",
+            "ec2.vpc",
+            "net",
+            "net.verify",
+            "peer_vpcs",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            complete_word(&names, "ec2.s", 5),
+            (0, vec!["ec2.security_group".into(), "ec2.subnet".into()])
+        );
+        assert_eq!(
+            complete_word(&names, "local x = pe", 12),
+            (10, vec!["peer_vpcs".into()])
+        );
         assert_eq!(complete_word(&names, "e", 1), (0, vec!["ec2".into()]));
-        assert_eq!(complete_word(&names, "net.", 4), (0, vec!["net.verify".into()]));
+        assert_eq!(
+            complete_word(&names, "net.", 4),
+            (0, vec!["net.verify".into()])
+        );
     }
 }

@@ -23,12 +23,19 @@ pub struct TestArgs {
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?.flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for e in entries {
             if e.is_dir() {
                 collect(&e, out)?;
-            } else if e.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_spec.lua")) {
+            } else if e
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with("_spec.lua"))
+            {
                 out.push(e);
             }
         }
@@ -60,13 +67,27 @@ async fn run_file(session: &Session, file: &Path, filter: Option<&str>) -> anyho
     let lua = vm.lua();
     let require: Function = lua.globals().get("require")?;
     let spec: Table = require.call("skiff.spec")?;
-    for name in ["describe", "it", "pending", "before_each", "after_each", "expect"] {
+    for name in [
+        "describe",
+        "it",
+        "pending",
+        "before_each",
+        "after_each",
+        "expect",
+    ] {
         lua.globals().set(name, spec.get::<Function>(name)?)?;
     }
     lua.globals().set("spec", spec.clone())?;
     if let Err(e) = vm.run_file(file, Vec::new()).await {
-        println!("  ✗ {} (while loading)\n      {}", file.display(), e.to_string().replace('\n', "\n      "));
-        return Ok(Counts { failed: 1, ..Default::default() });
+        println!(
+            "  ✗ {} (while loading)\n      {}",
+            file.display(),
+            e.to_string().replace('\n', "\n      ")
+        );
+        return Ok(Counts {
+            failed: 1,
+            ..Default::default()
+        });
     }
     let run: Function = spec.get("run")?;
     let result = vm.call(run, filter.map(str::to_string)).await;
@@ -83,20 +104,38 @@ async fn run_file(session: &Session, file: &Path, filter: Option<&str>) -> anyho
             })
         }
         Err(e) => {
-            println!("  ✗ {} (runner)\n      {}", file.display(), e.to_string().replace('\n', "\n      "));
-            Ok(Counts { failed: 1, ..Default::default() })
+            println!(
+                "  ✗ {} (runner)\n      {}",
+                file.display(),
+                e.to_string().replace('\n', "\n      ")
+            );
+            Ok(Counts {
+                failed: 1,
+                ..Default::default()
+            })
         }
     }
 }
 
 pub async fn test(a: TestArgs) -> anyhow::Result<i32> {
-    let paths = if a.paths.is_empty() { vec![PathBuf::from("tests/lua")] } else { a.paths.clone() };
+    let paths = if a.paths.is_empty() {
+        vec![PathBuf::from("tests/lua")]
+    } else {
+        a.paths.clone()
+    };
     let mut files = Vec::new();
     for p in &paths {
         collect(p, &mut files)?;
     }
     if files.is_empty() {
-        eprintln!("skiff test: no *_spec.lua files under {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "skiff test: no *_spec.lua files under {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         return Ok(1);
     }
     let session = Session::open(&a.opts, files.first().map(|f| f.as_path())).await?;

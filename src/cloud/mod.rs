@@ -11,7 +11,7 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 
-pub use error::{AwsError, is_retryable_code};
+pub use error::{is_retryable_code, AwsError};
 
 use crate::config::Config;
 
@@ -65,7 +65,11 @@ fn valid_region(r: &str) -> bool {
     // e.g. us-east-1, eu-central-2, us-gov-west-1, ap-southeast-4
     let parts: Vec<&str> = r.split('-').collect();
     parts.len() >= 3
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
         && parts.last().unwrap().bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -119,7 +123,12 @@ impl Cloud {
                 } else {
                     format!(
                         "skiff.toml declares {}",
-                        self.config.accounts.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                        self.config
+                            .accounts
+                            .keys()
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 };
                 return Err(ScopeError::UnknownAccount {
@@ -163,7 +172,10 @@ impl Cloud {
             builder.set_credentials_provider(Some(SharedCredentialsProvider::new(provider)));
         }
         let sdk = builder.build();
-        self.sessions.lock().unwrap().insert(scope.clone(), sdk.clone());
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(scope.clone(), sdk.clone());
         sdk
     }
 
@@ -214,8 +226,14 @@ mod tests {
 
     #[test]
     fn role_arns() {
-        assert_eq!(account_id_of_role("arn:aws:iam::111111111111:role/skiff"), Some("111111111111"));
-        assert_eq!(account_id_of_role("arn:aws:iam::111111111111:user/skiff"), None);
+        assert_eq!(
+            account_id_of_role("arn:aws:iam::111111111111:role/skiff"),
+            Some("111111111111")
+        );
+        assert_eq!(
+            account_id_of_role("arn:aws:iam::111111111111:user/skiff"),
+            None
+        );
         assert_eq!(account_id_of_role("arn:aws:iam::1111:role/skiff"), None);
     }
 
@@ -226,10 +244,16 @@ mod tests {
         );
         assert_eq!(
             c.scope(None, None).unwrap(),
-            Scope { account: "default".into(), region: "eu-west-1".into() }
+            Scope {
+                account: "default".into(),
+                region: "eu-west-1".into()
+            }
         );
         assert_eq!(c.scope(Some("repo"), None).unwrap().region, "us-west-2");
-        assert_eq!(c.scope(Some("repo"), Some("ap-south-1")).unwrap().region, "ap-south-1");
+        assert_eq!(
+            c.scope(Some("repo"), Some("ap-south-1")).unwrap().region,
+            "ap-south-1"
+        );
         assert_eq!(
             c.scope(Some("prod"), None).unwrap_err().to_string(),
             "unknown account \"prod\": skiff.toml declares \"repo\""

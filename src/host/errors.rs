@@ -47,7 +47,9 @@ fn memory_message(limit: u64) -> String {
 pub fn describe_error(e: &mlua::Error, memory_limit: u64) -> String {
     match e {
         mlua::Error::CallbackError { cause, .. } => describe_error(cause, memory_limit),
-        mlua::Error::WithContext { context, cause } => format!("{context}: {}", describe_error(cause, memory_limit)),
+        mlua::Error::WithContext { context, cause } => {
+            format!("{context}: {}", describe_error(cause, memory_limit))
+        }
         mlua::Error::RuntimeError(m) => m.clone(),
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::MemoryError(_) => memory_message(memory_limit),
@@ -78,7 +80,9 @@ pub(crate) fn from_caught(lua: &Lua, caught: Value, memory_limit: u64) -> Script
     let (value, traceback) = match &caught {
         Value::Table(t) if t.get::<bool>("skiff_caught").unwrap_or(false) => (
             t.get::<Value>("value").unwrap_or(Value::Nil),
-            t.get::<String>("traceback").ok().and_then(|tb| clean_traceback(&tb)),
+            t.get::<String>("traceback")
+                .ok()
+                .and_then(|tb| clean_traceback(&tb)),
         ),
         _ => (caught.clone(), None),
     };

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
 
-pub use errors::{ScriptError, describe_error};
+pub use errors::{describe_error, ScriptError};
 
 use crate::config::LuaLimits;
 
@@ -160,23 +160,32 @@ impl Vm {
             limit: opts.limits.instruction_limit,
         });
         let b = budget.clone();
-        lua.set_global_hook(HookTriggers::new().every_nth_instruction(BUDGET_STEP), move |_lua, debug| {
-            let used = b.used.fetch_add(u64::from(BUDGET_STEP), Ordering::Relaxed) + u64::from(BUDGET_STEP);
-            if used <= b.limit {
-                return Ok(VmState::Continue);
-            }
-            let src = debug.source();
-            let place = match (src.short_src, debug.current_line()) {
-                (Some(s), Some(l)) => format!("{s}:{l}: "),
-                _ => String::new(),
-            };
-            Err(mlua::Error::runtime(format!("{place}{}", budget_message(b.limit))))
-        })?;
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(BUDGET_STEP),
+            move |_lua, debug| {
+                let used = b.used.fetch_add(u64::from(BUDGET_STEP), Ordering::Relaxed)
+                    + u64::from(BUDGET_STEP);
+                if used <= b.limit {
+                    return Ok(VmState::Continue);
+                }
+                let src = debug.source();
+                let place = match (src.short_src, debug.current_line()) {
+                    (Some(s), Some(l)) => format!("{s}:{l}: "),
+                    _ => String::new(),
+                };
+                Err(mlua::Error::runtime(format!(
+                    "{place}{}",
+                    budget_message(b.limit)
+                )))
+            },
+        )?;
         let (b1, b2) = (budget.clone(), budget.clone());
-        lua.load(UNCATCHABLE_BUDGET).set_name(INTERNAL_CHUNK).call::<()>((
-            lua.create_function(move |_, ()| Ok(b1.exhausted()))?,
-            lua.create_function(move |_, ()| Ok(budget_message(b2.limit)))?,
-        ))?;
+        lua.load(UNCATCHABLE_BUDGET)
+            .set_name(INTERNAL_CHUNK)
+            .call::<()>((
+                lua.create_function(move |_, ()| Ok(b1.exhausted()))?,
+                lua.create_function(move |_, ()| Ok(budget_message(b2.limit)))?,
+            ))?;
         lua.set_memory_limit(opts.limits.memory_limit.0 as usize)?;
         Ok(Vm {
             lua,
@@ -203,7 +212,8 @@ impl Vm {
 
     /// Compiles a script file; the chunk is named after the path as given.
     pub fn load_file(&self, path: &Path) -> Result<Function, ScriptError> {
-        let source = std::fs::read(path).map_err(|e| ScriptError::plain(format!("{}: {e}", path.display())))?;
+        let source = std::fs::read(path)
+            .map_err(|e| ScriptError::plain(format!("{}: {e}", path.display())))?;
         self.load_source(&source, &format!("@{}", path.display()))
     }
 
@@ -216,9 +226,15 @@ impl Vm {
     }
 
     /// Calls `f` as a top-level call: fresh budget, errors caught with their traceback.
-    pub async fn call(&self, f: Function, args: impl mlua::IntoLuaMulti) -> Result<MultiValue, ScriptError> {
+    pub async fn call(
+        &self,
+        f: Function,
+        args: impl mlua::IntoLuaMulti,
+    ) -> Result<MultiValue, ScriptError> {
         self.reset_budget();
-        let mut args = args.into_lua_multi(&self.lua).map_err(|e| ScriptError::plain(e.to_string()))?;
+        let mut args = args
+            .into_lua_multi(&self.lua)
+            .map_err(|e| ScriptError::plain(e.to_string()))?;
         args.push_front(Value::Function(f));
         let out: MultiValue = self
             .protect
@@ -228,12 +244,20 @@ impl Vm {
         let mut out = out.into_iter();
         match out.next() {
             Some(Value::Boolean(true)) => Ok(out.collect()),
-            _ => Err(errors::from_caught(&self.lua, out.next().unwrap_or(Value::Nil), self.memory_limit)),
+            _ => Err(errors::from_caught(
+                &self.lua,
+                out.next().unwrap_or(Value::Nil),
+                self.memory_limit,
+            )),
         }
     }
 
     /// Runs a script file with arguments (`...` in the chunk).
-    pub async fn run_file(&self, path: &Path, args: Vec<String>) -> Result<MultiValue, ScriptError> {
+    pub async fn run_file(
+        &self,
+        path: &Path,
+        args: Vec<String>,
+    ) -> Result<MultiValue, ScriptError> {
         let f = self.load_file(path)?;
         let args: Vec<Value> = args
             .into_iter()

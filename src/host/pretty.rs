@@ -11,8 +11,8 @@ const MAX_DEPTH: usize = 12;
 
 fn is_identifier(s: &str) -> bool {
     const KEYWORDS: &[&str] = &[
-        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in", "local", "nil",
-        "not", "or", "repeat", "return", "then", "true", "until", "while",
+        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if",
+        "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
     ];
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -67,7 +67,10 @@ fn sorted_entries(t: &Table) -> Vec<(Value, Value)> {
     let len = t.raw_len();
     let mut seq = Vec::new();
     for i in 1..=len {
-        seq.push((Value::Integer(i as i64), t.raw_get::<Value>(i).unwrap_or(Value::Nil)));
+        seq.push((
+            Value::Integer(i as i64),
+            t.raw_get::<Value>(i).unwrap_or(Value::Nil),
+        ));
     }
     let mut rest: Vec<(String, Value, Value)> = t
         .pairs::<Value, Value>()
@@ -101,7 +104,10 @@ fn render(v: &Value, indent: usize, seen: &mut HashSet<usize>) -> String {
     // A table with its own __tostring (a structured error, say) prints as it says.
     if let Some(mt) = t.metatable() {
         if mt.contains_key("__tostring").unwrap_or(false) {
-            if let Ok(s) = mt.get::<mlua::Function>("__tostring").and_then(|f| f.call::<String>(t.clone())) {
+            if let Ok(s) = mt
+                .get::<mlua::Function>("__tostring")
+                .and_then(|f| f.call::<String>(t.clone()))
+            {
                 return s;
             }
         }

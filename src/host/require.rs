@@ -15,7 +15,9 @@ mod embedded {
 pub fn stdlib_source(rel: &str) -> Option<Vec<u8>> {
     #[cfg(debug_assertions)]
     {
-        let disk = Path::new(env!("CARGO_MANIFEST_DIR")).join("stdlib").join(rel);
+        let disk = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("stdlib")
+            .join(rel);
         if let Ok(bytes) = std::fs::read(&disk) {
             return Some(bytes);
         }
@@ -28,13 +30,21 @@ pub fn stdlib_source(rel: &str) -> Option<Vec<u8>> {
 
 fn module_path(name: &str) -> Option<String> {
     let ok = !name.is_empty()
-        && name
-            .split('.')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
     ok.then(|| name.replace('.', "/"))
 }
 
-pub(super) fn install(lua: &Lua, dirs: &[PathBuf], keep_native: bool, loaded: Arc<Mutex<Vec<PathBuf>>>) -> mlua::Result<()> {
+pub(super) fn install(
+    lua: &Lua,
+    dirs: &[PathBuf],
+    keep_native: bool,
+    loaded: Arc<Mutex<Vec<PathBuf>>>,
+) -> mlua::Result<()> {
     let package: Table = lua.globals().get("package")?;
     let old: Table = package.get("searchers")?;
     let dirs = dirs.to_vec();
@@ -103,6 +113,8 @@ mod tests {
     #[test]
     fn stdlib_is_embedded() {
         assert!(embedded::STDLIB.iter().any(|(n, _)| *n == "skiff/spec.lua"));
-        assert!(!embedded::STDLIB.iter().any(|(n, _)| n.starts_with("types/")));
+        assert!(!embedded::STDLIB
+            .iter()
+            .any(|(n, _)| n.starts_with("types/")));
     }
 }

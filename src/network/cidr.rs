@@ -116,9 +116,18 @@ mod tests {
             "10.0.0.1/16".parse::<Cidr>().unwrap_err(),
             "host bits are set; the network is 10.0.0.0/16"
         );
-        assert_eq!("10.0.0.0/33".parse::<Cidr>().unwrap_err(), "prefix length /33 is larger than /32");
-        assert_eq!("10.0.0/16".parse::<Cidr>().unwrap_err(), "\"10.0.0\" is not an IPv4 address");
-        assert_eq!("10.0.0.256/24".parse::<Cidr>().unwrap_err(), "\"10.0.0.256\" is not an IPv4 address");
+        assert_eq!(
+            "10.0.0.0/33".parse::<Cidr>().unwrap_err(),
+            "prefix length /33 is larger than /32"
+        );
+        assert_eq!(
+            "10.0.0/16".parse::<Cidr>().unwrap_err(),
+            "\"10.0.0\" is not an IPv4 address"
+        );
+        assert_eq!(
+            "10.0.0.256/24".parse::<Cidr>().unwrap_err(),
+            "\"10.0.0.256\" is not an IPv4 address"
+        );
         assert!("10.0.0.0".parse::<Cidr>().is_err());
         assert!("10.0.0.0/".parse::<Cidr>().is_err());
         assert!("10.0.0.0/-1".parse::<Cidr>().is_err());

@@ -8,7 +8,9 @@ use aws_sdk_ec2::types::{ResourceType, VpcEndpointType};
 
 use super::subnet::{self, Subnet};
 use super::vpc::{self, Vpc};
-use super::{NetError, ResourceRef, Result, Waits, creation_tags, filter, security_group, wait_for};
+use super::{
+    creation_tags, filter, security_group, wait_for, NetError, ResourceRef, Result, Waits,
+};
 use crate::cloud::{AwsError, Cloud, Scope};
 
 /// AWS services skiff knows how to reach through an endpoint, by short name.
@@ -58,7 +60,9 @@ impl Kind {
         match s.to_ascii_lowercase().as_str() {
             "interface" => Ok(Kind::Interface),
             "gateway" => Ok(Kind::Gateway),
-            _ => Err(format!("unknown endpoint type {s:?}: expected \"Interface\" or \"Gateway\"")),
+            _ => Err(format!(
+                "unknown endpoint type {s:?}: expected \"Interface\" or \"Gateway\""
+            )),
         }
     }
 
@@ -102,7 +106,9 @@ pub fn service_name(short: &str, region: &str) -> String {
 
 /// The short name inside a full service name, if it is one of this region's.
 pub fn short_name<'a>(full: &'a str, region: &str) -> Option<&'a str> {
-    full.strip_prefix("com.amazonaws.")?.strip_prefix(region)?.strip_prefix('.')
+    full.strip_prefix("com.amazonaws.")?
+        .strip_prefix(region)?
+        .strip_prefix('.')
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -155,7 +161,9 @@ pub(crate) fn from_sdk(e: &aws_sdk_ec2::types::VpcEndpoint, scope: &Scope) -> En
     let service_name = e.service_name().unwrap_or_default().to_string();
     Endpoint {
         id: e.vpc_endpoint_id().unwrap_or_default().to_string(),
-        service: short_name(&service_name, &scope.region).unwrap_or(&service_name).to_string(),
+        service: short_name(&service_name, &scope.region)
+            .unwrap_or(&service_name)
+            .to_string(),
         service_name: service_name.clone(),
         kind: match e.vpc_endpoint_type() {
             Some(VpcEndpointType::Gateway) => Kind::Gateway,
@@ -163,11 +171,22 @@ pub(crate) fn from_sdk(e: &aws_sdk_ec2::types::VpcEndpoint, scope: &Scope) -> En
         },
         vpc_id: e.vpc_id().unwrap_or_default().to_string(),
         subnets: e.subnet_ids().to_vec(),
-        security_groups: e.groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect(),
+        security_groups: e
+            .groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect(),
         route_tables: e.route_table_ids().to_vec(),
         private_dns: e.private_dns_enabled().unwrap_or(false),
-        state: e.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
-        dns_names: e.dns_entries().iter().filter_map(|d| d.dns_name().map(str::to_string)).collect(),
+        state: e
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        dns_names: e
+            .dns_entries()
+            .iter()
+            .filter_map(|d| d.dns_name().map(str::to_string))
+            .collect(),
         scope: scope.clone(),
         created: false,
     }
@@ -176,7 +195,11 @@ pub(crate) fn from_sdk(e: &aws_sdk_ec2::types::VpcEndpoint, scope: &Scope) -> En
 const GONE: &[&str] = &["deleted", "deleting", "failed", "rejected", "expired"];
 
 /// The live endpoints of a VPC, optionally only those for one full service name.
-pub async fn of_vpc(cloud: &Cloud, vpc: &ResourceRef, service_name: Option<&str>) -> Result<Vec<Endpoint>> {
+pub async fn of_vpc(
+    cloud: &Cloud,
+    vpc: &ResourceRef,
+    service_name: Option<&str>,
+) -> Result<Vec<Endpoint>> {
     let mut req = cloud
         .ec2(&vpc.scope)
         .await
@@ -204,7 +227,10 @@ pub async fn ensure(cloud: &Cloud, spec: &EndpointSpec, waits: &Waits) -> Result
     if spec.kind == Kind::Gateway && !GATEWAY_SERVICES.contains(&spec.service.as_str()) {
         return Err(NetError::invalid(
             "type",
-            format!("{} has no Gateway endpoint; only s3 and dynamodb do", spec.service),
+            format!(
+                "{} has no Gateway endpoint; only s3 and dynamodb do",
+                spec.service
+            ),
         ));
     }
     let vpc: Vpc = vpc::lookup(cloud, "vpc", &spec.vpc).await?;
@@ -212,19 +238,31 @@ pub async fn ensure(cloud: &Cloud, spec: &EndpointSpec, waits: &Waits) -> Result
     let private_dns = match spec.kind {
         Kind::Gateway => {
             if !spec.subnets.is_empty() {
-                return Err(NetError::invalid("subnets", "a Gateway endpoint takes no subnets (it is reached through route tables)"));
+                return Err(NetError::invalid(
+                    "subnets",
+                    "a Gateway endpoint takes no subnets (it is reached through route tables)",
+                ));
             }
             if !spec.security_groups.is_empty() {
-                return Err(NetError::invalid("security_groups", "a Gateway endpoint takes no security groups"));
+                return Err(NetError::invalid(
+                    "security_groups",
+                    "a Gateway endpoint takes no security groups",
+                ));
             }
             if spec.private_dns == Some(true) {
-                return Err(NetError::invalid("private_dns", "a Gateway endpoint has no private DNS"));
+                return Err(NetError::invalid(
+                    "private_dns",
+                    "a Gateway endpoint has no private DNS",
+                ));
             }
             false
         }
         Kind::Interface => {
             if spec.subnets.is_empty() {
-                return Err(NetError::invalid("subnets", "an Interface endpoint needs at least one subnet"));
+                return Err(NetError::invalid(
+                    "subnets",
+                    "an Interface endpoint needs at least one subnet",
+                ));
             }
             spec.private_dns.unwrap_or(spec.service != "s3")
         }
@@ -234,26 +272,45 @@ pub async fn ensure(cloud: &Cloud, spec: &EndpointSpec, waits: &Waits) -> Result
     let mut subnets: Vec<Subnet> = Vec::new();
     for (i, id) in spec.subnets.iter().enumerate() {
         let field = format!("subnets[{}]", i + 1);
-        let s = subnet::lookup(cloud, &field, &ResourceRef { id: id.clone(), scope: scope.clone() }).await?;
+        let s = subnet::lookup(
+            cloud,
+            &field,
+            &ResourceRef {
+                id: id.clone(),
+                scope: scope.clone(),
+            },
+        )
+        .await?;
         if s.vpc_id != vpc.id {
-            return Err(NetError::invalid(field, format!("subnet {} is in {}, not in {}", s.id, s.vpc_id, vpc.id)));
+            return Err(NetError::invalid(
+                field,
+                format!("subnet {} is in {}, not in {}", s.id, s.vpc_id, vpc.id),
+            ));
         }
         if let Some(other) = subnets.iter().find(|o| o.az == s.az && o.id != s.id) {
             return Err(NetError::invalid(
                 field,
-                format!("subnet {} is in {} like {}; an endpoint takes one subnet per zone", s.id, s.az, other.id),
+                format!(
+                    "subnet {} is in {} like {}; an endpoint takes one subnet per zone",
+                    s.id, s.az, other.id
+                ),
             ));
         }
         if !subnets.iter().any(|o| o.id == s.id) {
             subnets.push(s);
         }
     }
-    let groups = security_group::lookup_many(cloud, "security_groups", &scope, &spec.security_groups).await?;
+    let groups =
+        security_group::lookup_many(cloud, "security_groups", &scope, &spec.security_groups)
+            .await?;
     for (i, g) in groups.iter().enumerate() {
         if g.vpc_id != vpc.id {
             return Err(NetError::invalid(
                 format!("security_groups[{}]", i + 1),
-                format!("security group {} is in {}, not in {}", g.id, g.vpc_id, vpc.id),
+                format!(
+                    "security group {} is in {}, not in {}",
+                    g.id, g.vpc_id, vpc.id
+                ),
             ));
         }
     }
@@ -278,22 +335,38 @@ pub async fn ensure(cloud: &Cloud, spec: &EndpointSpec, waits: &Waits) -> Result
     let group_ids: Vec<String> = groups.iter().map(|g| g.id.clone()).collect();
 
     if let Some(found) = existing.into_iter().next() {
-        let add_subnets: Vec<String> = subnet_ids.iter().filter(|s| !found.subnets.contains(s)).cloned().collect();
-        let add_groups: Vec<String> = group_ids.iter().filter(|g| !found.security_groups.contains(g)).cloned().collect();
+        let add_subnets: Vec<String> = subnet_ids
+            .iter()
+            .filter(|s| !found.subnets.contains(s))
+            .cloned()
+            .collect();
+        let add_groups: Vec<String> = group_ids
+            .iter()
+            .filter(|g| !found.security_groups.contains(g))
+            .cloned()
+            .collect();
         // A zone can hold only one of the endpoint's subnets.
         if !add_subnets.is_empty() {
             let present = subnet::of_vpc(cloud, &vpc.as_ref()).await?;
             for id in &add_subnets {
                 let az = &subnets.iter().find(|s| &s.id == id).unwrap().az;
-                if let Some(clash) = present.iter().find(|p| found.subnets.contains(&p.id) && &p.az == az) {
+                if let Some(clash) = present
+                    .iter()
+                    .find(|p| found.subnets.contains(&p.id) && &p.az == az)
+                {
                     return Err(NetError::conflict(
                         "subnets",
-                        format!("{} already has subnet {} in {az}; it cannot also use {id}", found.id, clash.id),
+                        format!(
+                            "{} already has subnet {} in {az}; it cannot also use {id}",
+                            found.id, clash.id
+                        ),
                     ));
                 }
             }
         }
-        let dns_change = spec.kind == Kind::Interface && spec.private_dns.is_some() && found.private_dns != private_dns;
+        let dns_change = spec.kind == Kind::Interface
+            && spec.private_dns.is_some()
+            && found.private_dns != private_dns;
         if !add_subnets.is_empty() || !add_groups.is_empty() || dns_change {
             let mut req = ec2.modify_vpc_endpoint().vpc_endpoint_id(&found.id);
             if !add_subnets.is_empty() {
@@ -327,7 +400,11 @@ pub async fn ensure(cloud: &Cloud, spec: &EndpointSpec, waits: &Waits) -> Result
         .vpc_endpoint_type(spec.kind.sdk())
         .tag_specifications(creation_tags(
             ResourceType::VpcEndpoint,
-            Some(spec.name.as_deref().unwrap_or(&format!("{}-{}", vpc.name.as_deref().unwrap_or(&vpc.id), spec.service))),
+            Some(spec.name.as_deref().unwrap_or(&format!(
+                "{}-{}",
+                vpc.name.as_deref().unwrap_or(&vpc.id),
+                spec.service
+            ))),
             &spec.tags,
         ));
     match spec.kind {
@@ -351,19 +428,32 @@ pub async fn ensure(cloud: &Cloud, spec: &EndpointSpec, waits: &Waits) -> Result
         .and_then(|e| e.vpc_endpoint_id())
         .ok_or_else(|| NetError::Timeout("ec2:CreateVpcEndpoint returned no endpoint".into()))?
         .to_string();
-    tracing::info!("created {} endpoint {id} for {} in {}", spec.kind.as_str(), spec.service, vpc.id);
-    let mut endpoint = wait_for(&format!("endpoint {id} ({})", spec.service), waits, waits.endpoint, || {
-        let id = id.clone();
-        let scope = scope.clone();
-        async move {
-            let e = describe(cloud, &scope, &id).await?;
-            match e.state.to_ascii_lowercase().as_str() {
-                "available" => Ok(Some(e)),
-                "failed" | "rejected" | "deleted" => Err(NetError::Timeout(format!("endpoint {id} became {}", e.state))),
-                _ => Ok(None),
+    tracing::info!(
+        "created {} endpoint {id} for {} in {}",
+        spec.kind.as_str(),
+        spec.service,
+        vpc.id
+    );
+    let mut endpoint = wait_for(
+        &format!("endpoint {id} ({})", spec.service),
+        waits,
+        waits.endpoint,
+        || {
+            let id = id.clone();
+            let scope = scope.clone();
+            async move {
+                let e = describe(cloud, &scope, &id).await?;
+                match e.state.to_ascii_lowercase().as_str() {
+                    "available" => Ok(Some(e)),
+                    "failed" | "rejected" | "deleted" => Err(NetError::Timeout(format!(
+                        "endpoint {id} became {}",
+                        e.state
+                    ))),
+                    _ => Ok(None),
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
     endpoint.created = true;
     Ok(endpoint)
@@ -390,12 +480,23 @@ mod tests {
 
     #[test]
     fn services() {
-        assert_eq!(service_name("ssm", "eu-west-1"), "com.amazonaws.eu-west-1.ssm");
-        assert_eq!(short_name("com.amazonaws.eu-west-1.kinesis-streams", "eu-west-1"), Some("kinesis-streams"));
+        assert_eq!(
+            service_name("ssm", "eu-west-1"),
+            "com.amazonaws.eu-west-1.ssm"
+        );
+        assert_eq!(
+            short_name("com.amazonaws.eu-west-1.kinesis-streams", "eu-west-1"),
+            Some("kinesis-streams")
+        );
         assert_eq!(short_name("com.amazonaws.us-east-1.ssm", "eu-west-1"), None);
         assert!(check_service("ebs").is_ok());
         let e = check_service("sssm").unwrap_err();
-        assert!(e.starts_with("unknown service \"sssm\" (did you mean \"ssm\"?); known services: athena"), "{e}");
+        assert!(
+            e.starts_with(
+                "unknown service \"sssm\" (did you mean \"ssm\"?); known services: athena"
+            ),
+            "{e}"
+        );
         let e = check_service("teleport").unwrap_err();
         assert!(e.starts_with("unknown service \"teleport\"; known"), "{e}");
     }

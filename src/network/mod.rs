@@ -139,7 +139,12 @@ pub(crate) fn creation_tags(
 }
 
 /// Polls `check` until it yields a value or `limit` passes.
-pub(crate) async fn wait_for<T, F, Fut>(what: &str, waits: &Waits, limit: Duration, mut check: F) -> Result<T>
+pub(crate) async fn wait_for<T, F, Fut>(
+    what: &str,
+    waits: &Waits,
+    limit: Duration,
+    mut check: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>>>,

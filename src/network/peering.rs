@@ -6,7 +6,7 @@
 use aws_sdk_ec2::types::{ResourceType, VpcPeeringConnection};
 
 use super::vpc::{self, Vpc};
-use super::{Cidr, NetError, ResourceRef, Result, Waits, creation_tags, filter, wait_for};
+use super::{creation_tags, filter, wait_for, Cidr, NetError, ResourceRef, Result, Waits};
 use crate::cloud::{AwsError, Cloud, Scope};
 
 #[derive(Debug, Clone)]
@@ -64,7 +64,9 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn route_to(&self, dest: &Cidr) -> Option<&Route> {
-        self.routes.iter().find(|r| r.destination.as_ref() == Some(dest))
+        self.routes
+            .iter()
+            .find(|r| r.destination.as_ref() == Some(dest))
     }
 }
 
@@ -84,7 +86,11 @@ pub async fn route_tables_of(cloud: &Cloud, vpc: &ResourceRef) -> Result<Vec<Rou
         .map(|t| RouteTable {
             id: t.route_table_id().unwrap_or_default().to_string(),
             main: t.associations().iter().any(|a| a.main().unwrap_or(false)),
-            subnets: t.associations().iter().filter_map(|a| a.subnet_id().map(str::to_string)).collect(),
+            subnets: t
+                .associations()
+                .iter()
+                .filter_map(|a| a.subnet_id().map(str::to_string))
+                .collect(),
             routes: t
                 .routes()
                 .iter()
@@ -99,7 +105,10 @@ pub async fn route_tables_of(cloud: &Cloud, vpc: &ResourceRef) -> Result<Vec<Rou
                         .or(r.instance_id())
                         .unwrap_or("")
                         .to_string(),
-                    state: r.state().map(|s| s.as_str().to_string()).unwrap_or_else(|| "active".into()),
+                    state: r
+                        .state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|| "active".into()),
                 })
                 .collect(),
         })
@@ -123,10 +132,20 @@ fn status_of(p: &VpcPeeringConnection) -> String {
         .unwrap_or_default()
 }
 
-const LIVE: &[&str] = &["initiating-request", "pending-acceptance", "provisioning", "active"];
+const LIVE: &[&str] = &[
+    "initiating-request",
+    "pending-acceptance",
+    "provisioning",
+    "active",
+];
 
 /// The live peering connection between two VPCs, in either direction, as seen from `scope`.
-pub async fn find_between(cloud: &Cloud, scope: &Scope, a: &str, b: &str) -> Result<Option<(String, String, bool)>> {
+pub async fn find_between(
+    cloud: &Cloud,
+    scope: &Scope,
+    a: &str,
+    b: &str,
+) -> Result<Option<(String, String, bool)>> {
     let out = cloud
         .ec2(scope)
         .await
@@ -136,15 +155,27 @@ pub async fn find_between(cloud: &Cloud, scope: &Scope, a: &str, b: &str) -> Res
         .await
         .map_err(|e| AwsError::from_sdk("ec2:DescribeVpcPeeringConnections", e))?;
     for p in out.vpc_peering_connections() {
-        let req = p.requester_vpc_info().and_then(|v| v.vpc_id()).unwrap_or_default();
-        let acc = p.accepter_vpc_info().and_then(|v| v.vpc_id()).unwrap_or_default();
+        let req = p
+            .requester_vpc_info()
+            .and_then(|v| v.vpc_id())
+            .unwrap_or_default();
+        let acc = p
+            .accepter_vpc_info()
+            .and_then(|v| v.vpc_id())
+            .unwrap_or_default();
         let status = status_of(p);
         if !LIVE.contains(&status.as_str()) {
             continue;
         }
         let forward = req == a && acc == b;
         if forward || (req == b && acc == a) {
-            return Ok(Some((p.vpc_peering_connection_id().unwrap_or_default().to_string(), status, forward)));
+            return Ok(Some((
+                p.vpc_peering_connection_id()
+                    .unwrap_or_default()
+                    .to_string(),
+                status,
+                forward,
+            )));
         }
     }
     Ok(None)
@@ -170,7 +201,13 @@ async fn status_in(cloud: &Cloud, scope: &Scope, id: &str) -> Result<String> {
 /// What a route change would be: (side, table, destination, replace an existing blackhole).
 type RoutePlan = (&'static str, ResourceRef, String, Cidr, bool);
 
-async fn plan_routes(cloud: &Cloud, side: &'static str, vpc: &Vpc, peer: &Vpc, pcx: Option<&str>) -> Result<(Vec<RoutePlan>, Vec<RouteEntry>)> {
+async fn plan_routes(
+    cloud: &Cloud,
+    side: &'static str,
+    vpc: &Vpc,
+    peer: &Vpc,
+    pcx: Option<&str>,
+) -> Result<(Vec<RoutePlan>, Vec<RouteEntry>)> {
     let mut plan = Vec::new();
     let mut present = Vec::new();
     for table in route_tables_of(cloud, &vpc.as_ref()).await? {
@@ -203,7 +240,10 @@ pub async fn ensure(cloud: &Cloud, spec: &PeeringSpec, waits: &Waits) -> Result<
     let req = vpc::lookup(cloud, "requester", &spec.requester).await?;
     let acc = vpc::lookup(cloud, "accepter", &spec.accepter).await?;
     if req.id == acc.id && req.scope.region == acc.scope.region {
-        return Err(NetError::invalid("accepter", format!("{} cannot be peered with itself", req.id)));
+        return Err(NetError::invalid(
+            "accepter",
+            format!("{} cannot be peered with itself", req.id),
+        ));
     }
     if let Some((a, b)) = req.overlaps(&acc) {
         return Err(NetError::invalid(
@@ -244,7 +284,11 @@ pub async fn ensure(cloud: &Cloud, spec: &PeeringSpec, waits: &Waits) -> Result<
                 .create_vpc_peering_connection()
                 .vpc_id(&req.id)
                 .peer_vpc_id(&acc.id)
-                .tag_specifications(creation_tags(ResourceType::VpcPeeringConnection, Some(&name), &Default::default()));
+                .tag_specifications(creation_tags(
+                    ResourceType::VpcPeeringConnection,
+                    Some(&name),
+                    &Default::default(),
+                ));
             if acc_account != req_account {
                 create = create.peer_owner_id(&acc_account);
             }
@@ -255,11 +299,20 @@ pub async fn ensure(cloud: &Cloud, spec: &PeeringSpec, waits: &Waits) -> Result<
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("ec2:CreateVpcPeeringConnection", e))?;
-            let p = out
-                .vpc_peering_connection()
-                .ok_or_else(|| NetError::Timeout("ec2:CreateVpcPeeringConnection returned nothing".into()))?;
-            let id = p.vpc_peering_connection_id().unwrap_or_default().to_string();
-            tracing::info!("requested peering {id}: {} ({}) → {} ({})", req.id, req.scope, acc.id, acc.scope);
+            let p = out.vpc_peering_connection().ok_or_else(|| {
+                NetError::Timeout("ec2:CreateVpcPeeringConnection returned nothing".into())
+            })?;
+            let id = p
+                .vpc_peering_connection_id()
+                .unwrap_or_default()
+                .to_string();
+            tracing::info!(
+                "requested peering {id}: {} ({}) → {} ({})",
+                req.id,
+                req.scope,
+                acc.id,
+                acc.scope
+            );
             (id, status_of(p), true, true)
         }
     };
@@ -267,13 +320,18 @@ pub async fn ensure(cloud: &Cloud, spec: &PeeringSpec, waits: &Waits) -> Result<
     let accepting_scope = if forward { &acc.scope } else { &req.scope };
     let requesting_scope = if forward { &req.scope } else { &acc.scope };
     if status != "active" {
-        status = wait_for(&format!("peering {id} to reach the accepter"), waits, waits.peering, || {
-            let id = id.clone();
-            async move {
-                let s = status_in(cloud, accepting_scope, &id).await?;
-                Ok((!s.is_empty() && s != "initiating-request").then_some(s))
-            }
-        })
+        status = wait_for(
+            &format!("peering {id} to reach the accepter"),
+            waits,
+            waits.peering,
+            || {
+                let id = id.clone();
+                async move {
+                    let s = status_in(cloud, accepting_scope, &id).await?;
+                    Ok((!s.is_empty() && s != "initiating-request").then_some(s))
+                }
+            },
+        )
         .await?;
         if status == "pending-acceptance" {
             cloud
@@ -286,19 +344,24 @@ pub async fn ensure(cloud: &Cloud, spec: &PeeringSpec, waits: &Waits) -> Result<
                 .map_err(|e| AwsError::from_sdk("ec2:AcceptVpcPeeringConnection", e))?;
             tracing::info!("accepted peering {id} in {accepting_scope}");
         }
-        status = wait_for(&format!("peering {id} to become active"), waits, waits.peering, || {
-            let id = id.clone();
-            async move {
-                let s = status_in(cloud, requesting_scope, &id).await?;
-                match s.as_str() {
-                    "active" => Ok(Some(s)),
-                    "failed" | "rejected" | "expired" | "deleted" => {
-                        Err(NetError::Timeout(format!("peering {id} became {s}")))
+        status = wait_for(
+            &format!("peering {id} to become active"),
+            waits,
+            waits.peering,
+            || {
+                let id = id.clone();
+                async move {
+                    let s = status_in(cloud, requesting_scope, &id).await?;
+                    match s.as_str() {
+                        "active" => Ok(Some(s)),
+                        "failed" | "rejected" | "expired" | "deleted" => {
+                            Err(NetError::Timeout(format!("peering {id} became {s}")))
+                        }
+                        _ => Ok(None),
                     }
-                    _ => Ok(None),
                 }
-            }
-        })
+            },
+        )
         .await?;
     }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType};
 
 use super::vpc::{self, Vpc};
-use super::{Cidr, NetError, ResourceRef, Result, creation_tags, filter, name_of};
+use super::{creation_tags, filter, name_of, Cidr, NetError, ResourceRef, Result};
 use crate::cloud::{AwsError, Cloud, Scope};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,7 +25,9 @@ impl Proto {
             "udp" | "17" => Ok(Proto::Udp),
             "icmp" | "1" => Ok(Proto::Icmp),
             "all" | "-1" => Ok(Proto::All),
-            _ => Err(format!("unknown protocol {s:?}: expected \"tcp\", \"udp\", \"icmp\" or \"all\"")),
+            _ => Err(format!(
+                "unknown protocol {s:?}: expected \"tcp\", \"udp\", \"icmp\" or \"all\""
+            )),
         }
     }
 
@@ -70,7 +72,10 @@ impl fmt::Display for Rule {
 }
 
 /// Parses a port for `proto`: a number, `"from-to"`, or nothing for all ports.
-pub fn parse_ports(proto: Proto, port: Option<&str>) -> std::result::Result<Option<(i32, i32)>, String> {
+pub fn parse_ports(
+    proto: Proto,
+    port: Option<&str>,
+) -> std::result::Result<Option<(i32, i32)>, String> {
     if proto == Proto::All {
         return Ok(None);
     }
@@ -81,8 +86,15 @@ pub fn parse_ports(proto: Proto, port: Option<&str>) -> std::result::Result<Opti
         };
     };
     let parse_one = |s: &str| -> std::result::Result<i32, String> {
-        let n: i32 = s.trim().parse().map_err(|_| format!("{p:?} is not a port or port range"))?;
-        let valid = if proto == Proto::Icmp { -1..=255 } else { 0..=65535 };
+        let n: i32 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{p:?} is not a port or port range"))?;
+        let valid = if proto == Proto::Icmp {
+            -1..=255
+        } else {
+            0..=65535
+        };
         if !valid.contains(&n) {
             return Err(format!("port {n} is out of range"));
         }
@@ -148,7 +160,11 @@ pub fn rules_of(g: &aws_sdk_ec2::types::SecurityGroup) -> Vec<Rule> {
 fn from_sdk(g: &aws_sdk_ec2::types::SecurityGroup, scope: &Scope, created: bool) -> SecurityGroup {
     SecurityGroup {
         id: g.group_id().unwrap_or_default().to_string(),
-        name: g.group_name().map(str::to_string).or_else(|| name_of(g.tags())).unwrap_or_default(),
+        name: g
+            .group_name()
+            .map(str::to_string)
+            .or_else(|| name_of(g.tags()))
+            .unwrap_or_default(),
         vpc_id: g.vpc_id().unwrap_or_default().to_string(),
         scope: scope.clone(),
         ingress: rules_of(g),
@@ -158,7 +174,12 @@ fn from_sdk(g: &aws_sdk_ec2::types::SecurityGroup, scope: &Scope, created: bool)
 }
 
 /// Describes security groups by id, all in `scope`; `field` names the argument.
-pub async fn lookup_many(cloud: &Cloud, field: &str, scope: &Scope, ids: &[String]) -> Result<Vec<SecurityGroup>> {
+pub async fn lookup_many(
+    cloud: &Cloud,
+    field: &str,
+    scope: &Scope,
+    ids: &[String],
+) -> Result<Vec<SecurityGroup>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -181,7 +202,10 @@ pub async fn lookup_many(cloud: &Cloud, field: &str, scope: &Scope, ids: &[Strin
         Ok(out) => out.security_groups().to_vec(),
         Err(e) => {
             let e = AwsError::from_sdk("ec2:DescribeSecurityGroups", e);
-            if e.code.as_deref().is_some_and(|c| c.starts_with("InvalidGroup")) {
+            if e.code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("InvalidGroup"))
+            {
                 Vec::new()
             } else {
                 return Err(e.into());
@@ -195,7 +219,12 @@ pub async fn lookup_many(cloud: &Cloud, field: &str, scope: &Scope, ids: &[Strin
                 .iter()
                 .find(|g| g.group_id() == Some(id))
                 .map(|g| from_sdk(g, scope, false))
-                .ok_or_else(|| NetError::invalid(format!("{field}[{}]", i + 1), format!("no security group {id} in {scope}")))
+                .ok_or_else(|| {
+                    NetError::invalid(
+                        format!("{field}[{}]", i + 1),
+                        format!("no security group {id} in {scope}"),
+                    )
+                })
         })
         .collect()
 }
@@ -206,7 +235,10 @@ pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityG
     if spec.name.is_empty() || spec.name.len() > 255 || spec.name.starts_with("sg-") {
         return Err(NetError::invalid(
             "name",
-            format!("{:?} is not a usable group name (1–255 characters, not starting with \"sg-\")", spec.name),
+            format!(
+                "{:?} is not a usable group name (1–255 characters, not starting with \"sg-\")",
+                spec.name
+            ),
         ));
     }
     let ec2 = cloud.ec2(&vpc.scope).await;
@@ -229,7 +261,11 @@ pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityG
                 .group_name(&spec.name)
                 .description(description)
                 .vpc_id(&vpc.id)
-                .tag_specifications(creation_tags(ResourceType::SecurityGroup, Some(&spec.name), &spec.tags))
+                .tag_specifications(creation_tags(
+                    ResourceType::SecurityGroup,
+                    Some(&spec.name),
+                    &spec.tags,
+                ))
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("ec2:CreateSecurityGroup", e))?;
@@ -290,24 +326,44 @@ mod tests {
     #[test]
     fn ports() {
         assert_eq!(parse_ports(Proto::Tcp, Some("443")), Ok(Some((443, 443))));
-        assert_eq!(parse_ports(Proto::Tcp, Some("1024-65535")), Ok(Some((1024, 65535))));
+        assert_eq!(
+            parse_ports(Proto::Tcp, Some("1024-65535")),
+            Ok(Some((1024, 65535)))
+        );
         assert_eq!(parse_ports(Proto::Tcp, None), Ok(Some((0, 65535))));
         assert_eq!(parse_ports(Proto::All, Some("443")), Ok(None));
-        assert_eq!(parse_ports(Proto::Tcp, Some("70000")), Err("port 70000 is out of range".into()));
-        assert_eq!(parse_ports(Proto::Tcp, Some("90-80")), Err("port range 90-80 is reversed".into()));
+        assert_eq!(
+            parse_ports(Proto::Tcp, Some("70000")),
+            Err("port 70000 is out of range".into())
+        );
+        assert_eq!(
+            parse_ports(Proto::Tcp, Some("90-80")),
+            Err("port range 90-80 is reversed".into())
+        );
         assert!(parse_ports(Proto::Udp, Some("https")).is_err());
     }
 
     #[test]
     fn admits() {
         let vpc: Cidr = "10.1.0.0/16".parse().unwrap();
-        let r = Rule { proto: Proto::Tcp, ports: Some((443, 443)), cidr: "10.0.0.0/8".parse().unwrap() };
+        let r = Rule {
+            proto: Proto::Tcp,
+            ports: Some((443, 443)),
+            cidr: "10.0.0.0/8".parse().unwrap(),
+        };
         assert!(r.admits(Proto::Tcp, 443, &vpc));
         assert!(!r.admits(Proto::Tcp, 80, &vpc));
         assert!(!r.admits(Proto::Udp, 443, &vpc));
-        let narrow = Rule { cidr: "10.1.1.0/24".parse().unwrap(), ..r };
+        let narrow = Rule {
+            cidr: "10.1.1.0/24".parse().unwrap(),
+            ..r
+        };
         assert!(!narrow.admits(Proto::Tcp, 443, &vpc));
-        let all = Rule { proto: Proto::All, ports: None, cidr: "0.0.0.0/0".parse().unwrap() };
+        let all = Rule {
+            proto: Proto::All,
+            ports: None,
+            cidr: "0.0.0.0/0".parse().unwrap(),
+        };
         assert!(all.admits(Proto::Tcp, 443, &vpc));
         assert_eq!(r.to_string(), "tcp 443 from 10.0.0.0/8");
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::{ResourceType, SubnetState, Tag};
 
 use super::vpc::{self, Vpc};
-use super::{Cidr, NetError, ResourceRef, Result, Waits, creation_tags, filter, name_of, wait_for};
+use super::{creation_tags, filter, name_of, wait_for, Cidr, NetError, ResourceRef, Result, Waits};
 use crate::cloud::{AwsError, Cloud, Scope};
 
 #[derive(Debug, Clone)]
@@ -58,7 +58,10 @@ pub async fn lookup(cloud: &Cloud, field: &str, r: &ResourceRef) -> Result<Subne
     if !r.id.starts_with("subnet-") {
         return Err(NetError::invalid(
             field,
-            format!("expected a subnet (a table from ec2.subnet or a \"subnet-…\" id), got {:?}", r.id),
+            format!(
+                "expected a subnet (a table from ec2.subnet or a \"subnet-…\" id), got {:?}",
+                r.id
+            ),
         ));
     }
     let out = cloud
@@ -77,7 +80,10 @@ pub async fn lookup(cloud: &Cloud, field: &str, r: &ResourceRef) -> Result<Subne
             .ok_or_else(missing),
         Err(e) => {
             let e = AwsError::from_sdk("ec2:DescribeSubnets", e);
-            if e.code.as_deref().is_some_and(|c| c.starts_with("InvalidSubnetID")) {
+            if e.code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("InvalidSubnetID"))
+            {
                 Err(missing())
             } else {
                 Err(e.into())
@@ -96,7 +102,11 @@ pub async fn of_vpc(cloud: &Cloud, vpc: &ResourceRef) -> Result<Vec<Subnet>> {
         .send()
         .await
         .map_err(|e| AwsError::from_sdk("ec2:DescribeSubnets", e))?;
-    Ok(out.subnets().iter().map(|s| from_sdk(s, &vpc.scope, false)).collect())
+    Ok(out
+        .subnets()
+        .iter()
+        .map(|s| from_sdk(s, &vpc.scope, false))
+        .collect())
 }
 
 /// Finds the subnet with `spec.cidr` in `spec.vpc` or creates it.
@@ -105,14 +115,22 @@ pub async fn ensure(cloud: &Cloud, spec: &SubnetSpec, waits: &Waits) -> Result<S
     if !(16..=28).contains(&spec.cidr.prefix()) {
         return Err(NetError::invalid(
             "cidr",
-            format!("{}: a subnet's block must be between /16 and /28", spec.cidr),
+            format!(
+                "{}: a subnet's block must be between /16 and /28",
+                spec.cidr
+            ),
         ));
     }
     if !vpc.cidrs.iter().any(|c| c.contains(&spec.cidr)) {
         let blocks: Vec<String> = vpc.cidrs.iter().map(|c| c.to_string()).collect();
         return Err(NetError::invalid(
             "cidr",
-            format!("{} is outside {}'s CIDR {}", spec.cidr, vpc.id, blocks.join(", ")),
+            format!(
+                "{} is outside {}'s CIDR {}",
+                spec.cidr,
+                vpc.id,
+                blocks.join(", ")
+            ),
         ));
     }
     if let Some(az) = &spec.az {
@@ -129,7 +147,10 @@ pub async fn ensure(cloud: &Cloud, spec: &SubnetSpec, waits: &Waits) -> Result<S
             if &same.az != az {
                 return Err(NetError::conflict(
                     "az",
-                    format!("subnet {} ({}) already exists in {}, not {az}", same.id, same.cidr, same.az),
+                    format!(
+                        "subnet {} ({}) already exists in {}, not {az}",
+                        same.id, same.cidr, same.az
+                    ),
                 ));
             }
         }
@@ -153,17 +174,27 @@ pub async fn ensure(cloud: &Cloud, spec: &SubnetSpec, waits: &Waits) -> Result<S
     if let Some(other) = siblings.iter().find(|s| s.cidr.overlaps(&spec.cidr)) {
         return Err(NetError::invalid(
             "cidr",
-            format!("{} overlaps subnet {} ({}) in {}", spec.cidr, other.id, other.cidr, vpc.id),
+            format!(
+                "{} overlaps subnet {} ({}) in {}",
+                spec.cidr, other.id, other.cidr, vpc.id
+            ),
         ));
     }
-    let az = spec.az.clone().unwrap_or_else(|| format!("{}a", vpc.scope.region));
+    let az = spec
+        .az
+        .clone()
+        .unwrap_or_else(|| format!("{}a", vpc.scope.region));
     let ec2 = cloud.ec2(&vpc.scope).await;
     let out = ec2
         .create_subnet()
         .vpc_id(&vpc.id)
         .cidr_block(spec.cidr.to_string())
         .availability_zone(&az)
-        .tag_specifications(creation_tags(ResourceType::Subnet, spec.name.as_deref(), &spec.tags))
+        .tag_specifications(creation_tags(
+            ResourceType::Subnet,
+            spec.name.as_deref(),
+            &spec.tags,
+        ))
         .send()
         .await
         .map_err(|e| AwsError::from_sdk("ec2:CreateSubnet", e))?;
@@ -171,7 +202,12 @@ pub async fn ensure(cloud: &Cloud, spec: &SubnetSpec, waits: &Waits) -> Result<S
         .subnet()
         .ok_or_else(|| NetError::Timeout("ec2:CreateSubnet returned no subnet".into()))?;
     let subnet = from_sdk(created, &vpc.scope, true);
-    tracing::info!("created subnet {} {} in {} ({az})", subnet.id, subnet.cidr, vpc.id);
+    tracing::info!(
+        "created subnet {} {} in {} ({az})",
+        subnet.id,
+        subnet.cidr,
+        vpc.id
+    );
     if created.state() != Some(&SubnetState::Available) {
         let id = subnet.id.clone();
         wait_for(&format!("subnet {id}"), waits, waits.vpc, || {

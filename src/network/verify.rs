@@ -76,12 +76,25 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     /// Checks that the endpoint's groups admit HTTPS from `from`; `who` describes `from`.
-    async fn check_groups(&mut self, e: &Endpoint, svc: &str, from: &Cidr, who: &str) -> Result<()> {
+    async fn check_groups(
+        &mut self,
+        e: &Endpoint,
+        svc: &str,
+        from: &Cidr,
+        who: &str,
+    ) -> Result<()> {
         if e.security_groups.is_empty() {
-            self.report.add(&e.id, Some(svc), "has no security group".into());
+            self.report
+                .add(&e.id, Some(svc), "has no security group".into());
             return Ok(());
         }
-        let groups = security_group::lookup_many(self.cloud, "security_groups", &e.scope, &e.security_groups).await?;
+        let groups = security_group::lookup_many(
+            self.cloud,
+            "security_groups",
+            &e.scope,
+            &e.security_groups,
+        )
+        .await?;
         let admitted = groups
             .iter()
             .any(|g| g.ingress.iter().any(|r| r.admits(Proto::Tcp, 443, from)));
@@ -90,16 +103,28 @@ impl Checker<'_> {
             self.report.add(
                 &e.id,
                 Some(svc),
-                format!("security group {} does not allow inbound TCP 443 from {who} ({from})", ids.join(", ")),
+                format!(
+                    "security group {} does not allow inbound TCP 443 from {who} ({from})",
+                    ids.join(", ")
+                ),
             );
         }
         Ok(())
     }
 
     /// Finds a usable interface endpoint for `svc` among `endpoints` of `vpc`.
-    fn interface_endpoint<'e>(&mut self, vpc: &Vpc, endpoints: &'e [Endpoint], svc: &str, side: &str) -> Option<&'e Endpoint> {
+    fn interface_endpoint<'e>(
+        &mut self,
+        vpc: &Vpc,
+        endpoints: &'e [Endpoint],
+        svc: &str,
+        side: &str,
+    ) -> Option<&'e Endpoint> {
         let full = endpoint::service_name(svc, &vpc.scope.region);
-        let for_service: Vec<&Endpoint> = endpoints.iter().filter(|e| e.service_name == full).collect();
+        let for_service: Vec<&Endpoint> = endpoints
+            .iter()
+            .filter(|e| e.service_name == full)
+            .collect();
         let Some(e) = for_service.iter().find(|e| e.kind == Kind::Interface) else {
             match for_service.iter().find(|e| e.kind == Kind::Gateway) {
                 Some(g) => self.report.add(
@@ -116,16 +141,23 @@ impl Checker<'_> {
             return None;
         };
         if !e.state.eq_ignore_ascii_case("available") {
-            self.report.add(&e.id, Some(svc), format!("is {}, not available", e.state));
+            self.report
+                .add(&e.id, Some(svc), format!("is {}, not available", e.state));
         }
         if e.subnets.is_empty() {
-            self.report.add(&e.id, Some(svc), "has no subnet, so nothing can reach it".into());
+            self.report.add(
+                &e.id,
+                Some(svc),
+                "has no subnet, so nothing can reach it".into(),
+            );
         }
         if svc != "s3" && !e.private_dns {
             self.report.add(
                 &e.id,
                 Some(svc),
-                format!("has private DNS turned off, so {svc}'s public name does not resolve to it"),
+                format!(
+                    "has private DNS turned off, so {svc}'s public name does not resolve to it"
+                ),
             );
         }
         Some(e)
@@ -133,17 +165,29 @@ impl Checker<'_> {
 
     /// Checks peering between the worker VPC and the repository VPC and the
     /// routes both ways: from the worker subnet to the endpoint's subnets and back.
-    async fn check_path(&mut self, worker: &Vpc, subnet: &Subnet, repo: &Vpc, s3: Option<&Endpoint>) -> Result<()> {
-        let Some((pcx, status, _)) = peering::find_between(self.cloud, &worker.scope, &worker.id, &repo.id).await? else {
+    async fn check_path(
+        &mut self,
+        worker: &Vpc,
+        subnet: &Subnet,
+        repo: &Vpc,
+        s3: Option<&Endpoint>,
+    ) -> Result<()> {
+        let Some((pcx, status, _)) =
+            peering::find_between(self.cloud, &worker.scope, &worker.id, &repo.id).await?
+        else {
             self.report.add(
                 &worker.id,
                 None,
-                format!("is not peered with the repository VPC {} ({})", repo.id, repo.scope),
+                format!(
+                    "is not peered with the repository VPC {} ({})",
+                    repo.id, repo.scope
+                ),
             );
             return Ok(());
         };
         if status != "active" {
-            self.report.add(&pcx, None, format!("is {status}, not active"));
+            self.report
+                .add(&pcx, None, format!("is {status}, not active"));
         }
         let worker_tables = peering::route_tables_of(self.cloud, &worker.as_ref()).await?;
         let repo_tables = peering::route_tables_of(self.cloud, &repo.as_ref()).await?;
@@ -155,12 +199,23 @@ impl Checker<'_> {
                 .collect(),
             _ => Vec::new(),
         };
-        let route_check = |table: Option<&RouteTable>, owner: &str, dest: Cidr, report: &mut Report| match table {
+        let route_check = |table: Option<&RouteTable>,
+                           owner: &str,
+                           dest: Cidr,
+                           report: &mut Report| match table {
             None => report.add(owner, None, "has no route table".into()),
             Some(t) => match best_route(t, &dest) {
                 Some(r) if r.target == pcx && r.state != "blackhole" => {}
-                Some(r) if r.target == pcx => report.add(&t.id, None, format!("route to {dest} through {pcx} is a blackhole")),
-                Some(r) if r.target != "local" => report.add(&t.id, None, format!("sends {dest} to {}, not through {pcx}", r.target)),
+                Some(r) if r.target == pcx => report.add(
+                    &t.id,
+                    None,
+                    format!("route to {dest} through {pcx} is a blackhole"),
+                ),
+                Some(r) if r.target != "local" => report.add(
+                    &t.id,
+                    None,
+                    format!("sends {dest} to {}, not through {pcx}", r.target),
+                ),
                 _ => report.add(&t.id, None, format!("has no route to {dest} through {pcx}")),
             },
         };
@@ -180,7 +235,12 @@ impl Checker<'_> {
             }
         } else {
             for s in &repo_subnets {
-                route_check(peering::table_for_subnet(&repo_tables, &s.id), &s.id, subnet.cidr, &mut self.report);
+                route_check(
+                    peering::table_for_subnet(&repo_tables, &s.id),
+                    &s.id,
+                    subnet.cidr,
+                    &mut self.report,
+                );
             }
         }
         Ok(())
@@ -189,10 +249,14 @@ impl Checker<'_> {
 
 pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
     if spec.subnets.is_empty() {
-        return Err(NetError::invalid("subnets", "name at least one worker subnet"));
+        return Err(NetError::invalid(
+            "subnets",
+            "name at least one worker subnet",
+        ));
     }
     for (i, s) in spec.services.iter().enumerate() {
-        endpoint::check_service(s).map_err(|m| NetError::invalid(format!("services[{}]", i + 1), m))?;
+        endpoint::check_service(s)
+            .map_err(|m| NetError::invalid(format!("services[{}]", i + 1), m))?;
     }
     let mut subnets = Vec::new();
     for (i, r) in spec.subnets.iter().enumerate() {
@@ -212,11 +276,22 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
         None => Vec::new(),
     };
     for s in &subnets {
-        let worker = vpc::lookup(cloud, "subnets", &ResourceRef { id: s.vpc_id.clone(), scope: s.scope.clone() }).await?;
+        let worker = vpc::lookup(
+            cloud,
+            "subnets",
+            &ResourceRef {
+                id: s.vpc_id.clone(),
+                scope: s.scope.clone(),
+            },
+        )
+        .await?;
         let endpoints = endpoint::of_vpc(cloud, &worker.as_ref(), None).await?;
         if let Some(from) = &spec.from {
             if !s.cidr.contains(from) {
-                return Err(NetError::invalid("from", format!("{from} is not inside subnet {} ({})", s.id, s.cidr)));
+                return Err(NetError::invalid(
+                    "from",
+                    format!("{from} is not inside subnet {} ({})", s.id, s.cidr),
+                ));
             }
         }
         let source = spec.from.unwrap_or(s.cidr);
@@ -225,7 +300,10 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
             None => format!("the worker subnet {}", s.id),
         };
         for svc in &spec.services {
-            if let Some(e) = c.interface_endpoint(&worker, &endpoints, svc, "worker VPC").cloned() {
+            if let Some(e) = c
+                .interface_endpoint(&worker, &endpoints, svc, "worker VPC")
+                .cloned()
+            {
                 c.check_groups(&e, svc, &source, &worker_label).await?;
             }
         }
@@ -239,7 +317,9 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
                     format!("CIDR {b} overlaps the worker VPC {} ({a}); peered VPCs need disjoint CIDRs", worker.id),
                 );
             }
-            let s3 = c.interface_endpoint(repo, &repo_endpoints, "s3", "repository VPC").cloned();
+            let s3 = c
+                .interface_endpoint(repo, &repo_endpoints, "s3", "repository VPC")
+                .cloned();
             if let Some(e) = &s3 {
                 c.check_groups(e, "s3", &source, &worker_label).await?;
             }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, VpcAttributeName, VpcState};
 
-use super::{Cidr, NetError, ResourceRef, Result, Waits, creation_tags, filter, name_of, wait_for};
+use super::{creation_tags, filter, name_of, wait_for, Cidr, NetError, ResourceRef, Result, Waits};
 use crate::cloud::{AwsError, Cloud, Scope};
 
 #[derive(Debug, Clone)]
@@ -53,20 +53,17 @@ impl Vpc {
 
 pub fn validate_vpc_cidr(cidr: &Cidr) -> std::result::Result<(), String> {
     if !(16..=28).contains(&cidr.prefix()) {
-        return Err(format!(
-            "{cidr}: a VPC's block must be between /16 and /28"
-        ));
+        return Err(format!("{cidr}: a VPC's block must be between /16 and /28"));
     }
     Ok(())
 }
 
 fn from_sdk(v: &aws_sdk_ec2::types::Vpc, scope: &Scope, created: bool) -> Result<Vpc> {
     let id = v.vpc_id().unwrap_or_default().to_string();
-    let primary: Cidr = v
-        .cidr_block()
-        .unwrap_or_default()
-        .parse()
-        .map_err(|e| NetError::conflict("vpc", format!("{id} reports an unreadable CIDR: {e}")))?;
+    let primary: Cidr =
+        v.cidr_block().unwrap_or_default().parse().map_err(|e| {
+            NetError::conflict("vpc", format!("{id} reports an unreadable CIDR: {e}"))
+        })?;
     let mut cidrs = vec![primary];
     for assoc in v.cidr_block_association_set() {
         let associated = assoc
@@ -96,7 +93,10 @@ pub async fn lookup(cloud: &Cloud, field: &str, r: &ResourceRef) -> Result<Vpc> 
     if !r.id.starts_with("vpc-") {
         return Err(NetError::invalid(
             field,
-            format!("expected a VPC (a table from ec2.vpc or a \"vpc-…\" id), got {:?}", r.id),
+            format!(
+                "expected a VPC (a table from ec2.vpc or a \"vpc-…\" id), got {:?}",
+                r.id
+            ),
         ));
     }
     let out = cloud
@@ -109,12 +109,21 @@ pub async fn lookup(cloud: &Cloud, field: &str, r: &ResourceRef) -> Result<Vpc> 
     match out {
         Ok(out) => match out.vpcs().first() {
             Some(v) => from_sdk(v, &r.scope, false),
-            None => Err(NetError::invalid(field, format!("no VPC {} in {}", r.id, r.scope))),
+            None => Err(NetError::invalid(
+                field,
+                format!("no VPC {} in {}", r.id, r.scope),
+            )),
         },
         Err(e) => {
             let e = AwsError::from_sdk("ec2:DescribeVpcs", e);
-            if e.code.as_deref().is_some_and(|c| c.starts_with("InvalidVpcID")) {
-                Err(NetError::invalid(field, format!("no VPC {} in {}", r.id, r.scope)))
+            if e.code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("InvalidVpcID"))
+            {
+                Err(NetError::invalid(
+                    field,
+                    format!("no VPC {} in {}", r.id, r.scope),
+                ))
             } else {
                 Err(e.into())
             }
@@ -154,7 +163,11 @@ pub async fn ensure(cloud: &Cloud, spec: &VpcSpec, waits: &Waits) -> Result<Vpc>
             let out = ec2
                 .create_vpc()
                 .cidr_block(spec.cidr.to_string())
-                .tag_specifications(creation_tags(ResourceType::Vpc, Some(&spec.name), &spec.tags))
+                .tag_specifications(creation_tags(
+                    ResourceType::Vpc,
+                    Some(&spec.name),
+                    &spec.tags,
+                ))
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("ec2:CreateVpc", e))?;
@@ -162,7 +175,13 @@ pub async fn ensure(cloud: &Cloud, spec: &VpcSpec, waits: &Waits) -> Result<Vpc>
                 .vpc()
                 .ok_or_else(|| NetError::Timeout("ec2:CreateVpc returned no VPC".into()))?;
             let mut vpc = from_sdk(created, &spec.scope, true)?;
-            tracing::info!("created VPC {} ({}) {} in {}", spec.name, vpc.id, spec.cidr, spec.scope);
+            tracing::info!(
+                "created VPC {} ({}) {} in {}",
+                spec.name,
+                vpc.id,
+                spec.cidr,
+                spec.scope
+            );
             let id = vpc.id.clone();
             let state = wait_for(&format!("VPC {id}"), waits, waits.vpc, || {
                 let ec2 = ec2.clone();
@@ -205,7 +224,11 @@ pub async fn ensure(cloud: &Cloud, spec: &VpcSpec, waits: &Waits) -> Result<Vpc>
     Ok(vpc)
 }
 
-async fn dns_attribute(ec2: &aws_sdk_ec2::Client, id: &str, attr: VpcAttributeName) -> Result<bool> {
+async fn dns_attribute(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    attr: VpcAttributeName,
+) -> Result<bool> {
     let out = ec2
         .describe_vpc_attribute()
         .vpc_id(id)
@@ -223,8 +246,10 @@ async fn dns_attribute(ec2: &aws_sdk_ec2::Client, id: &str, attr: VpcAttributeNa
 /// Whether the VPC resolves names (support and hostnames), which private DNS needs.
 pub async fn dns_enabled(cloud: &Cloud, r: &ResourceRef) -> Result<bool> {
     let ec2 = cloud.ec2(&r.scope).await;
-    Ok(dns_attribute(&ec2, &r.id, VpcAttributeName::EnableDnsSupport).await?
-        && dns_attribute(&ec2, &r.id, VpcAttributeName::EnableDnsHostnames).await?)
+    Ok(
+        dns_attribute(&ec2, &r.id, VpcAttributeName::EnableDnsSupport).await?
+            && dns_attribute(&ec2, &r.id, VpcAttributeName::EnableDnsHostnames).await?,
+    )
 }
 
 async fn ensure_dns(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<()> {

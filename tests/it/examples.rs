@@ -5,22 +5,35 @@ use std::collections::BTreeSet;
 
 use aws_sdk_ec2::types::Filter;
 
-use crate::harness::{Account, Workspace, emulator, project_root};
+use crate::harness::{emulator, project_root, Account, Workspace};
 
 fn f(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
 async fn vpc_id(ec2: &aws_sdk_ec2::Client, name: &str) -> (String, String) {
-    let out = ec2.describe_vpcs().filters(f("tag:Name", name)).send().await.unwrap();
+    let out = ec2
+        .describe_vpcs()
+        .filters(f("tag:Name", name))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.vpcs().len(), 1, "exactly one VPC named {name}");
     let v = &out.vpcs()[0];
-    (v.vpc_id().unwrap().to_string(), v.cidr_block().unwrap().to_string())
+    (
+        v.vpc_id().unwrap().to_string(),
+        v.cidr_block().unwrap().to_string(),
+    )
 }
 
 /// (service name, type) of every live endpoint of a VPC.
 async fn endpoints(ec2: &aws_sdk_ec2::Client, vpc: &str) -> Vec<(String, String, Vec<String>)> {
-    let out = ec2.describe_vpc_endpoints().filters(f("vpc-id", vpc)).send().await.unwrap();
+    let out = ec2
+        .describe_vpc_endpoints()
+        .filters(f("vpc-id", vpc))
+        .send()
+        .await
+        .unwrap();
     let mut v: Vec<_> = out
         .vpc_endpoints()
         .iter()
@@ -28,7 +41,10 @@ async fn endpoints(ec2: &aws_sdk_ec2::Client, vpc: &str) -> Vec<(String, String,
             (
                 e.service_name().unwrap().to_string(),
                 e.vpc_endpoint_type().unwrap().as_str().to_string(),
-                e.groups().iter().map(|g| g.group_id().unwrap().to_string()).collect(),
+                e.groups()
+                    .iter()
+                    .map(|g| g.group_id().unwrap().to_string())
+                    .collect(),
             )
         })
         .collect();
@@ -37,23 +53,44 @@ async fn endpoints(ec2: &aws_sdk_ec2::Client, vpc: &str) -> Vec<(String, String,
 }
 
 async fn https_sources(ec2: &aws_sdk_ec2::Client, group: &str) -> BTreeSet<String> {
-    let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
+    let out = ec2
+        .describe_security_groups()
+        .group_ids(group)
+        .send()
+        .await
+        .unwrap();
     out.security_groups()[0]
         .ip_permissions()
         .iter()
-        .filter(|p| p.ip_protocol() == Some("tcp") && p.from_port() == Some(443) && p.to_port() == Some(443))
-        .flat_map(|p| p.ip_ranges().iter().map(|r| r.cidr_ip().unwrap().to_string()))
+        .filter(|p| {
+            p.ip_protocol() == Some("tcp") && p.from_port() == Some(443) && p.to_port() == Some(443)
+        })
+        .flat_map(|p| {
+            p.ip_ranges()
+                .iter()
+                .map(|r| r.cidr_ip().unwrap().to_string())
+        })
         .collect()
 }
 
 /// Routes (destination → target) in every route table of a VPC.
 async fn routes(ec2: &aws_sdk_ec2::Client, vpc: &str) -> Vec<(String, String)> {
-    let out = ec2.describe_route_tables().filters(f("vpc-id", vpc)).send().await.unwrap();
+    let out = ec2
+        .describe_route_tables()
+        .filters(f("vpc-id", vpc))
+        .send()
+        .await
+        .unwrap();
     let mut v: Vec<_> = out
         .route_tables()
         .iter()
         .flat_map(|t| t.routes())
-        .filter_map(|r| Some((r.destination_cidr_block()?.to_string(), r.vpc_peering_connection_id()?.to_string())))
+        .filter_map(|r| {
+            Some((
+                r.destination_cidr_block()?.to_string(),
+                r.vpc_peering_connection_id()?.to_string(),
+            ))
+        })
         .collect();
     v.sort();
     v
@@ -68,7 +105,11 @@ async fn active_peerings(ec2: &aws_sdk_ec2::Client) -> Vec<(String, String, Stri
         .map(|p| {
             (
                 p.vpc_peering_connection_id().unwrap().to_string(),
-                p.requester_vpc_info().unwrap().vpc_id().unwrap().to_string(),
+                p.requester_vpc_info()
+                    .unwrap()
+                    .vpc_id()
+                    .unwrap()
+                    .to_string(),
                 p.accepter_vpc_info().unwrap().vpc_id().unwrap().to_string(),
             )
         })
@@ -78,7 +119,10 @@ async fn active_peerings(ec2: &aws_sdk_ec2::Client) -> Vec<(String, String, Stri
 }
 
 fn pcx_between(all: &[(String, String, String)], a: &str, b: &str) -> String {
-    let found: Vec<_> = all.iter().filter(|(_, r, x)| (r == a && x == b) || (r == b && x == a)).collect();
+    let found: Vec<_> = all
+        .iter()
+        .filter(|(_, r, x)| (r == a && x == b) || (r == b && x == a))
+        .collect();
     assert_eq!(found.len(), 1, "one peering between {a} and {b}: {all:?}");
     found[0].0.clone()
 }
@@ -99,13 +143,28 @@ async fn private_network_backup_builds_the_scenario_exactly_once() {
     let emu = emulator();
     let backup = emu.account().await;
     let repo = emu.account().await;
-    let ws = workspace_with(&[("backup", &backup, "us-east-1"), ("repository", &repo, "eu-west-1")]).await;
+    let ws = workspace_with(&[
+        ("backup", &backup, "us-east-1"),
+        ("repository", &repo, "eu-west-1"),
+    ])
+    .await;
     let script = project_root().join("examples/private_network_backup.lua");
     let config = ws.path("skiff.toml");
-    let args = ["run", "--config", config.to_str().unwrap(), script.to_str().unwrap()];
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        script.to_str().unwrap(),
+    ];
     let first = ws.skiff(&args).await;
     first.ok();
-    assert!(first.stdout.starts_with("workers: private network ready\nappliance: private network ready\n"), "{}", first.stdout);
+    assert!(
+        first
+            .stdout
+            .starts_with("workers: private network ready\nappliance: private network ready\n"),
+        "{}",
+        first.stdout
+    );
     let second = ws.skiff(&args).await;
     second.ok();
     assert_eq!(first.stdout, second.stdout);
@@ -115,7 +174,10 @@ async fn private_network_backup_builds_the_scenario_exactly_once() {
     let (worker, worker_cidr) = vpc_id(&b, "skiff-workers").await;
     let (appliance, _) = vpc_id(&b, "skiff-appliance").await;
     let (repository, repo_cidr) = vpc_id(&r, "skiff-repository").await;
-    assert_eq!((worker_cidr.as_str(), repo_cidr.as_str()), ("10.20.0.0/16", "10.30.0.0/16"));
+    assert_eq!(
+        (worker_cidr.as_str(), repo_cidr.as_str()),
+        ("10.20.0.0/16", "10.30.0.0/16")
+    );
 
     let eps = endpoints(&b, &worker).await;
     let services: Vec<&str> = eps.iter().map(|e| e.0.as_str()).collect();
@@ -132,11 +194,17 @@ async fn private_network_backup_builds_the_scenario_exactly_once() {
     for (_, kind, groups) in &eps {
         assert_eq!(kind, "Interface");
         assert_eq!(groups.len(), 1);
-        assert_eq!(https_sources(&b, &groups[0]).await, BTreeSet::from(["10.20.0.0/16".to_string()]));
+        assert_eq!(
+            https_sources(&b, &groups[0]).await,
+            BTreeSet::from(["10.20.0.0/16".to_string()])
+        );
     }
     let s3 = endpoints(&r, &repository).await;
     assert_eq!(s3.len(), 1);
-    assert_eq!((s3[0].0.as_str(), s3[0].1.as_str()), ("com.amazonaws.eu-west-1.s3", "Interface"));
+    assert_eq!(
+        (s3[0].0.as_str(), s3[0].1.as_str()),
+        ("com.amazonaws.eu-west-1.s3", "Interface")
+    );
     assert_eq!(
         https_sources(&r, &s3[0].2[0]).await,
         BTreeSet::from(["10.20.0.0/16".to_string(), "10.40.1.10/32".to_string()])
@@ -146,11 +214,20 @@ async fn private_network_backup_builds_the_scenario_exactly_once() {
     assert_eq!(peerings.len(), 2, "{peerings:?}");
     let wr = pcx_between(&peerings, &worker, &repository);
     let ar = pcx_between(&peerings, &appliance, &repository);
-    assert_eq!(routes(&b, &worker).await, vec![("10.30.0.0/16".to_string(), wr.clone())]);
-    assert_eq!(routes(&b, &appliance).await, vec![("10.30.0.0/16".to_string(), ar.clone())]);
+    assert_eq!(
+        routes(&b, &worker).await,
+        vec![("10.30.0.0/16".to_string(), wr.clone())]
+    );
+    assert_eq!(
+        routes(&b, &appliance).await,
+        vec![("10.30.0.0/16".to_string(), ar.clone())]
+    );
     assert_eq!(
         routes(&r, &repository).await,
-        vec![("10.20.0.0/16".to_string(), wr), ("10.40.0.0/16".to_string(), ar)]
+        vec![
+            ("10.20.0.0/16".to_string(), wr),
+            ("10.40.0.0/16".to_string(), ar)
+        ]
     );
 }
 
@@ -168,7 +245,12 @@ async fn private_network_archive_builds_the_scenario_exactly_once() {
     .await;
     let script = project_root().join("examples/private_network_archive.lua");
     let config = ws.path("skiff.toml");
-    let args = ["run", "--config", config.to_str().unwrap(), script.to_str().unwrap()];
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        script.to_str().unwrap(),
+    ];
     let first = ws.skiff(&args).await;
     first.ok();
     assert!(
@@ -185,9 +267,20 @@ async fn private_network_archive_builds_the_scenario_exactly_once() {
     let (std_vpc, _) = vpc_id(&s, "skiff-archive-standard").await;
     let (arc_vpc, _) = vpc_id(&a, "skiff-archive-archive").await;
     let worker_eps = endpoints(&b, &worker).await;
-    assert_eq!(worker_eps.len(), 4, "ssm, ssmmessages, ec2messages, sqs: {worker_eps:?}");
-    let all_three = BTreeSet::from(["10.50.0.0/16".to_string(), "10.60.0.0/16".to_string(), "10.70.0.0/16".to_string()]);
-    for (ec2, vpc, region) in [(&s, &std_vpc, "eu-west-1"), (&a, &arc_vpc, "ap-southeast-2")] {
+    assert_eq!(
+        worker_eps.len(),
+        4,
+        "ssm, ssmmessages, ec2messages, sqs: {worker_eps:?}"
+    );
+    let all_three = BTreeSet::from([
+        "10.50.0.0/16".to_string(),
+        "10.60.0.0/16".to_string(),
+        "10.70.0.0/16".to_string(),
+    ]);
+    for (ec2, vpc, region) in [
+        (&s, &std_vpc, "eu-west-1"),
+        (&a, &arc_vpc, "ap-southeast-2"),
+    ] {
         let eps = endpoints(ec2, vpc).await;
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].0, format!("com.amazonaws.{region}.s3"));
@@ -204,14 +297,23 @@ async fn private_network_archive_builds_the_scenario_exactly_once() {
     assert_eq!(from_archive.len(), 2);
     assert_eq!(
         routes(&b, &worker).await,
-        vec![("10.60.0.0/16".to_string(), ws_pcx.clone()), ("10.70.0.0/16".to_string(), wa_pcx.clone())]
+        vec![
+            ("10.60.0.0/16".to_string(), ws_pcx.clone()),
+            ("10.70.0.0/16".to_string(), wa_pcx.clone())
+        ]
     );
     assert_eq!(
         routes(&s, &std_vpc).await,
-        vec![("10.50.0.0/16".to_string(), ws_pcx), ("10.70.0.0/16".to_string(), sa_pcx.clone())]
+        vec![
+            ("10.50.0.0/16".to_string(), ws_pcx),
+            ("10.70.0.0/16".to_string(), sa_pcx.clone())
+        ]
     );
     assert_eq!(
         routes(&a, &arc_vpc).await,
-        vec![("10.50.0.0/16".to_string(), wa_pcx), ("10.60.0.0/16".to_string(), sa_pcx)]
+        vec![
+            ("10.50.0.0/16".to_string(), wa_pcx),
+            ("10.60.0.0/16".to_string(), sa_pcx)
+        ]
     );
 }

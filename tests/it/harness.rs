@@ -56,7 +56,10 @@ pub fn emulator() -> &'static Emulator {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .expect("read the emulator's port");
-        let port = line.trim().strip_prefix("PORT ").unwrap_or_else(|| panic!("emulator said {line:?}"));
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .unwrap_or_else(|| panic!("emulator said {line:?}"));
         // stdin stays open in `child` for the life of this process; when the
         // process exits it closes and the emulator exits with it.
         Emulator {
@@ -78,7 +81,11 @@ pub struct Account {
 pub fn random_account_id() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    format!("{}{:011}", rng.random_range(1..10), rng.random_range(0..100_000_000_000u64))
+    format!(
+        "{}{:011}",
+        rng.random_range(1..10),
+        rng.random_range(0..100_000_000_000u64)
+    )
 }
 
 impl Emulator {
@@ -87,9 +94,11 @@ impl Emulator {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                Credentials::new("test", "test", None, None, "harness"),
-            ))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
+                    "test", "test", None, None, "harness",
+                )),
+            )
             .build()
     }
 
@@ -122,15 +131,15 @@ impl Emulator {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                Credentials::new(
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
                     &account.access_key,
                     &account.secret_key,
                     Some(account.session_token.clone()),
                     None,
                     "harness",
-                ),
-            ))
+                )),
+            )
             .build()
     }
 
@@ -157,13 +166,21 @@ pub struct Run {
 impl Run {
     #[track_caller]
     pub fn ok(&self) -> &Self {
-        assert_eq!(self.code, 0, "skiff failed\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "skiff failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn failed(&self) -> &Self {
-        assert_ne!(self.code, 0, "skiff succeeded but should have failed\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_ne!(
+            self.code, 0,
+            "skiff succeeded but should have failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -174,7 +191,11 @@ impl Workspace {
         let emu = emulator();
         let account = emu.account().await;
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("skiff.toml"), format!("region = \"us-east-1\"\n{toml}")).unwrap();
+        std::fs::write(
+            dir.path().join("skiff.toml"),
+            format!("region = \"us-east-1\"\n{toml}"),
+        )
+        .unwrap();
         Workspace {
             dir,
             account,

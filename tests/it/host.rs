@@ -9,33 +9,57 @@ use crate::harness::Workspace;
 #[tokio::test]
 async fn runaway_loop_stops_with_a_clear_error() {
     let ws = Workspace::new("[lua]\ninstruction_limit = 5_000_000\n").await;
-    let out = ws.run_lua("spin.lua", "local n = 0\nwhile true do n = n + 1 end\n", &[]).await;
+    let out = ws
+        .run_lua(
+            "spin.lua",
+            "local n = 0\nwhile true do n = n + 1 end\n",
+            &[],
+        )
+        .await;
     out.failed();
     assert!(
-        out.stderr.starts_with("spin.lua:2: instruction limit reached: the script ran 5000000 VM instructions"),
+        out.stderr.starts_with(
+            "spin.lua:2: instruction limit reached: the script ran 5000000 VM instructions"
+        ),
         "{}",
         out.stderr
     );
     // A pcall cannot swallow it: the budget stays spent.
     let out = ws
-        .run_lua("spin2.lua", "while true do pcall(function() while true do end end) end\n", &[])
+        .run_lua(
+            "spin2.lua",
+            "while true do pcall(function() while true do end end) end\n",
+            &[],
+        )
         .await;
     out.failed();
-    assert!(out.stderr.contains("instruction limit reached"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("instruction limit reached"),
+        "{}",
+        out.stderr
+    );
     // The command-line flag overrides skiff.toml.
     let out = ws
         .skiff(&["run", "--instruction-limit", "100000000", "spin.lua"])
         .await;
-    assert!(out.stderr.contains("ran 100000000 VM instructions"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("ran 100000000 VM instructions"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test]
 async fn waiting_on_primitives_does_not_spend_the_budget() {
     let ws = Workspace::new("[lua]\ninstruction_limit = 200_000\n").await;
     // 0.6 s of sleeping with a budget far too small for a busy loop of that length.
-    ws.run_lua("wait.lua", "for i = 1, 3 do time.sleep(0.2) end print('slept')\n", &[])
-        .await
-        .ok();
+    ws.run_lua(
+        "wait.lua",
+        "for i = 1, 3 do time.sleep(0.2) end print('slept')\n",
+        &[],
+    )
+    .await
+    .ok();
 }
 
 #[tokio::test]
@@ -49,8 +73,11 @@ async fn memory_limit_stops_a_hungry_script() {
         let out = ws.run_lua("hungry.lua", script, &[]).await;
         out.failed();
         assert!(
-            out.stderr.contains("not enough memory: the script reached its memory limit of 64 MiB")
-                || out.stderr.starts_with("hungry.lua:1: resulting string too large"),
+            out.stderr
+                .contains("not enough memory: the script reached its memory limit of 64 MiB")
+                || out
+                    .stderr
+                    .starts_with("hungry.lua:1: resulting string too large"),
             "{script}: {}",
             out.stderr
         );
@@ -60,7 +87,10 @@ async fn memory_limit_stops_a_hungry_script() {
 #[tokio::test]
 async fn errors_carry_file_line_and_traceback() {
     let ws = Workspace::new("").await;
-    ws.write("lib/helpers.lua", "local M = {}\nfunction M.fail(x)\n  error('bad ' .. x)\nend\nreturn M\n");
+    ws.write(
+        "lib/helpers.lua",
+        "local M = {}\nfunction M.fail(x)\n  error('bad ' .. x)\nend\nreturn M\n",
+    );
     let out = ws
         .run_lua(
             "main.lua",
@@ -71,14 +101,35 @@ async fn errors_carry_file_line_and_traceback() {
     out.failed();
     let expected = "./lib/helpers.lua:3: bad thing\nstack traceback:\n";
     let alt = "lib/helpers.lua:3: bad thing\nstack traceback:\n";
-    assert!(out.stderr.starts_with(expected) || out.stderr.starts_with(alt), "{}", out.stderr);
-    assert!(out.stderr.contains("main.lua:3: in local 'go'"), "{}", out.stderr);
-    assert!(out.stderr.contains("main.lua:5: in main chunk"), "{}", out.stderr);
-    assert!(!out.stderr.contains("[skiff]"), "host frames leak: {}", out.stderr);
+    assert!(
+        out.stderr.starts_with(expected) || out.stderr.starts_with(alt),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("main.lua:3: in local 'go'"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("main.lua:5: in main chunk"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("[skiff]"),
+        "host frames leak: {}",
+        out.stderr
+    );
 
     let out = ws.run_lua("syntax.lua", "local x = = 1\n", &[]).await;
     out.failed();
-    assert!(out.stderr.starts_with("syntax.lua:1: unexpected symbol near '='"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("syntax.lua:1: unexpected symbol near '='"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test]
@@ -87,13 +138,30 @@ async fn sandbox_keeps_the_safe_library_only() {
     let probe = "print(os.execute, os.exit, io.popen, package.loadlib, debug, dofile, loadfile, os.time ~= nil, string.format('%d', 1), io.write ~= nil)\n";
     let out = ws.run_lua("probe.lua", probe, &[]).await;
     out.ok();
-    assert_eq!(out.stdout.trim(), "nil\tnil\tnil\tnil\tnil\tnil\tnil\ttrue\t1\ttrue");
-    let out = ws.run_lua("bin.lua", "print(load(string.dump(function() end)))\n", &[]).await;
+    assert_eq!(
+        out.stdout.trim(),
+        "nil\tnil\tnil\tnil\tnil\tnil\tnil\ttrue\t1\ttrue"
+    );
+    let out = ws
+        .run_lua("bin.lua", "print(load(string.dump(function() end)))\n", &[])
+        .await;
     out.ok();
-    assert!(out.stdout.starts_with("nil\tattempt to load a binary chunk"), "{}", out.stdout);
-    let out = ws.run_lua("bin.lua", "load('return 1', 'x', 'b')\n", &[]).await;
+    assert!(
+        out.stdout
+            .starts_with("nil\tattempt to load a binary chunk"),
+        "{}",
+        out.stdout
+    );
+    let out = ws
+        .run_lua("bin.lua", "load('return 1', 'x', 'b')\n", &[])
+        .await;
     out.failed();
-    assert!(out.stderr.starts_with("bin.lua:1: load: only text chunks are allowed"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("bin.lua:1: load: only text chunks are allowed"),
+        "{}",
+        out.stderr
+    );
     let out = ws.skiff(&["run", "--unsafe-lua", "probe.lua"]).await;
     out.ok();
     assert!(out.stdout.starts_with("function:"), "{}", out.stdout);
@@ -103,22 +171,43 @@ async fn sandbox_keeps_the_safe_library_only() {
 async fn args_reach_the_script() {
     let ws = Workspace::new("").await;
     let out = ws
-        .run_lua("args.lua", "print(select('#', ...), args.cidr, args[2], ...)\n", &["one", "cidr=10.0.0.0/16"])
+        .run_lua(
+            "args.lua",
+            "print(select('#', ...), args.cidr, args[2], ...)\n",
+            &["one", "cidr=10.0.0.0/16"],
+        )
         .await;
     out.ok();
-    assert_eq!(out.stdout.trim(), "2\t10.0.0.0/16\tcidr=10.0.0.0/16\tone\tcidr=10.0.0.0/16");
+    assert_eq!(
+        out.stdout.trim(),
+        "2\t10.0.0.0/16\tcidr=10.0.0.0/16\tone\tcidr=10.0.0.0/16"
+    );
 }
 
 #[tokio::test]
 async fn require_finds_the_stdlib() {
     let ws = Workspace::new("").await;
-    let out = ws.run_lua("s.lua", "local spec = require('skiff.spec') print(type(spec.describe))\n", &[]).await;
+    let out = ws
+        .run_lua(
+            "s.lua",
+            "local spec = require('skiff.spec') print(type(spec.describe))\n",
+            &[],
+        )
+        .await;
     out.ok();
     assert_eq!(out.stdout.trim(), "function");
     let out = ws.run_lua("m.lua", "require('nope.missing')\n", &[]).await;
     out.failed();
-    assert!(out.stderr.contains("module 'nope.missing' not found"), "{}", out.stderr);
-    assert!(out.stderr.contains("no file 'stdlib/nope/missing.lua'"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("module 'nope.missing' not found"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("no file 'stdlib/nope/missing.lua'"),
+        "{}",
+        out.stderr
+    );
 }
 
 async fn repl(ws: &Workspace, input: &str) -> (String, String) {
@@ -129,10 +218,19 @@ async fn repl(ws: &Workspace, input: &str) -> (String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).await.unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .await
+        .unwrap();
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success());
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -144,7 +242,11 @@ async fn repl_prints_values_and_continues_incomplete_input() {
     )
     .await;
     let body: Vec<&str> = out.lines().skip(1).collect();
-    assert_eq!(body, vec!["2", "42", "{ a = { 1, 2 }, b = 2 }", "\"after\""], "{out}");
+    assert_eq!(
+        body,
+        vec!["2", "42", "{ a = { 1, 2 }, b = 2 }", "\"after\""],
+        "{out}"
+    );
     assert!(err.starts_with("repl:1: boom"), "{err}");
     let history = std::fs::read_to_string(ws.path(".local/state/skiff/history")).unwrap();
     assert!(history.contains("add(40, 2)"), "{history}");
@@ -153,9 +255,18 @@ async fn repl_prints_values_and_continues_incomplete_input() {
 #[tokio::test]
 async fn every_verb_has_help() {
     let ws = Workspace::new("").await;
-    for verb in [vec!["--help"], vec!["run", "--help"], vec!["repl", "--help"], vec!["test", "--help"]] {
+    for verb in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["repl", "--help"],
+        vec!["test", "--help"],
+    ] {
         let out = ws.skiff(&verb).await;
         out.ok();
-        assert!(out.stdout.contains("Usage: skiff"), "{verb:?}: {}", out.stdout);
+        assert!(
+            out.stdout.contains("Usage: skiff"),
+            "{verb:?}: {}",
+            out.stdout
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use aws_sdk_ec2::types::Filter;
 
-use crate::harness::{Workspace, emulator};
+use crate::harness::{emulator, Workspace};
 
 fn f(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
@@ -31,7 +31,11 @@ async fn state(ec2: &aws_sdk_ec2::Client) -> State {
         vpcs: vpcs.vpcs().len(),
         subnets: subnets.subnets().len(),
         groups: groups.security_groups().len(),
-        rules: groups.security_groups().iter().map(|g| g.ip_permissions().len()).sum(),
+        rules: groups
+            .security_groups()
+            .iter()
+            .map(|g| g.ip_permissions().len())
+            .sum(),
         endpoints: endpoints.vpc_endpoints().len(),
         peerings: pcx.vpc_peering_connections().len(),
         routes: tables.route_tables().iter().map(|t| t.routes().len()).sum(),
@@ -59,12 +63,27 @@ async fn vpc_subnet_group_and_endpoint_are_idempotent() {
     let before = state(&ec2).await;
     let second = ws.run_lua("build.lua", BUILD, &[]).await;
     second.ok();
-    assert_eq!(first.stdout, second.stdout, "the second run must return the same resources");
-    assert_eq!(state(&ec2).await, before, "the second run must create nothing");
+    assert_eq!(
+        first.stdout, second.stdout,
+        "the second run must return the same resources"
+    );
+    assert_eq!(
+        state(&ec2).await,
+        before,
+        "the second run must create nothing"
+    );
 
     let ids: Vec<&str> = first.stdout.split_whitespace().collect();
-    assert_eq!(&ids[5..], &["com.amazonaws.us-east-1.ssm", "Interface", "true"]);
-    let vpcs = ec2.describe_vpcs().filters(f("tag:Name", "work")).send().await.unwrap();
+    assert_eq!(
+        &ids[5..],
+        &["com.amazonaws.us-east-1.ssm", "Interface", "true"]
+    );
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(f("tag:Name", "work"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(vpcs.vpcs().len(), 1);
     assert_eq!(vpcs.vpcs()[0].vpc_id(), Some(ids[0]));
     assert_eq!(vpcs.vpcs()[0].cidr_block(), Some("10.1.0.0/16"));
@@ -75,16 +94,32 @@ async fn vpc_subnet_group_and_endpoint_are_idempotent() {
         .send()
         .await
         .unwrap();
-    assert_eq!(dns.enable_dns_hostnames().and_then(|v| v.value()), Some(true));
-    let subnets = ec2.describe_subnets().filters(f("vpc-id", ids[0])).send().await.unwrap();
+    assert_eq!(
+        dns.enable_dns_hostnames().and_then(|v| v.value()),
+        Some(true)
+    );
+    let subnets = ec2
+        .describe_subnets()
+        .filters(f("vpc-id", ids[0]))
+        .send()
+        .await
+        .unwrap();
     let mut cidrs: Vec<(&str, &str)> = subnets
         .subnets()
         .iter()
         .map(|s| (s.cidr_block().unwrap(), s.availability_zone().unwrap()))
         .collect();
     cidrs.sort();
-    assert_eq!(cidrs, vec![("10.1.1.0/24", "us-east-1a"), ("10.1.2.0/24", "us-east-1b")]);
-    let groups = ec2.describe_security_groups().group_ids(ids[3]).send().await.unwrap();
+    assert_eq!(
+        cidrs,
+        vec![("10.1.1.0/24", "us-east-1a"), ("10.1.2.0/24", "us-east-1b")]
+    );
+    let groups = ec2
+        .describe_security_groups()
+        .group_ids(ids[3])
+        .send()
+        .await
+        .unwrap();
     let mut rules: Vec<(String, i32, i32, String)> = groups.security_groups()[0]
         .ip_permissions()
         .iter()
@@ -107,7 +142,12 @@ async fn vpc_subnet_group_and_endpoint_are_idempotent() {
             ("tcp".into(), 8000, 8080, "10.9.0.0/16".into())
         ]
     );
-    let eps = ec2.describe_vpc_endpoints().filters(f("vpc-id", ids[0])).send().await.unwrap();
+    let eps = ec2
+        .describe_vpc_endpoints()
+        .filters(f("vpc-id", ids[0]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(eps.vpc_endpoints().len(), 1);
     let e = &eps.vpc_endpoints()[0];
     assert_eq!(e.vpc_endpoint_id(), Some(ids[4]));
@@ -135,11 +175,20 @@ print(#sg.added, (sg.added[1] or {}).cidr, #sg.ingress, #e.subnets, e.id)
     let words: Vec<&str> = out.stdout.split_whitespace().collect();
     assert_eq!(&words[..4], &["1", "192.168.0.0/24", "3", "2"]);
     let ec2 = ws.ec2("us-east-1");
-    let e = ec2.describe_vpc_endpoints().vpc_endpoint_ids(words[4]).send().await.unwrap();
+    let e = ec2
+        .describe_vpc_endpoints()
+        .vpc_endpoint_ids(words[4])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(e.vpc_endpoints()[0].subnet_ids().len(), 2);
     let again = ws.run_lua("b.lua", grow, &[]).await;
     again.ok();
-    assert!(again.stdout.starts_with("0\tnil\t3\t2\t"), "{}", again.stdout);
+    assert!(
+        again.stdout.starts_with("0\tnil\t3\t2\t"),
+        "{}",
+        again.stdout
+    );
 }
 
 /// Each bad input fails with a message naming the field at the script's line, and changes nothing.
@@ -223,7 +272,9 @@ local s = ec2.subnet{ vpc = v, cidr = "10.5.1.0/24" }
         if expected.is_empty() {
             continue;
         }
-        let out = ws.run_lua("bad.lua", &format!("{prelude}{line}\n"), &[]).await;
+        let out = ws
+            .run_lua("bad.lua", &format!("{prelude}{line}\n"), &[])
+            .await;
         out.failed();
         assert!(
             out.stderr.starts_with(expected),
@@ -253,14 +304,27 @@ print(p.id, p.status, p.requester.account_id, p.accepter.account_id, p.accepter.
     let first = ws.run_lua("peer.lua", script, &[]).await;
     first.ok();
     let w: Vec<&str> = first.stdout.split_whitespace().collect();
-    assert_eq!(&w[1..], &["active", ws.account.id.as_str(), repo.id.as_str(), "eu-west-1", "2"]);
+    assert_eq!(
+        &w[1..],
+        &[
+            "active",
+            ws.account.id.as_str(),
+            repo.id.as_str(),
+            "eu-west-1",
+            "2"
+        ]
+    );
     let second = ws.run_lua("peer.lua", script, &[]).await;
     second.ok();
     assert_eq!(first.stdout, second.stdout);
 
     let ec2_a = ws.ec2("us-east-1");
     let ec2_b = emu.ec2(&repo, "eu-west-1");
-    let pcx = ec2_a.describe_vpc_peering_connections().send().await.unwrap();
+    let pcx = ec2_a
+        .describe_vpc_peering_connections()
+        .send()
+        .await
+        .unwrap();
     let live: Vec<_> = pcx
         .vpc_peering_connections()
         .iter()
@@ -268,7 +332,10 @@ print(p.id, p.status, p.requester.account_id, p.accepter.account_id, p.accepter.
         .collect();
     assert_eq!(live.len(), 1, "exactly one active peering");
     assert_eq!(live[0].vpc_peering_connection_id(), Some(w[0]));
-    assert_eq!(live[0].accepter_vpc_info().and_then(|i| i.owner_id()), Some(repo.id.as_str()));
+    assert_eq!(
+        live[0].accepter_vpc_info().and_then(|i| i.owner_id()),
+        Some(repo.id.as_str())
+    );
     for (ec2, dest) in [(&ec2_a, "10.11.0.0/16"), (&ec2_b, "10.10.0.0/16")] {
         let tables = ec2.describe_route_tables().send().await.unwrap();
         let routes: Vec<_> = tables
@@ -293,15 +360,24 @@ local b = ec2.vpc{ name = "b", cidr = "10.20.128.0/17", region = "us-west-2" }
     let ec2 = ws.ec2("us-east-1");
     let before = state(&ec2).await;
     let out = ws
-        .run_lua("peer.lua", &format!("{setup}peer_vpcs{{ requester = a, accepter = b }}\n"), &[])
+        .run_lua(
+            "peer.lua",
+            &format!("{setup}peer_vpcs{{ requester = a, accepter = b }}\n"),
+            &[],
+        )
         .await;
     out.failed();
     assert!(
-        out.stderr.starts_with("peer.lua:4: peer_vpcs: opts.accepter: CIDR 10.20.128.0/17 of vpc-"),
+        out.stderr
+            .starts_with("peer.lua:4: peer_vpcs: opts.accepter: CIDR 10.20.128.0/17 of vpc-"),
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("peered VPCs need disjoint CIDRs"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("peered VPCs need disjoint CIDRs"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(state(&ec2).await, before);
 }
 
@@ -343,7 +419,11 @@ async fn verify_names_what_is_missing() {
         .find(|e| e.service_name() == Some("com.amazonaws.us-east-1.sqs"))
         .unwrap();
     let worker_vpc = sqs.vpc_id().unwrap().to_string();
-    ec2.delete_vpc_endpoints().vpc_endpoint_ids(sqs.vpc_endpoint_id().unwrap()).send().await.unwrap();
+    ec2.delete_vpc_endpoints()
+        .vpc_endpoint_ids(sqs.vpc_endpoint_id().unwrap())
+        .send()
+        .await
+        .unwrap();
     let check = r#"
 local ws = ec2.subnet{ vpc = ec2.vpc{ name = "w", cidr = "10.30.0.0/16" }, cidr = "10.30.1.0/24" }
 local r = ec2.vpc{ name = "r", cidr = "10.31.0.0/16", region = "eu-west-1" }
@@ -363,8 +443,18 @@ for _, f in ipairs(report.findings) do print(f.message) end
     // strict raises and lists the findings.
     let strict = ws.run_lua("check.lua", check, &["strict=1"]).await;
     strict.failed();
-    assert!(strict.stderr.starts_with("check.lua:4: net.verify: the private network is not ready (1 findings):"), "{}", strict.stderr);
-    assert!(strict.stderr.contains("no interface endpoint for sqs"), "{}", strict.stderr);
+    assert!(
+        strict
+            .stderr
+            .starts_with("check.lua:4: net.verify: the private network is not ready (1 findings):"),
+        "{}",
+        strict.stderr
+    );
+    assert!(
+        strict.stderr.contains("no interface endpoint for sqs"),
+        "{}",
+        strict.stderr
+    );
 
     // Put it back, then delete the worker side's route to the repository.
     ws.run_lua("s.lua", SCENARIO, &[]).await.ok();
@@ -376,19 +466,37 @@ for _, f in ipairs(report.findings) do print(f.message) end
             t.routes()
                 .iter()
                 .find(|r| r.destination_cidr_block() == Some("10.31.0.0/16"))
-                .map(|r| (t.route_table_id().unwrap().to_string(), r.vpc_peering_connection_id().unwrap().to_string()))
+                .map(|r| {
+                    (
+                        t.route_table_id().unwrap().to_string(),
+                        r.vpc_peering_connection_id().unwrap().to_string(),
+                    )
+                })
         })
         .unwrap();
-    ec2.delete_route().route_table_id(&rtb).destination_cidr_block("10.31.0.0/16").send().await.unwrap();
+    ec2.delete_route()
+        .route_table_id(&rtb)
+        .destination_cidr_block("10.31.0.0/16")
+        .send()
+        .await
+        .unwrap();
     let out = ws.run_lua("check.lua", check, &[]).await;
     assert_eq!(
         lines(&out.stdout),
-        vec!["FINDINGS".to_string(), format!("{rtb}: has no route to 10.31.1.0/24 through {pcx}")]
+        vec![
+            "FINDINGS".to_string(),
+            format!("{rtb}: has no route to 10.31.1.0/24 through {pcx}")
+        ]
     );
 
     // Restore it (the runbook is idempotent and re-adds only the route); revoke the S3 rule.
     ws.run_lua("s.lua", SCENARIO, &[]).await.ok();
-    let groups = ec2_r.describe_security_groups().filters(f("group-name", "s3")).send().await.unwrap();
+    let groups = ec2_r
+        .describe_security_groups()
+        .filters(f("group-name", "s3"))
+        .send()
+        .await
+        .unwrap();
     let g = &groups.security_groups()[0];
     ec2_r
         .revoke_security_group_ingress()
@@ -397,7 +505,12 @@ for _, f in ipairs(report.findings) do print(f.message) end
         .send()
         .await
         .unwrap();
-    let subnets = ec2.describe_subnets().filters(f("cidr-block", "10.30.1.0/24")).send().await.unwrap();
+    let subnets = ec2
+        .describe_subnets()
+        .filters(f("cidr-block", "10.30.1.0/24"))
+        .send()
+        .await
+        .unwrap();
     let worker_subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
     let out = ws.run_lua("check.lua", check, &[]).await;
     let l = lines(&out.stdout);
@@ -430,7 +543,10 @@ for _, f in ipairs(report.findings) do print(f.message) end
     assert!(l.len() >= 2);
     for finding in &l[1..] {
         assert!(
-            finding.starts_with(&format!("{}: is a Gateway endpoint for s3, which private deployment does not support", head[1])),
+            finding.starts_with(&format!(
+                "{}: is a Gateway endpoint for s3, which private deployment does not support",
+                head[1]
+            )),
             "{finding}"
         );
     }

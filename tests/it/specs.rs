@@ -1,6 +1,6 @@
 //! The Lua specs in tests/lua, run by `skiff test` against the emulator.
 
-use crate::harness::{Workspace, emulator, project_root};
+use crate::harness::{emulator, project_root, Workspace};
 
 #[tokio::test]
 async fn lua_specs_pass() {
@@ -13,7 +13,12 @@ async fn lua_specs_pass() {
     .await;
     let specs = project_root().join("tests/lua");
     let out = ws
-        .skiff(&["test", "--config", ws.path("skiff.toml").to_str().unwrap(), specs.to_str().unwrap()])
+        .skiff(&[
+            "test",
+            "--config",
+            ws.path("skiff.toml").to_str().unwrap(),
+            specs.to_str().unwrap(),
+        ])
         .await;
     assert_eq!(out.code, 0, "specs failed\n{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains(" passed, 0 failed"), "{}", out.stdout);
@@ -30,6 +35,15 @@ async fn a_failing_spec_fails_the_run() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("✓ math adds"), "{}", out.stdout);
     assert!(out.stdout.contains("✗ math is wrong"), "{}", out.stdout);
-    assert!(out.stdout.contains("x_spec.lua:3: value: expected 3, got 2"), "{}", out.stdout);
-    assert!(out.stdout.contains("1 passed, 1 failed, 0 pending"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("x_spec.lua:3: value: expected 3, got 2"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("1 passed, 1 failed, 0 pending"),
+        "{}",
+        out.stdout
+    );
 }
