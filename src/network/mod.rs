@@ -6,6 +6,7 @@
 //! Every input is validated, and every conflict with what already exists is
 //! detected, before the first call that changes anything.
 
+pub mod acl;
 pub mod cidr;
 pub mod endpoint;
 pub mod peering;

@@ -2,6 +2,7 @@
 //! service it needs, and the repository's S3 endpoint, without a public
 //! address? Each gap becomes a finding that names the resource and what it lacks.
 
+use super::acl::{self, Acl};
 use super::endpoint::{self, Endpoint, Kind};
 use super::peering::{self, RouteTable};
 use super::security_group::{self, Proto};
@@ -75,6 +76,41 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Checks the network ACLs between a client subnet and the subnets of an endpoint.
+    fn check_acls(
+        &mut self,
+        client_acls: &[Acl],
+        client: &Subnet,
+        source: &Cidr,
+        server_acls: &[Acl],
+        servers: &[&Subnet],
+        svc: &str,
+    ) {
+        let Some(client_acl) = acl::for_subnet(client_acls, &client.id) else {
+            return;
+        };
+        for t in servers {
+            if t.id == client.id {
+                continue; // traffic inside one subnet crosses no ACL
+            }
+            let Some(server_acl) = acl::for_subnet(server_acls, &t.id) else {
+                continue;
+            };
+            for (acl_id, problem) in acl::https_path(client_acl, source, server_acl, &t.cidr) {
+                let owner = if acl_id == client_acl.id {
+                    &client.id
+                } else {
+                    &t.id
+                };
+                self.report.add(
+                    &acl_id,
+                    Some(svc),
+                    format!("(of {owner}) {problem}, so {svc} is unreachable"),
+                );
+            }
+        }
+    }
+
     /// Checks that the endpoint's groups admit HTTPS from `from`; `who` describes `from`.
     async fn check_groups(
         &mut self,
@@ -286,6 +322,8 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
         )
         .await?;
         let endpoints = endpoint::of_vpc(cloud, &worker.as_ref(), None).await?;
+        let worker_acls = acl::of_vpc(cloud, &worker.as_ref()).await?;
+        let worker_subnets = subnet::of_vpc(cloud, &worker.as_ref()).await?;
         if let Some(from) = &spec.from {
             if !s.cidr.contains(from) {
                 return Err(NetError::invalid(
@@ -305,6 +343,11 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
                 .cloned()
             {
                 c.check_groups(&e, svc, &source, &worker_label).await?;
+                let servers: Vec<&Subnet> = worker_subnets
+                    .iter()
+                    .filter(|t| e.subnets.contains(&t.id))
+                    .collect();
+                c.check_acls(&worker_acls, s, &source, &worker_acls, &servers, svc);
             }
         }
         if let Some(repo) = &repo {
@@ -322,6 +365,19 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
                 .cloned();
             if let Some(e) = &s3 {
                 c.check_groups(e, "s3", &source, &worker_label).await?;
+                let (repo_acls, repo_subnets) = if repo.id == worker.id {
+                    (worker_acls.clone(), worker_subnets.clone())
+                } else {
+                    (
+                        acl::of_vpc(cloud, &repo.as_ref()).await?,
+                        subnet::of_vpc(cloud, &repo.as_ref()).await?,
+                    )
+                };
+                let servers: Vec<&Subnet> = repo_subnets
+                    .iter()
+                    .filter(|t| e.subnets.contains(&t.id))
+                    .collect();
+                c.check_acls(&worker_acls, s, &source, &repo_acls, &servers, "s3");
             }
             if repo.id != worker.id {
                 c.check_path(&worker, s, repo, s3.as_ref()).await?;

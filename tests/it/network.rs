@@ -551,3 +551,58 @@ for _, f in ipairs(report.findings) do print(f.message) end
         );
     }
 }
+
+#[tokio::test]
+async fn verify_evaluates_network_acls_both_ways() {
+    let ws = Workspace::new("").await;
+    ws.run_lua("s.lua", SCENARIO, &[]).await.ok();
+    let ec2_r = ws.ec2("eu-west-1");
+    let acls = ec2_r.describe_network_acls().send().await.unwrap();
+    let repo_vpc = ec2_r
+        .describe_vpcs()
+        .filters(f("tag:Name", "r"))
+        .send()
+        .await
+        .unwrap();
+    let repo_vpc = repo_vpc.vpcs()[0].vpc_id().unwrap();
+    let acl = acls
+        .network_acls()
+        .iter()
+        .find(|a| a.vpc_id() == Some(repo_vpc) && a.is_default() == Some(true))
+        .unwrap();
+    let acl_id = acl.network_acl_id().unwrap();
+    ec2_r
+        .create_network_acl_entry()
+        .network_acl_id(acl_id)
+        .rule_number(50)
+        .protocol("6")
+        .rule_action(aws_sdk_ec2::types::RuleAction::Deny)
+        .egress(false)
+        .cidr_block("10.30.0.0/16")
+        .port_range(
+            aws_sdk_ec2::types::PortRange::builder()
+                .from(443)
+                .to(443)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let out = ws.run_lua("s.lua", SCENARIO, &[]).await;
+    out.ok();
+    let l = lines(&out.stdout);
+    assert_eq!(l[0], "FINDINGS", "{}", out.stdout);
+    assert_eq!(l.len(), 2, "{}", out.stdout);
+    assert!(
+        l[1].starts_with(&format!("{acl_id}: (of subnet-")),
+        "{}",
+        l[1]
+    );
+    assert!(
+        l[1].ends_with(
+            "blocks inbound TCP 443 from 10.30.1.0/24: rule 50 denies it, so s3 is unreachable"
+        ),
+        "{}",
+        l[1]
+    );
+}
