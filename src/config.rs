@@ -38,6 +38,8 @@ pub struct Config {
     pub accounts: BTreeMap<String, AccountConfig>,
     #[serde(default)]
     pub lua: LuaLimits,
+    #[serde(default)]
+    pub workers: crate::workers::WorkersConfig,
     /// Where the file was read from, for messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -190,6 +192,14 @@ impl Config {
                         "expected a role ARN such as \"arn:aws:iam::123456789012:role/skiff\", got {:?}",
                         account.role_arn
                     ),
+                ));
+            }
+        }
+        if let Some(name) = &self.workers.account {
+            if name != crate::cloud::DEFAULT_ACCOUNT && !self.accounts.contains_key(name) {
+                return Err(invalid(
+                    "workers.account".into(),
+                    format!("no account {name:?} under [accounts]"),
                 ));
             }
         }

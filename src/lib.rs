@@ -9,3 +9,4 @@ pub mod cloud;
 pub mod config;
 pub mod host;
 pub mod network;
+pub mod workers;

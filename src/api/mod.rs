@@ -9,6 +9,7 @@ mod ec2;
 mod net;
 mod opts;
 mod util;
+mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub use opts::RefArg;
 pub struct Context {
     pub cloud: Arc<Cloud>,
     pub waits: Waits,
+    /// The workers of this job (a runbook run, a policy run, a REPL session).
+    pub pool: Arc<crate::workers::WorkerPool>,
 }
 
 /// A failure a primitive reports to the script.
@@ -39,7 +42,7 @@ pub enum ApiError {
 
 #[derive(Debug, Serialize)]
 pub struct Failure {
-    pub kind: &'static str,
+    pub kind: String,
     pub op: String,
     pub message: String,
     pub code: Option<String>,
@@ -57,9 +60,9 @@ impl ApiError {
         ApiError::Usage(format!("{prim}: opts.{field}: {msg}"))
     }
 
-    pub fn fail(kind: &'static str, op: impl Into<String>, message: impl Into<String>) -> ApiError {
+    pub fn fail(kind: &str, op: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::Fail(Failure {
-            kind,
+            kind: kind.to_string(),
             op: op.into(),
             message: message.into(),
             code: None,
@@ -70,7 +73,7 @@ impl ApiError {
 
     pub fn aws(e: AwsError) -> ApiError {
         ApiError::Fail(Failure {
-            kind: "aws",
+            kind: "aws".to_string(),
             op: e.op.to_string(),
             message: e.message,
             code: e.code,
@@ -195,6 +198,25 @@ impl Registrar {
         self.wrap.call(raw)
     }
 
+    /// An async primitive taking any arguments.
+    pub fn async_fn_args<F, Fut>(&self, f: F) -> mlua::Result<Function>
+    where
+        F: Fn(Lua, Arc<Context>, mlua::MultiValue) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ApiResult> + Send + 'static,
+    {
+        let ctx = self.ctx.clone();
+        let raw = self
+            .lua
+            .create_async_function(move |lua: Lua, args: mlua::MultiValue| {
+                let fut = f(lua.clone(), ctx.clone(), args);
+                async move {
+                    let r = fut.await;
+                    settle(&lua, r)
+                }
+            })?;
+        self.wrap.call(raw)
+    }
+
     /// A synchronous primitive taking any arguments.
     pub fn sync_fn<F>(&self, f: F) -> mlua::Result<Function>
     where
@@ -215,9 +237,10 @@ pub fn install(vm: &Vm, ctx: Arc<Context>, args: &[String]) -> mlua::Result<()> 
     ec2::register(lua, &reg)?;
     net::register(lua, &reg)?;
     util::register(lua, &reg)?;
+    workers::register(lua, &reg)?;
     lua.globals().set("args", util::args_table(lua, args)?)?;
     Ok(())
 }
 
 /// Names of the namespaces and global primitives skiff installs, for REPL completion.
-pub const NAMESPACES: &[&str] = &["ec2", "net", "log", "time", "json"];
+pub const NAMESPACES: &[&str] = &["ec2", "net", "workers", "log", "time", "json"];

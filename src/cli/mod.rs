@@ -3,6 +3,7 @@
 mod repl;
 mod run;
 mod spec;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::cloud::Cloud;
 use crate::config::{ByteSize, Config};
 use crate::host::{Vm, VmOptions};
 use crate::network::Waits;
+use crate::workers::{WorkerPool, WorkerSettings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,6 +36,11 @@ pub enum Command {
     Repl(repl::ReplArgs),
     /// Run Lua spec files (describe/it/expect); the exit code reflects failures.
     Test(spec::TestArgs),
+    /// Worker-side agent: runs the tasks sent to one worker's queue.
+    Agent(workers::AgentCmd),
+    /// Live workers: list them, or reap those that outlived their job.
+    #[command(subcommand)]
+    Workers(workers::WorkersCmd),
 }
 
 /// Options every script-running verb shares.
@@ -75,11 +82,20 @@ impl Session {
             search_dirs.push(dir.to_path_buf());
         }
         let cloud = Arc::new(Cloud::load(config.clone()).await);
+        let settings = Arc::new(std::sync::Mutex::new(WorkerSettings::new(
+            config.workers.clone(),
+        )));
+        let pool = Arc::new(WorkerPool::new(
+            cloud.clone(),
+            crate::workers::new_id(),
+            settings,
+        ));
         Ok(Session {
             config,
             ctx: Arc::new(Context {
                 cloud,
                 waits: Waits::default(),
+                pool,
             }),
             vm_options: VmOptions {
                 unsafe_lua: opts.unsafe_lua,
@@ -98,10 +114,22 @@ impl Session {
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(a) => run::run(a).await,
         Command::Repl(a) => repl::repl(a).await,
         Command::Test(a) => spec::test(a).await,
+        Command::Agent(a) => workers::agent_main(a).await,
+        Command::Workers(c) => workers::workers_main(c).await,
     }
 }

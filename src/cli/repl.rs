@@ -241,6 +241,7 @@ pub async fn repl(a: ReplArgs) -> anyhow::Result<i32> {
         }
         *names.lock().unwrap() = completion_names(vm.lua());
     }
+    session.ctx.pool.remove_all().await;
     Ok(0)
 }
 

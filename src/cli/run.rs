@@ -23,11 +23,14 @@ pub async fn run(a: RunArgs) -> anyhow::Result<i32> {
     let session = Session::open(&a.opts, Some(&a.file)).await?;
     let vm = session.vm(&a.args)?;
     let result = tokio::select! {
-        r = vm.run_file(&a.file, a.args.clone()) => r,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("skiff: interrupted");
-            return Ok(130);
-        }
+        r = vm.run_file(&a.file, a.args.clone()) => Some(r),
+        _ = super::interrupted() => None,
+    };
+    // The job has ended, by whatever path: its workers go with it.
+    session.ctx.pool.remove_all().await;
+    let Some(result) = result else {
+        eprintln!("skiff: interrupted; workers removed");
+        return Ok(130);
     };
     match result {
         Ok(values) => {

@@ -79,6 +79,7 @@ async fn run_file(session: &Session, file: &Path, filter: Option<&str>) -> anyho
     }
     lua.globals().set("spec", spec.clone())?;
     if let Err(e) = vm.run_file(file, Vec::new()).await {
+        session.ctx.pool.remove_all().await;
         println!(
             "  ✗ {} (while loading)\n      {}",
             file.display(),
@@ -91,6 +92,7 @@ async fn run_file(session: &Session, file: &Path, filter: Option<&str>) -> anyho
     }
     let run: Function = spec.get("run")?;
     let result = vm.call(run, filter.map(str::to_string)).await;
+    session.ctx.pool.remove_all().await;
     match result {
         Ok(values) => {
             let t: Table = match values.into_iter().next() {

@@ -210,6 +210,45 @@ impl Cloud {
         ids.insert(scope.account.clone(), id.clone());
         Ok(id)
     }
+
+    pub async fn ssm(&self, scope: &Scope) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.sdk(scope).await)
+    }
+
+    pub async fn sqs(&self, scope: &Scope) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk(scope).await)
+    }
+
+    pub async fn iam(&self, scope: &Scope) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&self.sdk(scope).await)
+    }
+
+    /// Current credentials of a scope, for handing to a local agent process.
+    pub async fn credentials(
+        &self,
+        scope: &Scope,
+    ) -> Result<aws_credential_types::Credentials, String> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let sdk = self.sdk(scope).await;
+        let provider = sdk
+            .credentials_provider()
+            .ok_or_else(|| "no credentials are configured".to_string())?;
+        provider
+            .provide_credentials()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The account name that workers run in by default (`[workers] account`,
+    /// else the config's default account).
+    pub fn backup_account(&self) -> String {
+        self.config
+            .workers
+            .account
+            .clone()
+            .or_else(|| self.config.default_account.clone())
+            .unwrap_or_else(|| DEFAULT_ACCOUNT.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ fn sorted_entries(t: &Table) -> Vec<(Value, Value)> {
         .pairs::<Value, Value>()
         .flatten()
         .filter(|(k, _)| !matches!(k, Value::Integer(i) if *i >= 1 && (*i as usize) <= len))
+        // `__`-prefixed keys are internal by Lua convention (a worker's handle, say).
+        .filter(|(k, _)| !matches!(k, Value::String(s) if s.as_bytes().starts_with(b"__")))
         .map(|(k, v)| {
             let key = match &k {
                 Value::String(s) => format!("1{}", s.to_string_lossy()),

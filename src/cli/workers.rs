@@ -1,0 +1,129 @@
+//! `skiff agent` (the worker side) and `skiff workers ls|reap`.
+
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use super::{ScriptOpts, Session};
+use crate::workers::agent::{self, AgentArgs, BasicOps};
+use crate::workers::reaper;
+
+#[derive(Args, Debug)]
+pub struct AgentCmd {
+    /// The worker this agent serves (the `skiff:worker` tag of its instance).
+    #[arg(long)]
+    pub worker_id: String,
+    /// The instance the agent runs on (or stands in for, with the local launcher).
+    #[arg(long)]
+    pub instance_id: String,
+    /// URL of this worker's SQS task queue.
+    #[arg(long)]
+    pub task_queue: String,
+    /// URL of the job's SQS reply queue.
+    #[arg(long)]
+    pub reply_queue: String,
+    /// The worker's region.
+    #[arg(long)]
+    pub region: String,
+}
+
+pub async fn agent_main(a: AgentCmd) -> anyhow::Result<i32> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(a.region.clone()))
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let args = AgentArgs {
+        worker_id: a.worker_id.clone(),
+        instance_id: a.instance_id.clone(),
+        task_queue: a.task_queue,
+        reply_queue: a.reply_queue,
+        region: a.region,
+    };
+    let exec = Arc::new(BasicOps {
+        worker_id: a.worker_id,
+        instance_id: a.instance_id,
+    });
+    agent::run(sqs, args, exec).await?;
+    Ok(0)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkersCmd {
+    /// List live workers in every configured account and known region.
+    Ls(ScopeArgs),
+    /// Terminate workers whose time has passed or whose job is gone, and delete their queues.
+    Reap(ScopeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScopeArgs {
+    /// Also look in these regions.
+    #[arg(long = "region")]
+    pub regions: Vec<String>,
+    #[command(flatten)]
+    pub opts: ScriptOpts,
+}
+
+pub async fn workers_main(cmd: WorkersCmd) -> anyhow::Result<i32> {
+    let (args, reap) = match &cmd {
+        WorkersCmd::Ls(a) => (a, false),
+        WorkersCmd::Reap(a) => (a, true),
+    };
+    let session = Session::open(&args.opts, None).await?;
+    let cloud = &session.ctx.cloud;
+    let now = chrono::Utc::now();
+    let mut failed = false;
+    if !reap {
+        println!(
+            "{:<14} {:<21} {:<10} {:<14} {:<10} {:<12} {:<16} {}",
+            "WORKER", "INSTANCE", "PURPOSE", "REGION", "ACCOUNT", "TYPE", "PRIVATE IP", "EXPIRES"
+        );
+    }
+    for scope in reaper::known_scopes(cloud, &args.regions) {
+        if reap {
+            match reaper::reap(cloud, &scope, now).await {
+                Ok(r) => {
+                    for (w, v) in &r.terminated {
+                        println!(
+                            "terminated {} ({}) in {}: {:?}",
+                            w.worker_id, w.instance_id, scope, v
+                        );
+                    }
+                    for q in &r.queues {
+                        println!("deleted queue {q}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("skiff workers reap: {scope}: {e}");
+                    failed = true;
+                }
+            }
+        } else {
+            match reaper::list(cloud, &scope).await {
+                Ok(ws) => {
+                    for w in ws {
+                        println!(
+                            "{:<14} {:<21} {:<10} {:<14} {:<10} {:<12} {:<16} {}",
+                            w.worker_id,
+                            w.instance_id,
+                            w.purpose,
+                            w.scope.region,
+                            w.scope.account,
+                            w.instance_type,
+                            w.private_ip.as_deref().unwrap_or("-"),
+                            w.expires
+                                .map(|e| e.to_rfc3339())
+                                .unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+                Err(e) => {
+                    eprintln!("skiff workers ls: {scope}: {e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    Ok(i32::from(failed))
+}

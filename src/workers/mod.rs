@@ -1,0 +1,87 @@
+//! Workers: short-lived EC2 instances, one per job and resource, placed next
+//! to the data, handed their task over SQS, and removed when the job ends —
+//! on success, error, cancellation, or by the reaper when skiff itself died.
+
+pub mod agent;
+pub mod channel;
+pub mod jobs;
+pub mod launch;
+pub mod placement;
+pub mod reaper;
+mod settings;
+
+pub use launch::{Worker, WorkerPool};
+pub use placement::{Purpose, Resource, ResourceKind};
+pub use settings::{instance_type_for_size, Launcher, RegionConfig, WorkerSettings, WorkersConfig};
+
+use crate::cloud::AwsError;
+use crate::network::NetError;
+
+/// Tags skiff puts on every worker instance (and reads back in the reaper).
+pub mod tags {
+    pub const WORKER: &str = "skiff:worker";
+    pub const JOB: &str = "skiff:job";
+    pub const PURPOSE: &str = "skiff:purpose";
+    pub const EXPIRES: &str = "skiff:expires";
+    /// `host:pid` of the skiff process that launched it, so the reaper on that
+    /// host can tell a live job from a dead one.
+    pub const OWNER: &str = "skiff:owner";
+}
+
+/// Queue names: the task queue of one worker, the reply queue of one job.
+pub fn task_queue_name(worker_id: &str) -> String {
+    format!("skiff-w-{worker_id}")
+}
+
+pub fn reply_queue_name(job_id: &str) -> String {
+    format!("skiff-r-{job_id}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Bad input or settings, refused before anything was launched.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The private-network preflight failed; nothing was launched.
+    #[error("the private-network preflight for {subnet} failed:{}", findings.iter().map(|f| format!("\n  - {f}")).collect::<String>())]
+    Preflight {
+        subnet: String,
+        findings: Vec<String>,
+    },
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The worker or its agent did not answer in time, or died.
+    #[error("{0}")]
+    Lost(String),
+    /// The task ran and failed on the worker.
+    #[error("{op}: {message}")]
+    Task {
+        op: String,
+        kind: String,
+        code: Option<String>,
+        message: String,
+        retryable: bool,
+    },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl WorkerError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> WorkerError {
+        WorkerError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, WorkerError>;
+
+/// A short random id for workers and jobs (lowercase hex).
+pub fn new_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("{:012x}", n & 0xffff_ffff_ffff)
+}

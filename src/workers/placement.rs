@@ -1,0 +1,266 @@
+//! Where a worker runs (DESIGN §3): next to the data, to keep traffic in one
+//! region, and in the backup account unless the job may and does ask for the
+//! production account.
+//!
+//! | purpose | region | account |
+//! | --- | --- | --- |
+//! | backup | the source's | backup, or the source's (production) |
+//! | restore | the target's | backup, or the target's (production) |
+//! | archive | the standard repository's | backup |
+//! | retention, health, flr | the repository's | backup |
+
+use super::{Result, WorkerError};
+use crate::cloud::Scope;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Purpose {
+    Backup,
+    Restore,
+    Archive,
+    Retention,
+    Health,
+    Flr,
+}
+
+pub const PURPOSES: &[Purpose] = &[
+    Purpose::Backup,
+    Purpose::Restore,
+    Purpose::Archive,
+    Purpose::Retention,
+    Purpose::Health,
+    Purpose::Flr,
+];
+
+impl Purpose {
+    pub fn parse(s: &str) -> std::result::Result<Purpose, String> {
+        PURPOSES
+            .iter()
+            .copied()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown purpose {s:?}: expected one of {}",
+                    PURPOSES
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Backup => "backup",
+            Purpose::Restore => "restore",
+            Purpose::Archive => "archive",
+            Purpose::Retention => "retention",
+            Purpose::Health => "health",
+            Purpose::Flr => "flr",
+        }
+    }
+
+    /// Jobs that may run in the production account (they touch its snapshots).
+    pub fn allows_production_account(self) -> bool {
+        matches!(self, Purpose::Backup | Purpose::Restore)
+    }
+
+    /// Whether the job reads or writes EBS snapshots (and so needs the ebs endpoint).
+    pub fn uses_ebs(self) -> bool {
+        matches!(self, Purpose::Backup | Purpose::Restore)
+    }
+
+    /// The interface endpoints a private worker of this purpose needs.
+    pub fn services(self) -> Vec<&'static str> {
+        let mut s = vec!["ssm", "ssmmessages", "ec2messages", "sqs"];
+        if self.uses_ebs() {
+            s.push("ebs");
+        }
+        s
+    }
+
+    /// The kinds of resource a job of this purpose is placed by.
+    fn accepts(self, kind: ResourceKind) -> bool {
+        use ResourceKind::*;
+        match self {
+            Purpose::Backup => matches!(kind, Instance | Volume | Snapshot),
+            Purpose::Restore => matches!(kind, Target | Snapshot | Volume | Instance),
+            Purpose::Archive | Purpose::Retention | Purpose::Health | Purpose::Flr => {
+                kind == Repository
+            }
+        }
+    }
+
+    fn expects(self) -> &'static str {
+        match self {
+            Purpose::Backup => "an instance, volume or snapshot (the source)",
+            Purpose::Restore => {
+                "a restore target (a table with region, or an instance, volume or snapshot)"
+            }
+            Purpose::Archive => "the standard repository",
+            _ => "a repository",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    Instance,
+    Volume,
+    Snapshot,
+    Repository,
+    /// Where a restore goes: a region (and account).
+    Target,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Instance => "instance",
+            ResourceKind::Volume => "volume",
+            ResourceKind::Snapshot => "snapshot",
+            ResourceKind::Repository => "repository",
+            ResourceKind::Target => "target",
+        }
+    }
+}
+
+/// What a job is about, with where it lives.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub kind: ResourceKind,
+    pub id: String,
+    pub scope: Scope,
+    /// Total size of the source volumes, for the instance type (GiB).
+    pub size_gib: u64,
+}
+
+/// The region and account a worker for `purpose` on `resource` runs in.
+/// `requested` is the account the caller asked for, if any; `backup_account`
+/// the configured backup account.
+pub fn place(
+    purpose: Purpose,
+    resource: &Resource,
+    requested: Option<&str>,
+    backup_account: &str,
+) -> Result<Scope> {
+    if !purpose.accepts(resource.kind) {
+        return Err(WorkerError::invalid(
+            "resource",
+            format!(
+                "a {} worker is placed by {}, got a {} ({})",
+                purpose.as_str(),
+                purpose.expects(),
+                resource.kind.as_str(),
+                resource.id
+            ),
+        ));
+    }
+    let account = match requested {
+        None => backup_account,
+        Some(a) if a == backup_account => a,
+        Some(a) if a == resource.scope.account && purpose.allows_production_account() => a,
+        Some(a) if a == resource.scope.account => {
+            return Err(WorkerError::invalid(
+                "account",
+                format!(
+                    "{} workers run in the backup account ({backup_account}), not in the production account {a:?}; only backup and restore workers may",
+                    purpose.as_str()
+                ),
+            ))
+        }
+        Some(a) => {
+            return Err(WorkerError::invalid(
+                "account",
+                format!(
+                    "a {} worker runs in the backup account ({backup_account}){}, not in {a:?}",
+                    purpose.as_str(),
+                    if purpose.allows_production_account() {
+                        format!(" or the resource's account ({})", resource.scope.account)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ))
+        }
+    };
+    Ok(Scope {
+        account: account.to_string(),
+        region: resource.scope.region.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(kind: ResourceKind, account: &str, region: &str) -> Resource {
+        Resource {
+            kind,
+            id: "x-1".into(),
+            scope: Scope {
+                account: account.into(),
+                region: region.into(),
+            },
+            size_gib: 8,
+        }
+    }
+
+    #[test]
+    fn the_table() {
+        let src = res(ResourceKind::Instance, "prod", "eu-west-1");
+        let s = place(Purpose::Backup, &src, None, "backup").unwrap();
+        assert_eq!(
+            (s.account.as_str(), s.region.as_str()),
+            ("backup", "eu-west-1")
+        );
+        let s = place(Purpose::Backup, &src, Some("prod"), "backup").unwrap();
+        assert_eq!(s.account, "prod");
+        let target = res(ResourceKind::Target, "prod", "ap-south-1");
+        assert_eq!(
+            place(Purpose::Restore, &target, None, "backup")
+                .unwrap()
+                .region,
+            "ap-south-1"
+        );
+        let repo = res(ResourceKind::Repository, "backup", "us-west-2");
+        for p in [
+            Purpose::Archive,
+            Purpose::Retention,
+            Purpose::Health,
+            Purpose::Flr,
+        ] {
+            let s = place(p, &repo, None, "backup").unwrap();
+            assert_eq!(
+                (s.account.as_str(), s.region.as_str()),
+                ("backup", "us-west-2")
+            );
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let repo = res(ResourceKind::Repository, "storage", "us-west-2");
+        let e = place(Purpose::Archive, &repo, Some("storage"), "backup").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "account: archive workers run in the backup account (backup), not in the production account \"storage\"; only backup and restore workers may"
+        );
+        let src = res(ResourceKind::Volume, "prod", "eu-west-1");
+        let e = place(Purpose::Backup, &src, Some("other"), "backup").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "account: a backup worker runs in the backup account (backup) or the resource's account (prod), not in \"other\""
+        );
+        let e = place(Purpose::Retention, &src, None, "backup").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "resource: a retention worker is placed by a repository, got a volume (x-1)"
+        );
+        assert_eq!(
+            Purpose::Backup.services(),
+            vec!["ssm", "ssmmessages", "ec2messages", "sqs", "ebs"]
+        );
+        assert!(!Purpose::Archive.services().contains(&"ebs"));
+    }
+}
