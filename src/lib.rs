@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod cloud;
 pub mod config;
+pub mod estate;
 pub mod host;
 pub mod network;
 pub mod workers;

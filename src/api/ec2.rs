@@ -1,4 +1,4 @@
-//! `ec2.*`: VPCs, subnets and security groups.
+//! `ec2.*`: VPCs, subnets and security groups; instances, snapshots and volumes.
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::opts::{self, RefArg, Tags};
 use super::{to_lua, ApiError, ApiResult, Context, Registrar};
+use crate::estate;
 use crate::network::security_group::{self, Proto, Rule, SecurityGroup};
 use crate::network::subnet::{self, Subnet};
 use crate::network::vpc::{self, Vpc};
@@ -284,8 +285,301 @@ async fn security_group_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     )
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstancesOpts {
+    #[serde(default)]
+    tags: Tags,
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+    #[serde(default)]
+    accounts: Vec<String>,
+    account: Option<String>,
+    region: Option<String>,
+}
+
+#[derive(Serialize)]
+struct VolumeRef<'a> {
+    id: &'a str,
+    device: &'a str,
+    size: i32,
+}
+
+#[derive(Serialize)]
+struct InstanceOut<'a> {
+    kind: &'static str,
+    id: &'a str,
+    name: Option<&'a str>,
+    state: &'a str,
+    az: &'a str,
+    instance_type: &'a str,
+    tags: &'a Tags,
+    volumes: Vec<VolumeRef<'a>>,
+    size: i64,
+    region: &'a str,
+    account: &'a str,
+}
+
+fn estate_error(prim: &str, e: estate::EstateError) -> ApiError {
+    match e {
+        estate::EstateError::Invalid { field, message } => ApiError::field(prim, &field, message),
+        estate::EstateError::Aws(a) => ApiError::aws(a),
+        estate::EstateError::Timeout(m) => ApiError::fail("timeout", prim, m),
+    }
+}
+
+async fn instances_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
+    const P: &str = "ec2.instances";
+    let o: InstancesOpts = opts::parse(P, v)?;
+    let accounts: Vec<Option<String>> = if o.accounts.is_empty() {
+        vec![o.account.clone()]
+    } else {
+        o.accounts.iter().cloned().map(Some).collect()
+    };
+    let regions: Vec<Option<String>> = if o.regions.is_empty() {
+        vec![o.region.clone()]
+    } else {
+        o.regions.iter().cloned().map(Some).collect()
+    };
+    let mut scopes = Vec::new();
+    for a in &accounts {
+        for r in &regions {
+            let field = if o.accounts.is_empty() && o.regions.is_empty() {
+                ""
+            } else {
+                "accounts"
+            };
+            let s =
+                opts::scope(&ctx, P, a.as_deref(), r.as_deref()).map_err(|e| match (field, e) {
+                    ("", e) => e,
+                    (_, ApiError::Usage(m)) => ApiError::Usage(
+                        m.replace("opts.account:", "opts.accounts:")
+                            .replace("opts.region:", "opts.regions:"),
+                    ),
+                    (_, e) => e,
+                })?;
+            scopes.push(s);
+        }
+    }
+    let found = futures::future::try_join_all(
+        scopes
+            .iter()
+            .map(|s| estate::instances(&ctx.cloud, s, &o.tags, &o.ids)),
+    )
+    .await
+    .map_err(|e| estate_error(P, e))?;
+    let all: Vec<estate::Instance> = found.into_iter().flatten().collect();
+    let out: Vec<InstanceOut> = all
+        .iter()
+        .map(|i| InstanceOut {
+            kind: "instance",
+            id: &i.id,
+            name: i.name.as_deref(),
+            state: &i.state,
+            az: &i.az,
+            instance_type: &i.instance_type,
+            tags: &i.tags,
+            volumes: i
+                .volumes
+                .iter()
+                .map(|v| VolumeRef {
+                    id: &v.id,
+                    device: &v.device,
+                    size: v.size_gib,
+                })
+                .collect(),
+            size: i.volumes.iter().map(|v| v.size_gib as i64).sum(),
+            region: &i.scope.region,
+            account: &i.scope.account,
+        })
+        .collect();
+    to_lua(&lua, &out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotOpts {
+    volume: RefArg,
+    description: Option<String>,
+    #[serde(default)]
+    tags: Tags,
+    /// Seconds to wait for completion (default 3600).
+    timeout: Option<u64>,
+    account: Option<String>,
+    region: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    kind: &'static str,
+    id: &'a str,
+    volume_id: &'a str,
+    size: i32,
+    state: &'a str,
+    region: &'a str,
+    account: &'a str,
+}
+
+fn snapshot_out(s: &estate::Snapshot) -> SnapshotOut<'_> {
+    SnapshotOut {
+        kind: "snapshot",
+        id: &s.id,
+        volume_id: &s.volume_id,
+        size: s.size_gib,
+        state: &s.state,
+        region: &s.scope.region,
+        account: &s.scope.account,
+    }
+}
+
+async fn snapshot_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
+    const P: &str = "ec2.snapshot";
+    let o: SnapshotOpts = opts::parse(P, v)?;
+    let vol = o.volume.resolve(
+        &ctx,
+        P,
+        "volume",
+        "volume",
+        o.account.as_deref(),
+        o.region.as_deref(),
+    )?;
+    let mut tags = o.tags;
+    tags.entry("skiff:managed".into())
+        .or_insert_with(|| "true".into());
+    let description = o
+        .description
+        .unwrap_or_else(|| format!("skiff snapshot of {}", vol.id));
+    let s = estate::snapshot(
+        &ctx.cloud,
+        &vol.scope,
+        &vol.id,
+        &description,
+        &tags,
+        std::time::Duration::from_secs(o.timeout.unwrap_or(3600)),
+    )
+    .await
+    .map_err(|e| estate_error(P, e))?;
+    to_lua(&lua, &snapshot_out(&s))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteSnapshotOpts {
+    snapshot: RefArg,
+    account: Option<String>,
+    region: Option<String>,
+}
+
+async fn delete_snapshot_fn(_lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
+    const P: &str = "ec2.delete_snapshot";
+    let o: DeleteSnapshotOpts = opts::parse(P, v)?;
+    let s = o.snapshot.resolve(
+        &ctx,
+        P,
+        "snapshot",
+        "snapshot",
+        o.account.as_deref(),
+        o.region.as_deref(),
+    )?;
+    if !s.id.starts_with("snap-") {
+        return Err(ApiError::field(
+            P,
+            "snapshot",
+            format!("expected a snapshot id (\"snap-…\"), got {:?}", s.id),
+        ));
+    }
+    estate::delete_snapshot(&ctx.cloud, &s.scope, &s.id)
+        .await
+        .map_err(|e| estate_error(P, e))?;
+    Ok(Value::Boolean(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeOpts {
+    snapshot: Option<RefArg>,
+    size: Option<i32>,
+    az: Option<String>,
+    #[serde(rename = "type")]
+    volume_type: Option<String>,
+    #[serde(default)]
+    tags: Tags,
+    timeout: Option<u64>,
+    account: Option<String>,
+    region: Option<String>,
+}
+
+async fn volume_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
+    const P: &str = "ec2.volume";
+    let o: VolumeOpts = opts::parse(P, v)?;
+    let (scope, snapshot) = match &o.snapshot {
+        Some(s) => {
+            let r = s.resolve(
+                &ctx,
+                P,
+                "snapshot",
+                "snapshot",
+                o.account.as_deref(),
+                o.region.as_deref(),
+            )?;
+            (r.scope, Some(r.id))
+        }
+        None => (
+            opts::scope(&ctx, P, o.account.as_deref(), o.region.as_deref())?,
+            None,
+        ),
+    };
+    let az = o.az.unwrap_or_else(|| format!("{}a", scope.region));
+    let mut tags = o.tags;
+    tags.entry("skiff:managed".into())
+        .or_insert_with(|| "true".into());
+    let vol = estate::create_volume(
+        &ctx.cloud,
+        &scope,
+        snapshot.as_deref(),
+        o.size,
+        &az,
+        o.volume_type.as_deref().unwrap_or("gp3"),
+        &tags,
+        std::time::Duration::from_secs(o.timeout.unwrap_or(1800)),
+    )
+    .await
+    .map_err(|e| estate_error(P, e))?;
+    to_lua(
+        &lua,
+        &VolumeOut {
+            kind: "volume",
+            id: &vol.id,
+            size: vol.size_gib,
+            az: &vol.az,
+            snapshot_id: vol.snapshot_id.as_deref(),
+            state: &vol.state,
+            region: &vol.scope.region,
+            account: &vol.scope.account,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct VolumeOut<'a> {
+    kind: &'static str,
+    id: &'a str,
+    size: i32,
+    az: &'a str,
+    snapshot_id: Option<&'a str>,
+    state: &'a str,
+    region: &'a str,
+    account: &'a str,
+}
+
 pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
     let ec2: Table = lua.create_table()?;
+    ec2.set("instances", reg.async_fn(instances_fn)?)?;
+    ec2.set("snapshot", reg.async_fn(snapshot_fn)?)?;
+    ec2.set("delete_snapshot", reg.async_fn(delete_snapshot_fn)?)?;
+    ec2.set("volume", reg.async_fn(volume_fn)?)?;
     ec2.set("vpc", reg.async_fn(vpc_fn)?)?;
     ec2.set("subnet", reg.async_fn(subnet_fn)?)?;
     ec2.set("security_group", reg.async_fn(security_group_fn)?)?;

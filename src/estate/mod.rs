@@ -1,0 +1,392 @@
+//! The EC2 estate being protected: instances selected by tags or ids, their
+//! volumes, and the snapshots and volumes that backups and restores make.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeState, VolumeType};
+
+use crate::cloud::{AwsError, Cloud, Scope};
+use crate::network::filter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EstateError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("{0}")]
+    Timeout(String),
+}
+
+pub type Result<T> = std::result::Result<T, EstateError>;
+
+fn invalid(field: &str, message: impl Into<String>) -> EstateError {
+    EstateError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AttachedVolume {
+    pub id: String,
+    pub device: String,
+    pub size_gib: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    pub name: Option<String>,
+    pub state: String,
+    pub az: String,
+    pub instance_type: String,
+    pub tags: BTreeMap<String, String>,
+    pub volumes: Vec<AttachedVolume>,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: String,
+    pub volume_id: String,
+    pub size_gib: i32,
+    pub state: String,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone)]
+pub struct Volume {
+    pub id: String,
+    pub size_gib: i32,
+    pub az: String,
+    pub snapshot_id: Option<String>,
+    pub state: String,
+    pub scope: Scope,
+}
+
+fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn tag_spec(kind: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
+    let mut b = TagSpecification::builder().resource_type(kind);
+    for (k, v) in tags {
+        b = b.tags(Tag::builder().key(k).value(v).build());
+    }
+    b.build()
+}
+
+/// Instances in `scope` matching every tag in `tags` (a value of `*` matches
+/// any value) and, if given, one of `ids`; terminated ones are left out.
+pub async fn instances(
+    cloud: &Cloud,
+    scope: &Scope,
+    tags: &BTreeMap<String, String>,
+    ids: &[String],
+) -> Result<Vec<Instance>> {
+    let ec2 = cloud.ec2(scope).await;
+    let mut req = ec2.describe_instances().filters(filter(
+        "instance-state-name",
+        ["pending", "running", "stopping", "stopped"],
+    ));
+    for (k, v) in tags {
+        req = if v == "*" {
+            req.filters(filter("tag-key", [k.as_str()]))
+        } else {
+            req.filters(filter(&format!("tag:{k}"), [v.as_str()]))
+        };
+    }
+    if !ids.is_empty() {
+        req = req.set_instance_ids(Some(ids.to_vec()));
+    }
+    let mut found = Vec::new();
+    let mut token = None;
+    loop {
+        let page = req
+            .clone()
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ec2:DescribeInstances", e))?;
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            let t = tag_map(i.tags());
+            // Workers are not part of the estate they protect.
+            if t.contains_key(crate::workers::tags::WORKER) {
+                continue;
+            }
+            let matches = tags
+                .iter()
+                .all(|(k, v)| v == "*" && t.contains_key(k) || t.get(k) == Some(v));
+            if !matches {
+                continue;
+            }
+            let volumes = i
+                .block_device_mappings()
+                .iter()
+                .filter_map(|m| {
+                    Some(AttachedVolume {
+                        id: m.ebs()?.volume_id()?.to_string(),
+                        device: m.device_name().unwrap_or_default().to_string(),
+                        size_gib: 0,
+                    })
+                })
+                .collect();
+            found.push(Instance {
+                id: i.instance_id().unwrap_or_default().to_string(),
+                name: t.get("Name").cloned(),
+                state: i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+                az: i
+                    .placement()
+                    .and_then(|p| p.availability_zone())
+                    .unwrap_or_default()
+                    .to_string(),
+                instance_type: i
+                    .instance_type()
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+                tags: t,
+                volumes,
+                scope: scope.clone(),
+            });
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    // Sizes come from the volumes themselves.
+    let vol_ids: Vec<String> = found
+        .iter()
+        .flat_map(|i| i.volumes.iter().map(|v| v.id.clone()))
+        .collect();
+    if !vol_ids.is_empty() {
+        let out = ec2
+            .describe_volumes()
+            .set_volume_ids(Some(vol_ids))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ec2:DescribeVolumes", e))?;
+        for inst in &mut found {
+            for v in &mut inst.volumes {
+                if let Some(d) = out
+                    .volumes()
+                    .iter()
+                    .find(|d| d.volume_id() == Some(v.id.as_str()))
+                {
+                    v.size_gib = d.size().unwrap_or(0);
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+async fn wait<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            return Err(EstateError::Timeout(format!(
+                "{what}: not ready after {} s",
+                limit.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+pub async fn describe_snapshot(cloud: &Cloud, scope: &Scope, id: &str) -> Result<Snapshot> {
+    let out = cloud
+        .ec2(scope)
+        .await
+        .describe_snapshots()
+        .snapshot_ids(id)
+        .send()
+        .await
+        .map_err(|e| {
+            let e = AwsError::from_sdk("ec2:DescribeSnapshots", e);
+            if e.code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("InvalidSnapshot"))
+            {
+                invalid("snapshot", format!("no snapshot {id} in {scope}"))
+            } else {
+                e.into()
+            }
+        })?;
+    let s = out
+        .snapshots()
+        .first()
+        .ok_or_else(|| invalid("snapshot", format!("no snapshot {id} in {scope}")))?;
+    Ok(Snapshot {
+        id: id.to_string(),
+        volume_id: s.volume_id().unwrap_or_default().to_string(),
+        size_gib: s.volume_size().unwrap_or(0),
+        state: s
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        scope: scope.clone(),
+    })
+}
+
+/// Snapshots a volume and waits until the snapshot is completed.
+pub async fn snapshot(
+    cloud: &Cloud,
+    scope: &Scope,
+    volume_id: &str,
+    description: &str,
+    tags: &BTreeMap<String, String>,
+    limit: Duration,
+) -> Result<Snapshot> {
+    if !volume_id.starts_with("vol-") {
+        return Err(invalid(
+            "volume",
+            format!("expected a volume id (\"vol-…\"), got {volume_id:?}"),
+        ));
+    }
+    let ec2 = cloud.ec2(scope).await;
+    let out = ec2
+        .create_snapshot()
+        .volume_id(volume_id)
+        .description(description)
+        .tag_specifications(tag_spec(ResourceType::Snapshot, tags))
+        .send()
+        .await
+        .map_err(|e| {
+            let e = AwsError::from_sdk("ec2:CreateSnapshot", e);
+            if e.code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("InvalidVolume"))
+            {
+                invalid("volume", format!("no volume {volume_id} in {scope}"))
+            } else {
+                e.into()
+            }
+        })?;
+    let id = out.snapshot_id().unwrap_or_default().to_string();
+    tracing::info!("snapshot {id} of {volume_id} started in {scope}");
+    wait(&format!("snapshot {id}"), limit, || async {
+        let s = describe_snapshot(cloud, scope, &id).await?;
+        match s.state.as_str() {
+            "completed" => Ok(Some(s)),
+            "error" => Err(EstateError::Timeout(format!("snapshot {id} failed"))),
+            _ => Ok(None),
+        }
+    })
+    .await
+}
+
+pub async fn delete_snapshot(cloud: &Cloud, scope: &Scope, id: &str) -> Result<()> {
+    match cloud
+        .ec2(scope)
+        .await
+        .delete_snapshot()
+        .snapshot_id(id)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let e = AwsError::from_sdk("ec2:DeleteSnapshot", e);
+            if e.code_is("InvalidSnapshot.NotFound") {
+                Ok(())
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Creates a volume (from a snapshot, or empty with `size_gib`) and waits until it is available.
+pub async fn create_volume(
+    cloud: &Cloud,
+    scope: &Scope,
+    snapshot: Option<&str>,
+    size_gib: Option<i32>,
+    az: &str,
+    volume_type: &str,
+    tags: &BTreeMap<String, String>,
+    limit: Duration,
+) -> Result<Volume> {
+    if snapshot.is_none() && size_gib.is_none() {
+        return Err(invalid("size", "give a snapshot or a size in GiB"));
+    }
+    if !az.starts_with(&scope.region) {
+        return Err(invalid(
+            "az",
+            format!("{az:?} is not a zone of {}", scope.region),
+        ));
+    }
+    if !VolumeType::values().contains(&volume_type) {
+        return Err(invalid(
+            "type",
+            format!("unknown volume type {volume_type:?}"),
+        ));
+    }
+    let ec2 = cloud.ec2(scope).await;
+    let mut req = ec2
+        .create_volume()
+        .availability_zone(az)
+        .volume_type(VolumeType::from(volume_type))
+        .tag_specifications(tag_spec(ResourceType::Volume, tags));
+    if let Some(s) = snapshot {
+        req = req.snapshot_id(s);
+    }
+    if let Some(n) = size_gib {
+        req = req.size(n);
+    }
+    let out = req
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:CreateVolume", e))?;
+    let id = out.volume_id().unwrap_or_default().to_string();
+    tracing::info!("volume {id} created in {az}");
+    wait(&format!("volume {id}"), limit, || async {
+        let out = ec2
+            .describe_volumes()
+            .volume_ids(&id)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ec2:DescribeVolumes", e))?;
+        Ok(out
+            .volumes()
+            .first()
+            .filter(|v| matches!(v.state(), Some(VolumeState::Available | VolumeState::InUse)))
+            .map(|v| Volume {
+                id: id.clone(),
+                size_gib: v.size().unwrap_or(0),
+                az: v.availability_zone().unwrap_or_default().to_string(),
+                snapshot_id: v
+                    .snapshot_id()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+                state: v
+                    .state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                scope: scope.clone(),
+            }))
+    })
+    .await
+}
