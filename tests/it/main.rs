@@ -8,3 +8,4 @@ mod examples;
 mod host;
 mod network;
 mod specs;
+mod workers;
