@@ -5,7 +5,7 @@ use std::sync::Arc;
 use mlua::{Lua, Table, Value};
 use serde::{Deserialize, Serialize};
 
-use super::opts::{self, RefArg, Tags};
+use super::opts::{self, List, RefArg, Tags};
 use super::{to_lua, ApiError, ApiResult, Context, Registrar};
 use crate::estate;
 use crate::network::security_group::{self, Proto, Rule, SecurityGroup};
@@ -163,11 +163,39 @@ fn tcp() -> String {
     "tcp".into()
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A port: a number, or a `"from-to"` range.
 enum PortOpt {
     N(i64),
     S(String),
+}
+
+impl<'de> Deserialize<'de> for PortOpt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PortOpt;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("number or string")
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<PortOpt, E> {
+                Ok(PortOpt::N(n))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<PortOpt, E> {
+                Ok(PortOpt::N(n as i64))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<PortOpt, E> {
+                if n.fract() == 0.0 {
+                    Ok(PortOpt::N(n as i64))
+                } else {
+                    Err(E::custom(format!("{n} is not a port")))
+                }
+            }
+            fn visit_str<E>(self, s: &str) -> Result<PortOpt, E> {
+                Ok(PortOpt::S(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -177,7 +205,7 @@ struct SecurityGroupOpts {
     name: String,
     description: Option<String>,
     #[serde(default)]
-    ingress: Vec<RuleOpts>,
+    ingress: List<RuleOpts>,
     #[serde(default)]
     tags: Tags,
     account: Option<String>,
@@ -291,11 +319,11 @@ struct InstancesOpts {
     #[serde(default)]
     tags: Tags,
     #[serde(default)]
-    ids: Vec<String>,
+    ids: List<String>,
     #[serde(default)]
-    regions: Vec<String>,
+    regions: List<String>,
     #[serde(default)]
-    accounts: Vec<String>,
+    accounts: List<String>,
     account: Option<String>,
     region: Option<String>,
 }

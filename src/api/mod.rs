@@ -142,8 +142,9 @@ local function wrap(raw)
   return function(...)
     local ok, v = raw(...)
     if ok then return v end
-    if type(v) == "string" then error(v, 2) end
-    v.where = where_()
+    local w = where_()
+    if type(v) == "string" then error(w and (w .. ": " .. v) or v, 0) end
+    v.where = w
     error(setmetatable(v, Error), 0)
   end
 end
@@ -159,15 +160,29 @@ pub struct Registrar {
 
 impl Registrar {
     fn new(lua: &Lua, ctx: Arc<Context>) -> mlua::Result<Registrar> {
-        // Level 0 is this function, 1 the wrapper, 2 the script that called the primitive.
+        // Level 0 is this function, 1 the wrapper, 2 whatever called the
+        // primitive: the script, or `pcall` (then the script is further up).
         let where_ = lua.create_function(|lua, ()| {
-            Ok(lua.inspect_stack(2, |d| {
-                let src = d.source();
-                match (src.short_src, d.current_line()) {
-                    (Some(s), Some(l)) => Some(format!("{s}:{l}")),
-                    _ => None,
+            for level in 2..12 {
+                let found = lua.inspect_stack(level, |d| {
+                    let src = d.source();
+                    if src.what == "C" {
+                        return None;
+                    }
+                    match (src.short_src, d.current_line()) {
+                        (Some(s), Some(l)) if !s.contains(&crate::host::INTERNAL_CHUNK[1..]) => {
+                            Some(format!("{s}:{l}"))
+                        }
+                        _ => None,
+                    }
+                });
+                match found {
+                    None => return Ok(None),
+                    Some(Some(w)) => return Ok(Some(w)),
+                    Some(None) => continue,
                 }
-            }))
+            }
+            Ok(None)
         })?;
         let (wrap, error_mt): (Function, Table) = lua
             .load(WRAPPER)

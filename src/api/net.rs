@@ -5,7 +5,7 @@ use std::sync::Arc;
 use mlua::{Lua, Table, Value};
 use serde::{Deserialize, Serialize};
 
-use super::opts::{self, RefArg, Tags};
+use super::opts::{self, List, RefArg, Tags};
 use super::{to_lua, ApiError, ApiResult, Context, Registrar};
 use crate::network::endpoint::{self, Endpoint, Kind};
 use crate::network::peering::{self, Peering, Side};
@@ -17,9 +17,9 @@ struct EndpointOpts {
     vpc: RefArg,
     service: String,
     #[serde(default)]
-    subnets: Vec<RefArg>,
+    subnets: List<RefArg>,
     #[serde(default)]
-    security_groups: Vec<RefArg>,
+    security_groups: List<RefArg>,
     private_dns: Option<bool>,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -240,9 +240,9 @@ async fn peer_vpcs(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VerifyOpts {
-    subnets: Vec<RefArg>,
+    subnets: List<RefArg>,
     #[serde(default)]
-    services: Vec<String>,
+    services: List<String>,
     repository_vpc: Option<RefArg>,
     from: Option<String>,
     #[serde(default)]
@@ -322,7 +322,7 @@ async fn verify_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         .transpose()?;
     let spec = verify::VerifySpec {
         subnets,
-        services: o.services,
+        services: o.services.0,
         repository_vpc,
         from,
     };

@@ -290,6 +290,58 @@ pub fn scope(
     })
 }
 
+/// A list option (`subnets = { a, b }`). Unlike a plain `Vec`, a table with
+/// named keys is refused instead of being read as an empty list.
+#[derive(Debug, Clone)]
+pub struct List<T>(pub Vec<T>);
+
+impl<T> Default for List<T> {
+    fn default() -> Self {
+        List(Vec::new())
+    }
+}
+
+impl<T> std::ops::Deref for List<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = List<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<List<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(List(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<List<T>, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = m.next_key::<de::IgnoredAny>()? {
+                    let _ = k;
+                    m.next_value::<de::IgnoredAny>()?;
+                    keys.push(());
+                }
+                if keys.is_empty() {
+                    return Ok(List(Vec::new()));
+                }
+                Err(de::Error::custom(
+                    "expected a list { … }, got a table with named keys (wrap a single item in braces)",
+                ))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
 /// A table of string tags as a map (for `tags = {…}` options).
 pub type Tags = std::collections::BTreeMap<String, String>;
 

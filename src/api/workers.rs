@@ -337,7 +337,7 @@ struct ConfigurationOpts {
     vpc: Option<String>,
     subnet: Option<String>,
     #[serde(default)]
-    security_groups: Vec<super::RefArg>,
+    security_groups: super::opts::List<super::RefArg>,
 }
 
 #[derive(Deserialize)]

@@ -90,9 +90,10 @@ fn sandbox(lua: &Lua) -> mlua::Result<()> {
     let text_load = lua
         .load(
             r#"local load = ...
-            return function(chunk, name, mode, env)
+            return function(chunk, name, mode, ...)
               if mode ~= nil and mode ~= "t" then error("load: only text chunks are allowed (mode \"t\")", 2) end
-              return load(chunk, name, "t", env)
+              -- An explicit nil environment differs from none: pass env only if given.
+              return load(chunk, name, "t", ...)
             end"#,
         )
         .set_name(INTERNAL_CHUNK)

@@ -177,7 +177,9 @@ pub(crate) fn from_sdk(e: &aws_sdk_ec2::types::VpcEndpoint, scope: &Scope) -> En
             .filter_map(|g| g.group_id().map(str::to_string))
             .collect(),
         route_tables: e.route_table_ids().to_vec(),
-        private_dns: e.private_dns_enabled().unwrap_or(false),
+        // Gateway endpoints have no private DNS, whatever the response says.
+        private_dns: e.vpc_endpoint_type() != Some(&VpcEndpointType::Gateway)
+            && e.private_dns_enabled().unwrap_or(false),
         state: e
             .state()
             .map(|s| s.as_str().to_string())

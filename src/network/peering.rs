@@ -399,12 +399,24 @@ pub async fn ensure(cloud: &Cloud, spec: &PeeringSpec, waits: &Waits) -> Result<
         scope: v.scope.clone(),
         account_id,
     };
-    Ok(Peering {
+    let mut p = Peering {
         id,
         status,
         requester: side(&req, req_account),
         accepter: side(&acc, acc_account),
         routes,
         created,
-    })
+    };
+    // An existing connection requested the other way round: report it as AWS records it.
+    if !forward {
+        std::mem::swap(&mut p.requester, &mut p.accepter);
+        for r in &mut p.routes {
+            r.side = if r.side == "requester" {
+                "accepter"
+            } else {
+                "requester"
+            };
+        }
+    }
+    Ok(p)
 }

@@ -251,7 +251,7 @@ while not io.open(args.release) do time.sleep(0.2) end
     );
     assert_eq!(lines[4], "true");
     assert!(
-        lines[5].starts_with("deploy_worker: opts.account: archive workers run in the backup account (backup), not in the production account \"prod\""),
+        lines[5].starts_with("place.lua:14: deploy_worker: opts.account: archive workers run in the backup account (backup), not in the production account \"prod\""),
         "{stdout}"
     );
     // After the run: nothing running, no queue left, anywhere.

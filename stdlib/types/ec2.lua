@@ -1,0 +1,212 @@
+--- @meta
+-- LuaLS annotations for `ec2`: VPCs, subnets and security groups
+-- (src/api/ec2.rs). Every primitive finds what it would create before
+-- creating it, so running a runbook twice creates nothing new.
+-- Misuse raises a string `file:line: ec2.…: opts.field: message`; an
+-- operational failure raises a `skiff.error` (see globals.lua).
+
+ec2 = {}
+
+--- A resource argument: an id string, or any table with an `id` (normally
+--- one a primitive returned, whose `kind`, `account` and `region` are then
+--- honoured: a table of the wrong `kind` is refused, and the resource is
+--- looked up in the table's own account and region).
+--- @class skiff.Resource
+--- @field id string
+--- @field kind? string
+--- @field account? string
+--- @field region? string
+
+--- `"vpc-…"`, or the table `ec2.vpc` returned.
+--- @alias skiff.VpcRef string|skiff.Vpc|skiff.Resource
+
+--- `"subnet-…"`, or the table `ec2.subnet` returned.
+--- @alias skiff.SubnetRef string|skiff.Subnet|skiff.Resource
+
+--- `"sg-…"`, or the table `ec2.security_group` returned.
+--- @alias skiff.SecurityGroupRef string|skiff.SecurityGroup|skiff.Resource
+
+--- @alias skiff.Proto "tcp"|"udp"|"icmp"|"all"
+
+-- ─── ec2.vpc ────────────────────────────────────────────────────────────────
+
+--- @class skiff.VpcOpts
+---
+--- The VPC's `Name` tag: the VPC is found by it, or created with it.
+--- Must not be empty. Two VPCs of that name in the scope are a `conflict`.
+--- @field name string
+---
+--- Primary IPv4 block, `/16` to `/28`, host bits clear (`"10.1.0.0/16"`).
+--- A VPC of this name with another block is a `conflict`.
+--- @field cidr string
+---
+--- Turn on DNS support and DNS hostnames, which interface endpoints with
+--- private DNS need. Only ever turns them on, never off.
+--- (default: `true`)
+--- @field dns? boolean
+---
+--- Extra tags for a VPC this call creates (besides `Name` and `skiff:managed`).
+--- (default: `{}`)
+--- @field tags? table<string, string>
+---
+--- Account name from skiff.toml (`[accounts.NAME]`), or `"default"` for the
+--- ambient credentials.
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+---
+--- Region such as `"us-east-1"`.
+--- (default: the account's `region` in skiff.toml, else the top-level
+--- `region`, else the ambient region such as `AWS_REGION`)
+--- @field region? string
+
+--- @class skiff.Vpc
+--- @field kind "vpc"
+--- @field id string `vpc-…`
+--- @field name? string Its `Name` tag.
+--- @field cidr string The primary block.
+--- @field cidrs string[] Every associated IPv4 block, primary first.
+--- @field region string
+--- @field account string Account name (`"default"` or a skiff.toml account).
+--- @field account_id string The 12-digit AWS account id that owns the VPC.
+--- @field default boolean Whether this is the region's default VPC.
+--- @field created boolean Whether this call created it.
+
+--- Finds the VPC tagged `Name = opts.name`, else creates it (tagged `Name`
+--- and `skiff:managed`) and waits until it is available.
+---
+--- ```lua
+--- local vpc = ec2.vpc{ name = "workers", cidr = "10.1.0.0/16" }
+--- ```
+--- @param opts skiff.VpcOpts
+--- @return skiff.Vpc
+function ec2.vpc(opts) end
+
+-- ─── ec2.subnet ─────────────────────────────────────────────────────────────
+
+--- @class skiff.SubnetOpts
+---
+--- The VPC to create the subnet in.
+--- @field vpc skiff.VpcRef
+---
+--- The subnet's block, `/16` to `/28`, inside one of the VPC's blocks and
+--- overlapping no other subnet of it. The subnet is found by VPC and block.
+--- @field cidr string
+---
+--- Availability zone, e.g. `"us-east-1b"`; must be of the VPC's region. An
+--- existing subnet in another zone is a `conflict`.
+--- (default: the region's zone `a`, e.g. `"us-east-1a"`)
+--- @field az? string
+---
+--- `Name` tag; set on an existing subnet that has another.
+--- (default: none)
+--- @field name? string
+---
+--- Extra tags for a subnet this call creates.
+--- (default: `{}`)
+--- @field tags? table<string, string>
+---
+--- Account in which an id-string `vpc` is looked up (a table carries its own).
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+---
+--- Region in which an id-string `vpc` is looked up (a table carries its own).
+--- (default: the account's region, else skiff.toml's `region`, else the ambient region)
+--- @field region? string
+
+--- @class skiff.Subnet
+--- @field kind "subnet"
+--- @field id string `subnet-…`
+--- @field name? string Its `Name` tag.
+--- @field cidr string
+--- @field az string Availability zone.
+--- @field vpc_id string
+--- @field region string
+--- @field account string
+--- @field created boolean Whether this call created it.
+
+--- Finds the subnet with `opts.cidr` in `opts.vpc`, else creates it and
+--- waits until it is available.
+---
+--- ```lua
+--- local a = ec2.subnet{ vpc = vpc, cidr = "10.1.1.0/24", az = "us-east-1a" }
+--- ```
+--- @param opts skiff.SubnetOpts
+--- @return skiff.Subnet
+function ec2.subnet(opts) end
+
+-- ─── ec2.security_group ─────────────────────────────────────────────────────
+
+--- One inbound rule, as written in `ingress`.
+--- @class skiff.RuleOpts
+---
+--- Protocol: `"tcp"`, `"udp"`, `"icmp"` or `"all"` (case-insensitive; the
+--- numbers `"6"`, `"17"`, `"1"`, `"-1"` also work).
+--- (default: `"tcp"`)
+--- @field proto? skiff.Proto|string
+---
+--- A port (`443`, `"443"`) or an inclusive range (`"1024-65535"`); for icmp,
+--- a type (-1 to 255). Ignored for `"all"`.
+--- (default: every port, `0-65535`; for icmp every type, `-1`)
+--- @field port? integer|string
+---
+--- Source block, e.g. `vpc.cidr` or `"192.168.1.7/32"`.
+--- @field cidr string
+
+--- One inbound rule, as returned.
+--- @class skiff.Rule
+--- @field proto skiff.Proto
+--- @field port? string `"443"`, `"1024-65535"`, `"-1"` (every icmp type); nil for `"all"`.
+--- @field cidr string
+
+--- @class skiff.SecurityGroupOpts
+---
+--- The VPC the group belongs to.
+--- @field vpc skiff.VpcRef
+---
+--- Group name, unique in its VPC: the group is found by VPC and name.
+--- 1 to 255 characters, not starting with `"sg-"`.
+--- @field name string
+---
+--- Description of a group this call creates (AWS cannot change it later).
+--- (default: `"skiff: <name>"`)
+--- @field description? string
+---
+--- Inbound rules the group must have. Missing ones are added; rules already
+--- there are kept, even those not listed.
+--- (default: `{}`)
+--- @field ingress? skiff.RuleOpts[]
+---
+--- Extra tags for a group this call creates (besides `Name` and `skiff:managed`).
+--- (default: `{}`)
+--- @field tags? table<string, string>
+---
+--- Account in which an id-string `vpc` is looked up (a table carries its own).
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+---
+--- Region in which an id-string `vpc` is looked up (a table carries its own).
+--- (default: the account's region, else skiff.toml's `region`, else the ambient region)
+--- @field region? string
+
+--- @class skiff.SecurityGroup
+--- @field kind "security_group"
+--- @field id string `sg-…`
+--- @field name string
+--- @field vpc_id string
+--- @field region string
+--- @field account string
+--- @field ingress skiff.Rule[] Every CIDR-sourced inbound rule, sorted by protocol (tcp, udp, icmp, all), ports, source.
+--- @field added skiff.Rule[] The rules this call added (empty when nothing was missing).
+--- @field created boolean Whether this call created the group.
+
+--- Finds the group `opts.name` in `opts.vpc`, else creates it; then adds
+--- each rule of `opts.ingress` it lacks.
+---
+--- ```lua
+--- local sg = ec2.security_group{ vpc = vpc, name = "endpoints", ingress = {
+---   { proto = "tcp", port = 443, cidr = vpc.cidr },
+--- } }
+--- ```
+--- @param opts skiff.SecurityGroupOpts
+--- @return skiff.SecurityGroup
+function ec2.security_group(opts) end

@@ -1,0 +1,161 @@
+-- log, time, json, inspect and args: the helpers every runbook uses.
+
+describe("log", function()
+  it("has debug, info, warn and error, which return nothing", function()
+    for _, level in ipairs({ "debug", "info", "warn", "error" }) do
+      expect(type(log[level])):to_equal("function")
+      expect(select("#", log[level]("util_spec:", level))):to_equal(0)
+    end
+  end)
+
+  it("takes any values: strings, numbers, nil, booleans, tables", function()
+    expect(select("#", log.info("vpc", 1, nil, true, { id = "vpc-1", cidrs = { "10.0.0.0/16" } }))):to_equal(0)
+    expect(select("#", log.warn())):to_equal(0)
+  end)
+end)
+
+describe("time", function()
+  it("now() is the Unix time in seconds, with a fraction", function()
+    local t = time.now()
+    expect(math.type(t)):to_equal("float")
+    expect(math.abs(t - os.time()) < 2):to_be(true)
+  end)
+
+  it("sleep() waits that many seconds", function()
+    local t0 = time.now()
+    time.sleep(0.2)
+    local waited = time.now() - t0
+    expect(waited >= 0.19):to_be(true)
+    expect(waited < 5):to_be(true)
+    time.sleep(0)
+  end)
+
+  it("sleep() refuses what is not a usable number of seconds", function()
+    expect(function() time.sleep("1") end):to_fail("time.sleep: expected seconds as a number")
+    expect(function() time.sleep() end):to_fail("time.sleep: expected seconds as a number")
+    expect(function() time.sleep(-1) end):to_fail("time.sleep: -1 is not a usable number of seconds")
+    expect(function() time.sleep(1e10) end):to_fail("time.sleep: 10000000000 is not a usable number of seconds")
+  end)
+
+  it("iso() formats a Unix time as RFC 3339 in UTC, to the second", function()
+    expect(time.iso(0)):to_equal("1970-01-01T00:00:00Z")
+    expect(time.iso(1700000000)):to_equal("2023-11-14T22:13:20Z")
+    expect(time.iso(1700000000.75)):to_equal("2023-11-14T22:13:20Z")
+    expect(time.iso(951782400)):to_equal("2000-02-29T00:00:00Z")
+  end)
+
+  it("iso() without an argument formats the current time", function()
+    local before = time.iso(math.floor(time.now()))
+    local now = time.iso()
+    local after = time.iso(math.floor(time.now()))
+    expect(now):to_match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$")
+    expect(now >= before and now <= after):to_be(true)
+  end)
+
+  it("iso() refuses what is not a time, and rounds down", function()
+    expect(function() time.iso("x") end):to_fail("time.iso: expected seconds since the epoch, got string")
+    expect(function() time.iso(1e20) end):to_fail("time.iso: 100000000000000000000 is out of range")
+    expect(time.iso(-1.5)):to_equal("1969-12-31T23:59:58Z")
+  end)
+end)
+
+describe("json", function()
+  it("encodes objects with sorted keys, arrays, strings, numbers, booleans", function()
+    expect(json.encode({ b = 1, a = { 1, 2, 3 }, c = "x" })):to_equal('{"a":[1,2,3],"b":1,"c":"x"}')
+    expect(json.encode({ s = 'q"\n', t = true, f = false, n = 1.5 })):to_equal('{"f":false,"n":1.5,"s":"q\\"\\n","t":true}')
+    expect(json.encode("s")):to_equal('"s"')
+    expect(json.encode(3)):to_equal("3")
+    expect(json.encode(1.0)):to_equal("1.0")
+    expect(json.encode(nil)):to_equal("null")
+    expect(json.encode({})):to_equal("{}")
+  end)
+
+  it("decodes objects, arrays and scalars", function()
+    expect(json.decode('{"a":[1,2,{"b":true}],"f":1.5,"s":"x"}'))
+      :to_equal({ a = { 1, 2, { b = true } }, f = 1.5, s = "x" })
+    expect(math.type(json.decode("1"))):to_equal("integer")
+    expect(math.type(json.decode("1.0"))):to_equal("float")
+    expect(json.decode('"\\u00e9"')):to_equal("é")
+    expect(json.decode("null")):to_be_nil()
+    expect(json.decode('{"gone":null}')):to_equal({})
+  end)
+
+  it("round-trips what a primitive returns", function()
+    local vpc = {
+      kind = "vpc", id = "vpc-0123456789abcdef0", name = "workers", cidr = "10.0.0.0/16",
+      cidrs = { "10.0.0.0/16", "10.1.0.0/16" }, region = "us-east-1", account = "default",
+      account_id = "123456789012", default = false, created = true,
+    }
+    local text = json.encode(vpc)
+    expect(json.decode(text)):to_equal(vpc)
+    expect(json.encode(json.decode(text))):to_equal(text)
+  end)
+
+  it("refuses what JSON cannot hold, and text that is not JSON", function()
+    expect(function() json.encode(function() end) end):to_fail("json.encode: value: a function has no JSON form")
+    expect(function() json.encode({ [true] = 1 }) end)
+      :to_fail("json.encode: value: key true is neither a string nor part of a list 1..0")
+    expect(function() json.decode("{") end)
+      :to_fail("json.decode: invalid JSON: EOF while parsing an object at line 1 column 1")
+    expect(function() json.decode("x") end)
+      :to_fail("json.decode: invalid JSON: expected value at line 1 column 1")
+    expect(function() json.decode(42) end):to_fail("json.decode: expected a string")
+    expect(function() json.decode() end):to_fail("json.decode: expected a string")
+  end)
+
+  it("refuses tables JSON cannot hold instead of dropping parts of them", function()
+    expect(function() json.encode({ 1, x = 2 }) end)
+      :to_fail("json.encode: value: a table mixing a list and named keys has no JSON form")
+    expect(function() json.encode({ a = { [1] = 1, [3] = 3 } }) end)
+      :to_fail_matching("json%.encode: value%.a: key 3 is neither a string nor part of a list")
+    expect(function() json.encode({ n = 0 / 0 }) end):to_fail_matching("json%.encode: value%.n: .*has no JSON form")
+  end)
+end)
+
+describe("inspect", function()
+  it("renders scalars as Lua literals", function()
+    expect(inspect(nil)):to_equal("nil")
+    expect(inspect(true)):to_equal("true")
+    expect(inspect(42)):to_equal("42")
+    expect(inspect(2.0)):to_equal("2.0")
+    expect(inspect(2.5)):to_equal("2.5")
+    expect(inspect('a"b\n')):to_equal('"a\\"b\\n"')
+    expect(inspect(print)):to_equal("<function>")
+    expect(inspect(coroutine.create(print))):to_equal("<thread>")
+  end)
+
+  it("renders tables with the list first and other keys sorted, on one line when short", function()
+    expect(inspect({})):to_equal("{}")
+    expect(inspect({ 1, "two", zeta = true, alpha = { x = 1 }, ["a b"] = 2.5 }))
+      :to_equal('{ 1, "two", ["a b"] = 2.5, alpha = { x = 1 }, zeta = true }')
+    expect(inspect({ [10] = "a", [2] = "b", [true] = 1 })):to_equal('{ [2] = "b", [10] = "a", [true] = 1 }')
+    expect(inspect({ ["end"] = 1 })):to_equal('{ ["end"] = 1 }')
+  end)
+
+  it("breaks long tables over lines", function()
+    expect(inspect({ id = "vpc-0123456789abcdef0", cidr = "10.0.0.0/16", region = "us-east-1", account = "backup" }))
+      :to_equal('{\n  account = "backup",\n  cidr = "10.0.0.0/16",\n  id = "vpc-0123456789abcdef0",\n  region = "us-east-1",\n}')
+  end)
+
+  it("marks cycles instead of following them", function()
+    local t = { name = "loop" }
+    t.self = t
+    expect(inspect(t)):to_equal('{ name = "loop", self = <cycle> }')
+  end)
+
+  it("leaves out keys starting with __, which are internal by convention", function()
+    expect(inspect({ __handle = {}, id = "w-1" })):to_equal('{ id = "w-1" }')
+  end)
+
+  it("prints a table with __tostring as it says", function()
+    local v = setmetatable({}, { __tostring = function() return "custom" end })
+    expect(inspect(v)):to_equal("custom")
+  end)
+end)
+
+describe("args", function()
+  it("is a table, empty under skiff test (no arguments are passed to specs)", function()
+    expect(type(args)):to_equal("table")
+    expect(next(args)):to_be_nil()
+  end)
+end)
