@@ -1,0 +1,367 @@
+//! `check`: the structure (every index file reads, every indexed pack exists
+//! with the listed size and a header that agrees with the index, every block a
+//! point references is indexed) and, with `read_data`, every blob decrypted
+//! and re-hashed. A damaged pack is reported with the points it breaks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::crypto::{sha256, Id, ZERO_ID};
+use super::error::{RepoError, Result};
+use super::format::{BlobKind, Entry, IndexedPack, Node};
+use super::pack::{self, pack_name};
+use super::tree::parse_id;
+use super::Repo;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// `index`, `pack`, `blob`, `point`.
+    pub kind: &'static str,
+    /// What is damaged: an object name or an id.
+    pub object: String,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CheckReport {
+    pub ok: bool,
+    pub index_files: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub points: usize,
+    /// Bytes read and verified with `read_data`.
+    pub bytes_verified: u64,
+    /// Packs in the store that no index file lists: an interrupted write.
+    /// Not an error: the next writer indexes and reuses them.
+    pub unindexed_packs: Vec<String>,
+    pub problems: Vec<Problem>,
+    /// Packs with a problem, by name.
+    pub damaged_packs: Vec<String>,
+    /// Points that reference damaged or missing data: restoring them fails.
+    pub affected_points: Vec<String>,
+}
+
+/// Checks a repository; `read_data` also verifies every blob's content.
+pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let conc = repo.settings.metadata_concurrency;
+
+    // Index files, as stored (not the in-memory index, which also holds recovered packs).
+    let names = repo.backend().list("index").await?;
+    report.index_files = names.len();
+    let mut indexed: BTreeMap<Id, IndexedPack> = BTreeMap::new();
+    let loaded: Vec<(String, Result<Vec<IndexedPack>>)> =
+        futures::stream::iter(names.into_iter().map(|l| async move {
+            let r = repo.read_index_file(&l.name).await;
+            (l.name, r)
+        }))
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    for (name, r) in loaded {
+        match r {
+            Ok(packs) => {
+                for p in packs {
+                    indexed.entry(p.pack).or_insert(p);
+                }
+            }
+            Err(e @ RepoError::Corrupt { .. }) => report.problems.push(Problem {
+                kind: "index",
+                object: name,
+                message: e.to_string(),
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+
+    let listed: HashMap<Id, u64> = repo
+        .backend()
+        .list("data")
+        .await?
+        .into_iter()
+        .filter_map(|l| pack::pack_id_of(&l.name).map(|id| (id, l.size)))
+        .collect();
+
+    // Blobs a point may use, with the pack they are in.
+    let mut available: HashMap<Id, Id> = HashMap::new();
+    let mut damaged: BTreeSet<Id> = BTreeSet::new();
+    let mut bad_blobs: HashSet<Id> = HashSet::new();
+
+    for (id, p) in &indexed {
+        match listed.get(id) {
+            None => {
+                report.problems.push(Problem {
+                    kind: "pack",
+                    object: pack_name(id),
+                    message: "listed in the index but missing from the store".into(),
+                });
+                damaged.insert(*id);
+                bad_blobs.extend(p.entries.iter().map(|e| e.id));
+            }
+            Some(size) if *size != p.size => {
+                report.problems.push(Problem {
+                    kind: "pack",
+                    object: pack_name(id),
+                    message: format!("is {size} bytes, the index says {}", p.size),
+                });
+                damaged.insert(*id);
+            }
+            Some(_) => {}
+        }
+        for e in &p.entries {
+            available.entry(e.id).or_insert(*id);
+        }
+    }
+
+    // Every stored pack's header, compared with the index.
+    let headers: Vec<(Id, Result<IndexedPack>)> =
+        futures::stream::iter(listed.iter().map(|(id, size)| async move {
+            (
+                *id,
+                pack::read_header(repo.backend(), repo.key(), &pack_name(id), *size).await,
+            )
+        }))
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    for (id, r) in headers {
+        match (r, indexed.get(&id)) {
+            (Ok(h), Some(ix)) => {
+                let a: BTreeSet<_> = h.entries.iter().map(entry_key).collect();
+                let b: BTreeSet<_> = ix.entries.iter().map(entry_key).collect();
+                if a != b {
+                    report.problems.push(Problem {
+                        kind: "pack",
+                        object: pack_name(&id),
+                        message: "its header and the index disagree about its blobs".into(),
+                    });
+                    damaged.insert(id);
+                }
+            }
+            (Ok(h), None) => {
+                report.unindexed_packs.push(pack_name(&id));
+                for e in &h.entries {
+                    available.entry(e.id).or_insert(id);
+                }
+            }
+            (Err(e @ RepoError::Corrupt { .. }), ix) => {
+                report.problems.push(Problem {
+                    kind: "pack",
+                    object: pack_name(&id),
+                    message: e.to_string(),
+                });
+                damaged.insert(id);
+                // Without a readable header its blobs can be verified only through the index.
+                if !read_data {
+                    if let Some(ix) = ix {
+                        bad_blobs.extend(ix.entries.iter().map(|e| e.id));
+                    }
+                }
+            }
+            (Err(e), _) => return Err(e),
+        }
+    }
+    report.unindexed_packs.sort();
+    report.packs = listed.len();
+    report.blobs = available.len();
+
+    if read_data {
+        let work: Vec<(Id, Vec<Entry>)> = indexed
+            .iter()
+            .filter(|(id, _)| listed.contains_key(*id))
+            .map(|(id, p)| (*id, p.entries.clone()))
+            .collect();
+        let results: Vec<(Id, Result<(u64, Vec<(Id, String)>)>)> = futures::stream::iter(
+            work.into_iter()
+                .map(|(id, entries)| async move { (id, verify_pack(repo, &id, entries).await) }),
+        )
+        .buffer_unordered(2)
+        .collect()
+        .await;
+        for (id, r) in results {
+            let (bytes, bad) = r?;
+            report.bytes_verified += bytes;
+            if !bad.is_empty() {
+                damaged.insert(id);
+                for (blob, message) in bad {
+                    report.problems.push(Problem {
+                        kind: "blob",
+                        object: format!("{} in {}", hex::encode(blob), pack_name(&id)),
+                        message,
+                    });
+                    bad_blobs.insert(blob);
+                }
+            }
+        }
+    }
+
+    // Points: every block and node they reference must be available and sound.
+    let points = repo.points().await?;
+    report.points = points.len();
+    let mut memo: HashMap<Id, bool> = HashMap::new();
+    let mut missing: BTreeMap<Id, ()> = BTreeMap::new();
+    for p in &points {
+        let Some(root) = parse_id(&p.root) else {
+            report.problems.push(Problem {
+                kind: "point",
+                object: p.id.clone(),
+                message: "bad root id".into(),
+            });
+            report.affected_points.push(p.id.clone());
+            continue;
+        };
+        let mut problems = Vec::new();
+        let bad = walk(
+            repo,
+            &available,
+            &bad_blobs,
+            root,
+            p.depth.saturating_sub(1),
+            &mut memo,
+            &mut missing,
+            &mut problems,
+        )
+        .await?;
+        for m in problems {
+            report.problems.push(Problem {
+                kind: "point",
+                object: p.id.clone(),
+                message: m,
+            });
+        }
+        if bad {
+            report.affected_points.push(p.id.clone());
+        }
+    }
+    for (id, _) in missing {
+        report.problems.push(Problem {
+            kind: "blob",
+            object: hex::encode(id),
+            message: "referenced by a point but in no pack".into(),
+        });
+    }
+    report.damaged_packs = damaged.iter().map(pack_name).collect();
+    report.ok = report.problems.is_empty();
+    Ok(report)
+}
+
+fn entry_key(e: &Entry) -> (Id, u32, u32, u32, u8, u8) {
+    (e.id, e.offset, e.length, e.raw_len, e.kind as u8, e.flags)
+}
+
+/// Reads a whole pack and verifies each indexed blob: authenticates,
+/// decompresses, and re-hashes it. Returns bytes read and the bad blobs.
+async fn verify_pack(
+    repo: &Arc<Repo>,
+    pack: &Id,
+    entries: Vec<Entry>,
+) -> Result<(u64, Vec<(Id, String)>)> {
+    let bytes = repo.backend().get(&pack_name(pack)).await?;
+    let key = repo.key().clone();
+    let n = bytes.len() as u64;
+    tokio::task::spawn_blocking(move || {
+        let mut bad = Vec::new();
+        for e in entries {
+            let (start, end) = (e.offset as usize, e.offset as usize + e.length as usize);
+            if end > bytes.len() {
+                bad.push((e.id, "lies beyond the end of the pack".to_string()));
+                continue;
+            }
+            match pack::open_blob(&key, &e, bytes[start..end].to_vec()) {
+                Err(m) => bad.push((e.id, m)),
+                Ok(plain) => {
+                    if sha256(&plain) != e.id {
+                        bad.push((e.id, "content does not match its id (SHA-256)".into()));
+                    } else if e.kind == BlobKind::Node && Node::decode(&plain).is_err() {
+                        bad.push((e.id, "not a block-map node".into()));
+                    }
+                }
+            }
+        }
+        Ok((n, bad))
+    })
+    .await
+    .map_err(|e| RepoError::Invalid(e.to_string()))?
+}
+
+/// Walks a node; true when anything under it is missing or damaged.
+#[allow(clippy::too_many_arguments)]
+fn walk<'a>(
+    repo: &'a Arc<Repo>,
+    available: &'a HashMap<Id, Id>,
+    bad_blobs: &'a HashSet<Id>,
+    id: Id,
+    level: u8,
+    memo: &'a mut HashMap<Id, bool>,
+    missing: &'a mut BTreeMap<Id, ()>,
+    problems: &'a mut Vec<String>,
+) -> futures::future::BoxFuture<'a, Result<bool>> {
+    Box::pin(async move {
+        if id == ZERO_ID {
+            return Ok(false);
+        }
+        if let Some(b) = memo.get(&id) {
+            return Ok(*b);
+        }
+        let mut bad = bad_blobs.contains(&id);
+        if !available.contains_key(&id) {
+            missing.insert(id, ());
+            memo.insert(id, true);
+            return Ok(true);
+        }
+        if !bad {
+            match repo.read_blob(BlobKind::Node, &id).await.and_then(|plain| {
+                Node::decode(&plain).map_err(|m| {
+                    RepoError::corrupt("repo.check", format!("node {}", hex::encode(id)), m)
+                })
+            }) {
+                Ok(node) if node.level == level => {
+                    for child in node.entries {
+                        if level == 0 {
+                            if child == ZERO_ID {
+                                continue;
+                            }
+                            if !available.contains_key(&child) {
+                                missing.insert(child, ());
+                                bad = true;
+                            } else if bad_blobs.contains(&child) {
+                                bad = true;
+                            }
+                        } else if walk(
+                            repo,
+                            available,
+                            bad_blobs,
+                            child,
+                            level - 1,
+                            memo,
+                            missing,
+                            problems,
+                        )
+                        .await?
+                        {
+                            bad = true;
+                        }
+                    }
+                }
+                Ok(node) => {
+                    problems.push(format!(
+                        "node {} is on level {}, expected {level}",
+                        hex::encode(id),
+                        node.level
+                    ));
+                    bad = true;
+                }
+                Err(e @ (RepoError::Corrupt { .. } | RepoError::NotFound { .. })) => {
+                    problems.push(e.to_string());
+                    bad = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        memo.insert(id, bad);
+        Ok(bad)
+    })
+}
