@@ -9,6 +9,7 @@ pub mod cloud;
 pub mod config;
 pub mod estate;
 pub mod host;
+pub mod mover;
 pub mod network;
 pub mod repo;
 pub mod workers;

@@ -187,6 +187,29 @@ impl Cloud {
         aws_sdk_sts::Client::new(&self.sdk(scope).await)
     }
 
+    /// The EBS direct-API client. Its SDK retries are off: the data mover
+    /// retries throttling and 5xx itself, with backoff, and the two would multiply.
+    pub async fn ebs(&self, scope: &Scope) -> aws_sdk_ebs::Client {
+        let conf = aws_sdk_ebs::config::Builder::from(&self.sdk(scope).await)
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_ebs::Client::from_conf(conf)
+    }
+
+    /// S3, path-style when a custom endpoint is configured (S3-compatible
+    /// stores and local endpoints rarely resolve bucket subdomains).
+    pub async fn s3(&self, scope: &Scope) -> aws_sdk_s3::Client {
+        let sdk = self.sdk(scope).await;
+        let conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(sdk.endpoint_url().is_some())
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub async fn ssm(&self, scope: &Scope) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.sdk(scope).await)
+    }
+
     /// The 12-digit id of an account: from its role ARN, or for `default`
     /// from STS GetCallerIdentity (asked once).
     pub async fn account_id(&self, scope: &Scope) -> Result<String, AwsError> {

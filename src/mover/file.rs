@@ -1,0 +1,401 @@
+//! Raw images and block devices. Reading skips holes (SEEK_DATA/SEEK_HOLE
+//! where the file system supports them); writing leaves zero blocks as holes
+//! in a regular file, so a restored image is as sparse as the data allows.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use super::{is_zero, Data, Item, MoverError, Result, Token, BLOCK_SIZE};
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(MoverError::Invalid(format!("blocking task failed: {e}"))))
+}
+
+fn device_size(file: &File, path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| MoverError::io("file.size", path.display(), e))
+}
+
+struct SourceInner {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+#[derive(Clone)]
+pub struct FileSource {
+    inner: Arc<SourceInner>,
+}
+
+impl FileSource {
+    /// Opens an image or block device for reading.
+    pub async fn open(path: &Path) -> Result<FileSource> {
+        let path = path.to_path_buf();
+        blocking(move || {
+            let file = File::open(&path)
+                .map_err(|e| MoverError::Invalid(format!("file:{}: {e}", path.display())))?;
+            let meta = file
+                .metadata()
+                .map_err(|e| MoverError::io("file.open", path.display(), e))?;
+            let ft = meta.file_type();
+            let size = if ft.is_block_device() {
+                device_size(&file, &path)?
+            } else if ft.is_file() {
+                meta.len()
+            } else {
+                return Err(MoverError::Invalid(format!(
+                    "file:{}: not a regular file or block device",
+                    path.display()
+                )));
+            };
+            if size == 0 {
+                return Err(MoverError::Invalid(format!(
+                    "file:{}: is empty",
+                    path.display()
+                )));
+            }
+            Ok(FileSource {
+                inner: Arc::new(SourceInner { path, file, size }),
+            })
+        })
+        .await
+    }
+
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The byte ranges holding data; the whole file where holes cannot be found.
+    pub async fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let fd = inner.file.as_raw_fd();
+            let size = inner.size as i64;
+            let mut ranges = Vec::new();
+            let mut pos: i64 = 0;
+            while pos < size {
+                // SAFETY: lseek on a descriptor we own; reads use pread, so moving the offset is harmless.
+                let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+                if data < 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.raw_os_error() == Some(libc::ENXIO) {
+                        break; // no data after pos
+                    }
+                    return Ok(vec![(0, inner.size)]); // not supported here: read everything
+                }
+                // SAFETY: as above.
+                let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+                if hole < 0 {
+                    return Ok(vec![(0, inner.size)]);
+                }
+                let end = hole.min(size);
+                if end > data {
+                    ranges.push((data as u64, end as u64));
+                }
+                pos = end.max(data + 1);
+            }
+            Ok(ranges)
+        })
+        .await
+    }
+
+    /// Every block overlapping a data range, in order.
+    pub fn items(ranges: Vec<(u64, u64)>) -> BoxStream<'static, Result<Item>> {
+        let bs = BLOCK_SIZE as u64;
+        let mut last: Option<u64> = None;
+        stream::iter(ranges)
+            .flat_map(move |(start, end)| {
+                let first = start / bs;
+                let first = match last {
+                    Some(l) if l >= first => l + 1,
+                    _ => first,
+                };
+                let after = end.div_ceil(bs);
+                if after > first {
+                    last = Some(after - 1);
+                }
+                stream::iter((first..after).map(|index| {
+                    Ok(Item {
+                        index,
+                        token: Token::At,
+                    })
+                }))
+            })
+            .boxed()
+    }
+
+    /// Reads block `index`; returns it and the bytes read.
+    pub async fn read(&self, index: u64) -> Result<(Data, u64)> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let offset = index * BLOCK_SIZE as u64;
+            let len = (inner.size - offset).min(BLOCK_SIZE as u64) as usize;
+            let mut buf = vec![0u8; BLOCK_SIZE];
+            inner
+                .file
+                .read_exact_at(&mut buf[..len], offset)
+                .map_err(|e| MoverError::io("file.read", inner.path.display(), e))?;
+            let data = if is_zero(&buf) {
+                Data::Zero
+            } else {
+                Data::Bytes {
+                    bytes: Bytes::from(buf),
+                    sha: None,
+                }
+            };
+            Ok((data, len as u64))
+        })
+        .await
+    }
+}
+
+struct SinkInner {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    block_device: bool,
+}
+
+pub struct FileSink {
+    inner: Arc<SinkInner>,
+    created: bool,
+}
+
+#[derive(Clone)]
+pub struct FileWriter {
+    inner: Arc<SinkInner>,
+}
+
+impl FileSink {
+    /// Prepares `path` to receive a volume of `size` bytes: a new sparse file,
+    /// an existing file only with `overwrite`, or a block device at least that big.
+    pub async fn create(path: &Path, size: u64, overwrite: bool) -> Result<FileSink> {
+        let path = path.to_path_buf();
+        blocking(move || {
+            let existing = std::fs::metadata(&path).ok();
+            let (file, created, block_device) = match existing {
+                Some(m) if m.file_type().is_block_device() => {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| {
+                            MoverError::Invalid(format!("file:{}: {e}", path.display()))
+                        })?;
+                    let dev = device_size(&f, &path)?;
+                    if dev < size {
+                        return Err(MoverError::Invalid(format!(
+                            "file:{}: the device holds {dev} bytes, the volume needs {size}",
+                            path.display()
+                        )));
+                    }
+                    (f, false, true)
+                }
+                Some(m) if !m.file_type().is_file() => {
+                    return Err(MoverError::Invalid(format!(
+                        "file:{}: not a regular file or block device",
+                        path.display()
+                    )));
+                }
+                Some(_) if !overwrite => {
+                    return Err(MoverError::Invalid(format!(
+                        "file:{}: already exists; remove it or pass overwrite = true",
+                        path.display()
+                    )));
+                }
+                Some(_) => {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&path)
+                        .map_err(|e| {
+                            MoverError::Invalid(format!("file:{}: {e}", path.display()))
+                        })?;
+                    (f, false, false)
+                }
+                None => {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(|e| {
+                            MoverError::Invalid(format!("file:{}: {e}", path.display()))
+                        })?;
+                    (f, true, false)
+                }
+            };
+            if !block_device {
+                file.set_len(size)
+                    .map_err(|e| MoverError::io("file.write", path.display(), e))?;
+            }
+            Ok(FileSink {
+                inner: Arc::new(SinkInner {
+                    path,
+                    file,
+                    size,
+                    block_device,
+                }),
+                created,
+            })
+        })
+        .await
+    }
+
+    pub fn writer(&self) -> FileWriter {
+        FileWriter {
+            inner: self.inner.clone(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Makes the written data durable.
+    pub async fn finish(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            inner
+                .file
+                .sync_all()
+                .map_err(|e| MoverError::io("file.write", inner.path.display(), e))
+        })
+        .await
+    }
+
+    /// After a failure: removes the file if this copy created it, so no
+    /// half-written image is left to be mistaken for a good one.
+    pub async fn abort(self) {
+        if self.created {
+            let _ = tokio::fs::remove_file(&self.inner.path).await;
+        }
+    }
+}
+
+impl FileWriter {
+    /// Writes block `index`; zero blocks stay holes (written out on a device). Returns bytes written.
+    pub async fn write(&self, index: u64, data: Data) -> Result<u64> {
+        let inner = self.inner.clone();
+        let offset = index * BLOCK_SIZE as u64;
+        if offset >= inner.size {
+            return Err(MoverError::Invalid(format!(
+                "block {index} lies beyond the volume's {} bytes",
+                inner.size
+            )));
+        }
+        let len = (inner.size - offset).min(BLOCK_SIZE as u64) as usize;
+        let bytes = match data {
+            Data::Bytes { bytes, .. } => bytes,
+            Data::Zero if inner.block_device => Bytes::from(vec![0u8; BLOCK_SIZE]),
+            Data::Zero => return Ok(0),
+        };
+        blocking(move || {
+            inner
+                .file
+                .write_all_at(&bytes[..len], offset)
+                .map_err(|e| MoverError::io("file.write", inner.path.display(), e))?;
+            Ok(len as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn sparse_files_list_only_their_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse.img");
+        let f = File::create(&p).unwrap();
+        f.set_len(64 * BLOCK_SIZE as u64 + 100).unwrap();
+        f.write_all_at(b"x", 3 * BLOCK_SIZE as u64 + 7).unwrap();
+        f.write_all_at(b"y", 64 * BLOCK_SIZE as u64 + 50).unwrap();
+        drop(f);
+        let src = FileSource::open(&p).await.unwrap();
+        let ranges = src.data_ranges().await.unwrap();
+        let items: Vec<u64> = FileSource::items(ranges)
+            .map_ok(|i| i.index)
+            .try_collect()
+            .await
+            .unwrap();
+        // File systems without hole support list everything; with it, only the two blocks.
+        assert!(items == vec![3, 64] || items.len() == 65, "{items:?}");
+        match src.read(64).await.unwrap() {
+            (Data::Bytes { bytes, .. }, n) => {
+                assert_eq!(n, 100);
+                assert_eq!(bytes.len(), BLOCK_SIZE);
+                assert_eq!(bytes[50], b'y');
+            }
+            _ => panic!("expected data"),
+        }
+        assert!(matches!(src.read(10).await.unwrap().0, Data::Zero));
+    }
+
+    #[test]
+    fn items_merge_ranges_sharing_a_block() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bs = BLOCK_SIZE as u64;
+        let items: Vec<u64> = rt
+            .block_on(
+                FileSource::items(vec![
+                    (0, 10),
+                    (100, bs + 1),
+                    (bs + 5, bs + 9),
+                    (5 * bs, 5 * bs + 1),
+                ])
+                .map_ok(|i| i.index)
+                .try_collect(),
+            )
+            .unwrap();
+        assert_eq!(items, vec![0, 1, 5]);
+    }
+
+    #[tokio::test]
+    async fn sink_refuses_existing_files_and_removes_its_own_on_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.img");
+        std::fs::write(&p, b"keep me").unwrap();
+        let e = FileSink::create(&p, 10, false).await.err().unwrap();
+        assert!(
+            e.to_string()
+                .ends_with("already exists; remove it or pass overwrite = true"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"keep me", "nothing changed");
+        let q = dir.path().join("new.img");
+        let s = FileSink::create(&q, 3 * BLOCK_SIZE as u64, false)
+            .await
+            .unwrap();
+        s.writer()
+            .write(
+                1,
+                Data::Bytes {
+                    bytes: Bytes::from(vec![7u8; BLOCK_SIZE]),
+                    sha: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(std::fs::metadata(&q).unwrap().len(), 3 * BLOCK_SIZE as u64);
+        s.abort().await;
+        assert!(!q.exists());
+    }
+}
