@@ -9,6 +9,7 @@ mod ec2;
 mod net;
 mod opts;
 mod util;
+mod volume;
 mod workers;
 
 use std::future::Future;
@@ -253,9 +254,10 @@ pub fn install(vm: &Vm, ctx: Arc<Context>, args: &[String]) -> mlua::Result<()> 
     net::register(lua, &reg)?;
     util::register(lua, &reg)?;
     workers::register(lua, &reg)?;
+    volume::register(lua, &reg)?;
     lua.globals().set("args", util::args_table(lua, args)?)?;
     Ok(())
 }
 
 /// Names of the namespaces and global primitives skiff installs, for REPL completion.
-pub const NAMESPACES: &[&str] = &["ec2", "net", "workers", "log", "time", "json"];
+pub const NAMESPACES: &[&str] = &["ec2", "net", "workers", "repo", "log", "time", "json"];

@@ -1,6 +1,8 @@
 //! The `skiff` command line: one module per verb.
 
+mod copy;
 mod repl;
+mod repo;
 mod run;
 mod spec;
 mod workers;
@@ -41,6 +43,10 @@ pub enum Command {
     /// Live workers: list them, or reap those that outlived their job.
     #[command(subcommand)]
     Workers(workers::WorkersCmd),
+    /// Copy a volume: file:PATH, ebs:SNAPSHOT_ID / ebs:, repo:LOCATION[#POINT].
+    Copy(copy::CopyArgs),
+    /// Repository upkeep: init, points, check, forget, prune.
+    Repo(repo::RepoArgs),
 }
 
 /// Options every script-running verb shares.
@@ -131,5 +137,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Test(a) => spec::test(a).await,
         Command::Agent(a) => workers::agent_main(a).await,
         Command::Workers(c) => workers::workers_main(c).await,
+        Command::Copy(a) => copy::copy(a).await,
+        Command::Repo(a) => repo::repo(a).await,
     }
 }

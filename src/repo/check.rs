@@ -117,12 +117,11 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
     }
 
     // Every stored pack's header, compared with the index.
+    let stored: Vec<(Id, u64)> = listed.iter().map(|(id, size)| (*id, *size)).collect();
     let headers: Vec<(Id, Result<IndexedPack>)> =
-        futures::stream::iter(listed.iter().map(|(id, size)| async move {
-            (
-                *id,
-                pack::read_header(repo.backend(), repo.key(), &pack_name(id), *size).await,
-            )
+        futures::stream::iter(stored.into_iter().map(|(id, size)| async move {
+            let h = pack::read_header(repo.backend(), repo.key(), &pack_name(&id), size).await;
+            (id, h)
         }))
         .buffer_unordered(conc)
         .collect()

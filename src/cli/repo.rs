@@ -1,0 +1,267 @@
+//! `skiff repo init|points|check|forget|prune LOCATION`: repository upkeep.
+
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use super::copy::{human, AccessOpts};
+use crate::repo::forget::KeepOptions;
+use crate::repo::prune::PruneOptions;
+use crate::repo::{Repo, RepoUrl};
+
+#[derive(Args, Debug)]
+pub struct RepoArgs {
+    #[command(subcommand)]
+    pub command: RepoCommand,
+    #[command(flatten)]
+    pub access: AccessOpts,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// Create a repository (a directory, or s3://BUCKET/PREFIX).
+    Init { location: String },
+    /// List restore points, oldest first.
+    Points {
+        location: String,
+        /// Only this volume's points.
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the structure; with --read-data, every stored byte.
+    Check {
+        location: String,
+        /// Decrypt and re-hash every blob.
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove restore points that the retention rules do not keep.
+    Forget {
+        location: String,
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Only this volume's points.
+        #[arg(long)]
+        volume: Option<String>,
+        /// Show what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove data no restore point references; repack partly used packs.
+    Prune {
+        location: String,
+        #[arg(long)]
+        dry_run: bool,
+        /// Repack a pack when at least this fraction of it is unused (default 0.05).
+        #[arg(long, value_name = "FRACTION")]
+        repack_threshold: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct KeepArgs {
+    /// Keep the newest N points.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest point of each of the last N days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+}
+
+fn url(location: &str) -> anyhow::Result<RepoUrl> {
+    RepoUrl::parse(location.strip_prefix("repo:").unwrap_or(location)).map_err(anyhow::Error::msg)
+}
+
+async fn open(access: &AccessOpts, location: &str) -> anyhow::Result<Arc<Repo>> {
+    let u = url(location)?;
+    let aws = access.aws(matches!(u, RepoUrl::S3 { .. })).await?;
+    let opener = access.opener(aws.clone()).await?;
+    Ok(opener.repo(&u, aws.as_ref()).await?)
+}
+
+pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
+    match a.command {
+        RepoCommand::Init { location } => {
+            let u = url(&location)?;
+            let aws = a.access.aws(matches!(u, RepoUrl::S3 { .. })).await?;
+            let opener = a.access.opener(aws.clone()).await?;
+            let password = opener.password().await?;
+            let s3 = match &aws {
+                Some(x) => Some(x.cloud.s3(&x.scope).await),
+                None => None,
+            };
+            let repo = Repo::init(
+                crate::repo::backend_for(&u, s3)?,
+                &u.to_string(),
+                &password,
+                Default::default(),
+            )
+            .await?;
+            println!("created repository {} ({})", u, repo.config().id);
+            Ok(0)
+        }
+        RepoCommand::Points {
+            location,
+            volume,
+            json,
+        } => {
+            let repo = open(&a.access, &location).await?;
+            let mut points = repo.points().await?;
+            if let Some(v) = &volume {
+                points.retain(|p| &p.volume == v);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&points)?);
+                return Ok(0);
+            }
+            for p in &points {
+                println!(
+                    "{}  {}  {}  {:>10}  stored {:>10}  {}{}",
+                    p.id,
+                    p.time,
+                    p.volume,
+                    human(p.size),
+                    human(p.stats.bytes_stored),
+                    p.source,
+                    p.parent
+                        .as_deref()
+                        .map(|x| format!("  parent {x}"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("{} point(s)", points.len());
+            Ok(0)
+        }
+        RepoCommand::Check {
+            location,
+            read_data,
+            json,
+        } => {
+            let repo = open(&a.access, &location).await?;
+            let report = crate::repo::check::check(&repo, read_data).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for p in &report.problems {
+                    println!("error: {} {}: {}", p.kind, p.object, p.message);
+                }
+                for u in &report.unindexed_packs {
+                    println!("note: pack {u} is not indexed yet (left by an interrupted write; the next writer indexes and reuses it)");
+                }
+                if !report.damaged_packs.is_empty() {
+                    println!("damaged packs: {}", report.damaged_packs.join(", "));
+                    println!(
+                        "affected points: {}",
+                        if report.affected_points.is_empty() {
+                            "none".into()
+                        } else {
+                            report.affected_points.join(", ")
+                        }
+                    );
+                }
+                println!(
+                    "{}: {} points, {} packs, {} blobs, {} index files{}",
+                    if report.ok {
+                        "no errors"
+                    } else {
+                        "ERRORS FOUND"
+                    },
+                    report.points,
+                    report.packs,
+                    report.blobs,
+                    report.index_files,
+                    if read_data {
+                        format!(", {} verified", human(report.bytes_verified))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Ok(if report.ok { 0 } else { 1 })
+        }
+        RepoCommand::Forget {
+            location,
+            keep,
+            volume,
+            dry_run,
+            json,
+        } => {
+            let k = KeepOptions {
+                keep_last: keep.keep_last,
+                keep_daily: keep.keep_daily,
+                keep_weekly: keep.keep_weekly,
+                keep_monthly: keep.keep_monthly,
+                keep_yearly: keep.keep_yearly,
+            };
+            if k.is_empty() {
+                anyhow::bail!("forget: give at least one --keep-last/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly");
+            }
+            let repo = open(&a.access, &location).await?;
+            let decisions =
+                crate::repo::forget::forget(&repo, &k, volume.as_deref(), dry_run).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&decisions)?);
+                return Ok(0);
+            }
+            for d in &decisions {
+                let verdict = if d.keep {
+                    format!("keep ({})", d.reasons.join(", "))
+                } else if dry_run {
+                    "would remove".into()
+                } else {
+                    "removed".into()
+                };
+                println!(
+                    "{}  {}  {}  {verdict}",
+                    d.point.id, d.point.time, d.point.volume
+                );
+            }
+            Ok(0)
+        }
+        RepoCommand::Prune {
+            location,
+            dry_run,
+            repack_threshold,
+            json,
+        } => {
+            let mut opts = PruneOptions {
+                dry_run,
+                ..Default::default()
+            };
+            if let Some(t) = repack_threshold {
+                opts.repack_threshold = t;
+            }
+            let repo = open(&a.access, &location).await?;
+            let r = crate::repo::prune::prune(&repo, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}{} blobs unused: {} packs deleted, {} repacked ({} written), {} kept; {} freed",
+                    if dry_run { "dry run: " } else { "" },
+                    r.blobs_removed,
+                    r.packs_deleted,
+                    r.packs_repacked,
+                    r.packs_written,
+                    r.packs_kept,
+                    human(r.bytes_freed)
+                );
+            }
+            Ok(0)
+        }
+    }
+}
