@@ -331,7 +331,7 @@ async fn copy_inner(
                 }
             })
             .buffered(window);
-        let mut last_report = Instant::now();
+        let mut last_report: Option<Instant> = None;
         let mut last_index: Option<u64> = None;
         while let Some(r) = results.next().await {
             let (index, n, zero, prepared) = r?;
@@ -359,8 +359,9 @@ async fn copy_inner(
                 _ => unreachable!("a preparer always matches its sink"),
             }
             if let Some(cb) = progress.as_mut() {
-                if last_report.elapsed() >= Duration::from_millis(200) {
-                    last_report = Instant::now();
+                // The first block reports at once, then at most every 200 ms.
+                if last_report.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+                    last_report = Some(Instant::now());
                     let bytes_written = match &sink {
                         Sink::Repo(s) => s.bytes_stored(),
                         _ => counts.bytes_written,

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use super::pool::CpuPool;
@@ -105,11 +104,11 @@ impl RepoSource {
             .into());
         }
         let sealed = inner.repo.fetch(&pack, &entry).await?;
-        let n = sealed.len() as u64;
+        let n = u64::from(entry.length);
         let key = inner.repo.key().clone();
         let plain = inner
             .pool
-            .run(move || pack::open_blob(&key, &entry, sealed))
+            .run(move || pack::open_blob_in(&key, &entry, sealed))
             .await
             .map_err(|m| {
                 RepoError::corrupt(
@@ -125,7 +124,7 @@ impl RepoSource {
             })?;
         Ok((
             Data::Bytes {
-                bytes: Bytes::from(plain),
+                bytes: plain,
                 sha: Some(id),
             },
             n,

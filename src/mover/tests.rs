@@ -225,7 +225,7 @@ async fn packs_without_an_index_are_reindexed_and_reused() {
     make_image(&img, 3, 24, 0);
     let r = repo_at(&repo).await;
     // An interrupted run: blocks packed and uploaded, no index file, no point.
-    let mut pb = crate::repo::pack::PackBuilder::new(1 << 20);
+    let mut pb = crate::repo::pack::PackBuilder::new(32 << 20);
     let mut stored = std::collections::HashSet::new();
     for i in 0..24 {
         let b = block_content(3, i);
@@ -245,7 +245,7 @@ async fn packs_without_an_index_are_reindexed_and_reused() {
     assert!(stored.len() > 3);
     let (bytes, indexed) = pb.finish(r.key());
     r.backend()
-        .put(&crate::repo::pack::pack_name(&indexed.pack), bytes)
+        .put_pack(&crate::repo::pack::pack_name(&indexed.pack), bytes)
         .await
         .unwrap();
     std::fs::write(repo.join("data").join(".tmp-left-behind"), b"partial").unwrap();

@@ -269,7 +269,7 @@ async fn verify_pack(
                 bad.push((e.id, "lies beyond the end of the pack".to_string()));
                 continue;
             }
-            match pack::open_blob(&key, &e, bytes[start..end].to_vec()) {
+            match pack::open_blob(&key, &e, &bytes[start..end]) {
                 Err(m) => bad.push((e.id, m)),
                 Ok(plain) => {
                     if sha256(&plain) != e.id {

@@ -72,6 +72,18 @@ impl Key {
             buf.len() >= PREFIX,
             "seal_in_place needs PREFIX bytes of room in front"
         );
+        let n = buf.len() - PREFIX;
+        buf.resize(buf.len() + TAG_LEN, 0);
+        self.seal_slice(aad, buf, n);
+    }
+
+    /// Seals the `n` plaintext bytes at `buf[PREFIX..PREFIX + n]` in place:
+    /// the nonce goes in front, the tag after; returns the sealed length.
+    pub fn seal_slice(&self, aad: &[u8], buf: &mut [u8], n: usize) -> usize {
+        assert!(
+            buf.len() >= n + OVERHEAD,
+            "seal_slice needs room for the nonce and the tag"
+        );
         let nonce: [u8; NONCE_LEN] = random();
         buf[..PREFIX].copy_from_slice(&nonce);
         let tag = self
@@ -79,10 +91,11 @@ impl Key {
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut buf[PREFIX..],
+                &mut buf[PREFIX..PREFIX + n],
             )
             .expect("AES-GCM sealing cannot fail for in-range lengths");
-        buf.extend_from_slice(tag.as_ref());
+        buf[PREFIX + n..PREFIX + n + TAG_LEN].copy_from_slice(tag.as_ref());
+        n + OVERHEAD
     }
 
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {

@@ -4,6 +4,7 @@
 //! S3 prefix (docs/repository-format.md). Knows nothing of Lua.
 
 pub mod backend;
+pub mod buf;
 pub mod check;
 pub mod crypto;
 mod error;
@@ -426,17 +427,16 @@ impl Repo {
         self.index.read().unwrap().get(id)
     }
 
-    /// A blob's sealed bytes, fetched from its pack.
-    pub async fn fetch(&self, pack: &Id, e: &Entry) -> Result<Vec<u8>> {
-        Ok(self
-            .backend
-            .get_range(
+    /// A blob's sealed bytes, fetched from its pack into a buffer placed for `pack::open_blob_in`.
+    pub async fn fetch(&self, pack: &Id, e: &Entry) -> Result<buf::AlignedBuf> {
+        self.backend
+            .read_into_buf(
                 &pack::pack_name(pack),
                 u64::from(e.offset),
-                u64::from(e.length),
+                e.length as usize,
+                pack::OPEN_AT,
             )
-            .await?
-            .to_vec())
+            .await
     }
 
     /// A blob's plaintext: fetched, authenticated, decompressed. Fails loudly
@@ -463,18 +463,15 @@ impl Repo {
         }
         let sealed = self.fetch(&pack, &e).await?;
         let key = self.key.clone();
-        let pack_hex = hex::encode(pack);
-        tokio::task::spawn_blocking(move || pack::open_blob(&key, &e, sealed))
+        let pack_name = pack::pack_name(&pack);
+        tokio::task::spawn_blocking(move || pack::open_blob_in(&key, &e, sealed))
             .await
             .map_err(|e| RepoError::Invalid(e.to_string()))?
+            .map(|b| b.to_vec())
             .map_err(|m| {
                 RepoError::corrupt(
                     "repo.read",
-                    format!(
-                        "pack {pack_hex}, {} blob {}",
-                        kind.as_str(),
-                        hex::encode(id)
-                    ),
+                    format!("{} blob {} in {pack_name}", kind.as_str(), hex::encode(id)),
                     m,
                 )
             })

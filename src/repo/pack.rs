@@ -4,12 +4,12 @@
 //! pack can be re-indexed from its own tail.
 
 use std::cell::RefCell;
-use std::io::Cursor;
 
 use bytes::Bytes;
 
 use super::backend::Backend;
-use super::crypto::{random, Id, Key, PREFIX, TAG_LEN};
+use super::buf::{self, AlignedBuf};
+use super::crypto::{random, Id, Key, OVERHEAD, PREFIX};
 use super::error::{RepoError, Result};
 use super::format::{self, BlobKind, Entry, IndexedPack, FLAG_ZSTD};
 
@@ -19,75 +19,95 @@ thread_local! {
 }
 
 /// A sealed blob ready to be packed.
-#[derive(Debug)]
 pub struct SealedBlob {
     pub kind: BlobKind,
     pub id: Id,
     pub flags: u8,
     pub raw_len: u32,
-    pub bytes: Vec<u8>,
+    pub bytes: AlignedBuf,
+}
+
+fn buffer_for(len: usize) -> AlignedBuf {
+    if len <= buf::BLOCK_BUF {
+        buf::block_buf()
+    } else {
+        AlignedBuf::with_capacity(len)
+    }
 }
 
 /// Compresses `plain` with zstd at `level` (kept only if it shrinks the
 /// blob; level 0 turns compression off) and seals it. CPU work: call it from
 /// a worker thread; compression contexts are reused per thread.
 pub fn seal_blob(key: &Key, kind: BlobKind, id: Id, plain: &[u8], level: i32) -> SealedBlob {
-    let mut buf: Vec<u8> = Vec::with_capacity(PREFIX + plain.len() + TAG_LEN);
-    buf.resize(PREFIX, 0);
+    let mut out = buffer_for(plain.len() + OVERHEAD);
+    let space = out.spare();
     let mut flags = 0;
-    if level != 0 {
-        let mut cursor = Cursor::new(buf);
-        cursor.set_position(PREFIX as u64);
+    let mut n = plain.len();
+    if level != 0 && plain.len() > 1 {
+        // Room for one byte less than the plaintext: zstd fails unless it shrinks it.
+        let dst = &mut space[PREFIX..PREFIX + plain.len() - 1];
         let compressed = COMPRESSOR.with(|c| {
             let mut c = c.borrow_mut();
             if c.as_ref().is_none_or(|(l, _)| *l != level) {
                 *c = zstd::bulk::Compressor::new(level).ok().map(|z| (level, z));
             }
             c.as_mut()
-                .and_then(|(_, z)| z.compress_to_buffer(plain, &mut cursor).ok())
+                .and_then(|(_, z)| z.compress_to_buffer(plain, dst).ok())
         });
-        buf = cursor.into_inner();
-        match compressed {
-            Some(n) if n < plain.len() => flags = FLAG_ZSTD,
-            _ => buf.truncate(PREFIX),
+        if let Some(c) = compressed {
+            flags = FLAG_ZSTD;
+            n = c;
         }
     }
     if flags == 0 {
-        buf.extend_from_slice(plain);
+        space[PREFIX..PREFIX + n].copy_from_slice(plain);
     }
-    key.seal_in_place(&Entry::aad(kind, &id), &mut buf);
+    let sealed = key.seal_slice(&Entry::aad(kind, &id), space, n);
+    out.set_len(sealed);
     SealedBlob {
         kind,
         id,
         flags,
         raw_len: plain.len() as u32,
-        bytes: buf,
+        bytes: out,
     }
 }
 
-/// Opens a sealed blob and undoes its compression; fails if it does not
-/// authenticate (corrupt, tampered, or not the blob this id names).
-pub fn open_blob(
+/// Where a sealed blob is placed in a buffer before it is opened, so that its
+/// plaintext (after the 12-byte nonce) starts on a page boundary.
+pub const OPEN_AT: usize = buf::ALIGN - PREFIX;
+
+/// Opens the sealed blob at `buf[OPEN_AT..OPEN_AT + entry.length]` and undoes
+/// its compression; fails if it does not authenticate (corrupt, tampered, or
+/// not the blob this id names). The plaintext comes back page-aligned.
+pub fn open_blob_in(
     key: &Key,
     entry: &Entry,
-    mut sealed: Vec<u8>,
-) -> std::result::Result<Vec<u8>, String> {
-    let range = key
-        .open_in_place(&Entry::aad(entry.kind, &entry.id), &mut sealed)
-        .map_err(|_| "the blob does not authenticate (corrupt or tampered with)".to_string())?;
-    if entry.flags & FLAG_ZSTD == 0 {
-        if range.len() != entry.raw_len as usize {
-            return Err(format!(
-                "expected {} bytes, found {}",
-                entry.raw_len,
-                range.len()
-            ));
-        }
-        sealed.truncate(range.end);
-        sealed.drain(..range.start);
-        return Ok(sealed);
+    mut buf: AlignedBuf,
+) -> std::result::Result<Bytes, String> {
+    let len = entry.length as usize;
+    if OPEN_AT + len > buf.capacity() {
+        return Err(format!(
+            "a sealed blob of {len} bytes does not fit the buffer"
+        ));
     }
-    let mut out = Vec::with_capacity(entry.raw_len as usize);
+    let range = key
+        .open_in_place(
+            &Entry::aad(entry.kind, &entry.id),
+            &mut buf.spare()[OPEN_AT..OPEN_AT + len],
+        )
+        .map_err(|_| "the blob does not authenticate (corrupt or tampered with)".to_string())?;
+    let (start, end) = (OPEN_AT + range.start, OPEN_AT + range.end);
+    let raw = entry.raw_len as usize;
+    if entry.flags & FLAG_ZSTD == 0 {
+        if end - start != raw {
+            return Err(format!("expected {raw} bytes, found {}", end - start));
+        }
+        buf.set_len(end);
+        return Ok(buf.into_bytes().slice(start..end));
+    }
+    let mut out = buffer_for(raw);
+    buf.set_len(end);
     let n = DECOMPRESSOR
         .with(|d| {
             let mut d = d.borrow_mut();
@@ -96,16 +116,22 @@ pub fn open_blob(
             }
             d.as_mut()
                 .ok_or_else(|| std::io::Error::other("no zstd context"))
-                .and_then(|d| d.decompress_to_buffer(&sealed[range.clone()], &mut out))
+                .and_then(|d| d.decompress_to_buffer(&buf[start..end], &mut out.spare()[..raw]))
         })
         .map_err(|e| format!("decompression failed: {e}"))?;
-    if n != entry.raw_len as usize {
-        return Err(format!(
-            "expected {} bytes, decompressed {n}",
-            entry.raw_len
-        ));
+    if n != raw {
+        return Err(format!("expected {raw} bytes, decompressed {n}"));
     }
-    Ok(out)
+    out.set_len(raw);
+    Ok(out.into_bytes())
+}
+
+/// Opens a sealed blob given as a slice (copies it into a buffer first).
+pub fn open_blob(key: &Key, entry: &Entry, sealed: &[u8]) -> std::result::Result<Bytes, String> {
+    let mut b = buffer_for(OPEN_AT + sealed.len());
+    b.set_len(OPEN_AT);
+    b.extend_from_slice(sealed);
+    open_blob_in(key, entry, b)
 }
 
 /// The name of a pack in the store: `data/<first two hex digits>/<hex id>`.
@@ -122,30 +148,42 @@ pub fn pack_id_of(name: &str) -> Option<Id> {
     (pack_name(&id) == name).then_some(id)
 }
 
-/// Blobs collected into one pack.
+/// Blobs collected into one pack, in a page-aligned buffer (written with
+/// O_DIRECT to local repositories).
 pub struct PackBuilder {
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     entries: Vec<Entry>,
 }
 
 impl PackBuilder {
+    /// A pack holding up to `capacity` bytes, header included.
     pub fn new(capacity: usize) -> PackBuilder {
         PackBuilder {
-            buf: Vec::with_capacity(capacity),
+            buf: buf::pack_buf(capacity),
             entries: Vec::new(),
         }
     }
 
+    /// Whether a blob of `len` sealed bytes still fits, with room for the header.
+    pub fn fits(&self, len: usize) -> bool {
+        let header = 12 + (self.entries.len() + 1) * format::ENTRY_LEN + OVERHEAD + 4;
+        self.buf.len() + len + header <= self.buf.capacity()
+    }
+
     pub fn add(&mut self, blob: &SealedBlob) {
+        self.add_raw(blob.kind, blob.id, blob.flags, blob.raw_len, &blob.bytes);
+    }
+
+    pub fn add_raw(&mut self, kind: BlobKind, id: Id, flags: u8, raw_len: u32, sealed: &[u8]) {
         self.entries.push(Entry {
-            kind: blob.kind,
-            flags: blob.flags,
+            kind,
+            flags,
             offset: self.buf.len() as u32,
-            length: blob.bytes.len() as u32,
-            raw_len: blob.raw_len,
-            id: blob.id,
+            length: sealed.len() as u32,
+            raw_len,
+            id,
         });
-        self.buf.extend_from_slice(&blob.bytes);
+        self.buf.extend_from_slice(sealed);
     }
 
     pub fn len(&self) -> usize {
@@ -157,7 +195,7 @@ impl PackBuilder {
     }
 
     /// Appends the sealed header and its length; names the pack with a random id.
-    pub fn finish(mut self, key: &Key) -> (Bytes, IndexedPack) {
+    pub fn finish(mut self, key: &Key) -> (AlignedBuf, IndexedPack) {
         let pack: Id = random();
         let header = key.seal(
             &format::pack_header_aad(&pack),
@@ -168,7 +206,7 @@ impl PackBuilder {
             .extend_from_slice(&(header.len() as u32).to_le_bytes());
         let size = self.buf.len() as u64;
         (
-            Bytes::from(self.buf),
+            self.buf,
             IndexedPack {
                 pack,
                 size,
@@ -257,10 +295,10 @@ mod tests {
             raw_len: b.raw_len,
             id,
         };
-        assert_eq!(open_blob(&key, &e, b.bytes.clone()).unwrap(), text);
+        assert_eq!(open_blob(&key, &e, &b.bytes).unwrap(), text);
         // The id is bound: the same bytes do not open as another blob.
         let other = Entry { id: [1; 32], ..e };
-        assert!(open_blob(&key, &other, b.bytes.clone()).is_err());
+        assert!(open_blob(&key, &other, &b.bytes).is_err());
 
         let random: Vec<u8> = (0..4096u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -280,7 +318,7 @@ mod tests {
             raw_len: nb.raw_len,
             id: nb.id,
         };
-        assert_eq!(open_blob(&key, &ne, nb.bytes).unwrap(), noise);
+        assert_eq!(open_blob(&key, &ne, &nb.bytes).unwrap(), noise);
     }
 
     #[test]
@@ -304,13 +342,14 @@ mod tests {
         }
         let (bytes, indexed) = pb.finish(&key);
         let name = pack_name(&indexed.pack);
-        backend.put(&name, bytes.clone()).await.unwrap();
-        let read = read_header(&backend, &key, &name, bytes.len() as u64)
+        let len = bytes.len();
+        backend.put_pack(&name, bytes).await.unwrap();
+        let read = read_header(&backend, &key, &name, len as u64)
             .await
             .unwrap();
         assert_eq!(read, indexed);
-        backend.tamper(&name, bytes.len() - 10);
-        let err = read_header(&backend, &key, &name, bytes.len() as u64)
+        backend.tamper(&name, len - 10);
+        let err = read_header(&backend, &key, &name, len as u64)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("does not authenticate"), "{err}");

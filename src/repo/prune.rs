@@ -209,7 +209,7 @@ async fn run(
                 ));
             }
             tryw2!(
-                w.add_sealed(e.kind, e.id, e.flags, e.raw_len, bytes[s..end].to_vec())
+                w.add_sealed(e.kind, e.id, e.flags, e.raw_len, &bytes[s..end])
                     .await
             );
         }

@@ -61,7 +61,7 @@ impl Writer {
                 repo: repo.clone(),
                 claimed: Arc::new(Mutex::new(HashSet::new())),
             },
-            pack: PackBuilder::new(repo.settings.pack_size + (1 << 20)),
+            pack: PackBuilder::new(pack_capacity(&repo)),
             uploads: JoinSet::new(),
             unlisted: Vec::new(),
             lease: Some(lease),
@@ -80,9 +80,24 @@ impl Writer {
 
     /// Adds a sealed blob (which the caller claimed) to the current pack.
     pub async fn add(&mut self, blob: &SealedBlob) -> Result<()> {
-        self.pack.add(blob);
+        self.add_raw(blob.kind, blob.id, blob.flags, blob.raw_len, &blob.bytes)
+            .await
+    }
+
+    async fn add_raw(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        flags: u8,
+        raw_len: u32,
+        sealed: &[u8],
+    ) -> Result<()> {
+        if !self.pack.fits(sealed.len()) {
+            self.flush().await?;
+        }
+        self.pack.add_raw(kind, id, flags, raw_len, sealed);
         self.stats.blobs += 1;
-        self.stats.bytes_stored += blob.bytes.len() as u64;
+        self.stats.bytes_stored += sealed.len() as u64;
         if self.pack.len() >= self.repo.settings.pack_size {
             self.flush().await?;
         }
@@ -122,7 +137,9 @@ impl Writer {
             let (bytes, indexed) = tokio::task::spawn_blocking(move || full.finish(&key))
                 .await
                 .map_err(|e| RepoError::Invalid(e.to_string()))?;
-            backend.put(&pack::pack_name(&indexed.pack), bytes).await?;
+            backend
+                .put_pack(&pack::pack_name(&indexed.pack), bytes)
+                .await?;
             Ok(indexed)
         });
         self.stats.packs += 1;
@@ -181,7 +198,7 @@ impl Writer {
     /// Ends a run without a point: what was uploaded is indexed (so a rerun
     /// reuses it), the lease is released. Best effort: the original error matters more.
     pub async fn abandon(mut self) {
-        self.pack = PackBuilder::new(0);
+        self.pack = PackBuilder::new(crate::repo::buf::ALIGN);
         while let Some(done) = self.uploads.join_next().await {
             if let Ok(Ok(indexed)) = done {
                 self.repo.add_to_index(&indexed);
@@ -219,22 +236,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Stores raw bytes already sealed elsewhere (repacking copies sealed blobs verbatim).
+    /// Stores a blob sealed elsewhere, as it is (repacking copies sealed blobs verbatim).
     pub async fn add_sealed(
         &mut self,
         kind: BlobKind,
         id: Id,
         flags: u8,
         raw_len: u32,
-        bytes: Vec<u8>,
+        sealed: &[u8],
     ) -> Result<()> {
-        let blob = SealedBlob {
-            kind,
-            id,
-            flags,
-            raw_len,
-            bytes,
-        };
-        self.add(&blob).await
+        self.add_raw(kind, id, flags, raw_len, sealed).await
     }
+}
+
+/// A pack's buffer: the target size, room for a last blob past it, and its header.
+fn pack_capacity(repo: &Repo) -> usize {
+    repo.settings.pack_size + (2 << 20)
 }
