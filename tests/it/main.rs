@@ -6,6 +6,10 @@ mod harness;
 
 mod examples;
 mod host;
+mod images;
+mod mover_emu;
 mod network;
+mod repo_cli;
 mod specs;
+mod volume;
 mod workers;

@@ -3,3 +3,7 @@
 Each module patches one service and documents, rule by rule, the AWS behaviour
 it restores. They are applied when this package is imported.
 """
+
+from . import ebs
+
+ebs.apply()

@@ -1,0 +1,129 @@
+--- @meta
+-- LuaLS annotations for the `repo` namespace (src/api/volume.rs): backup
+-- repositories in a directory or under s3://BUCKET/PREFIX. The format is
+-- documented in docs/repository-format.md. Location and password types are
+-- in volume.lua.
+
+--- @class skiff.RepoOpts
+--- A directory, `s3://BUCKET/PREFIX`, or either prefixed with `repo:`.
+--- @field location string
+--- (default: `{env = "SKIFF_PASSWORD"}`)
+--- @field password? skiff.PasswordSource
+--- Account of an S3 repository (and of an SSM password).
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+--- (default: the account's region, else skiff.toml's, else AWS_REGION)
+--- @field region? string
+
+--- @class skiff.RepoPointsOpts : skiff.RepoOpts
+--- Only this volume's points. (default: every volume)
+--- @field volume? string
+
+--- @class skiff.RepoCheckOpts : skiff.RepoOpts
+--- Also decrypt and re-hash every stored blob. (default: `false`)
+--- @field read_data? boolean
+
+--- Retention: a point is kept when any rule keeps it; each volume separately.
+--- At least one rule must be given.
+--- @class skiff.RepoForgetOpts : skiff.RepoOpts
+--- Keep the newest N points. (default: 0)
+--- @field keep_last? integer
+--- Keep the newest point of each of the last N days that have one. (default: 0)
+--- @field keep_daily? integer
+--- … of each of the last N ISO weeks. (default: 0)
+--- @field keep_weekly? integer
+--- … of each of the last N months. (default: 0)
+--- @field keep_monthly? integer
+--- … of each of the last N years. (default: 0)
+--- @field keep_yearly? integer
+--- Only this volume's points. (default: every volume)
+--- @field volume? string
+--- Report, change nothing. (default: `false`)
+--- @field dry_run? boolean
+
+--- @class skiff.RepoPruneOpts : skiff.RepoOpts
+--- Report, change nothing. (default: `false`)
+--- @field dry_run? boolean
+--- Repack a partly used pack when at least this fraction of its bytes is unused. (default: `0.05`)
+--- @field repack_threshold? number
+
+--- @class skiff.RestorePoint
+--- @field id string
+--- @field volume string
+--- @field size integer
+--- RFC 3339 UTC.
+--- @field time string
+--- @field parent? string
+--- `file:…`, `ebs:snap-…` or `repo:…#…`.
+--- @field source string
+--- @field snapshot? string
+--- @field tags table<string, string>
+--- @field host string
+--- @field stats {bytes_read: integer, bytes_stored: integer, blocks_new: integer, blocks_dedup: integer, blocks_zero: integer, blocks_unchanged: integer, seconds: number}
+
+--- @class skiff.CheckProblem
+--- @field kind "index"|"pack"|"blob"|"point"
+--- @field object string
+--- @field message string
+
+--- @class skiff.CheckReport
+--- @field ok boolean
+--- @field index_files integer
+--- @field packs integer
+--- @field blobs integer
+--- @field points integer
+--- @field bytes_verified integer
+--- Packs left by an interrupted write (not an error; the next writer indexes them).
+--- @field unindexed_packs string[]
+--- @field problems skiff.CheckProblem[]
+--- @field damaged_packs string[]
+--- Points whose restore would fail.
+--- @field affected_points string[]
+
+--- @class skiff.ForgetResult
+--- @field dry_run boolean
+--- @field kept string[]
+--- @field removed string[]
+--- Why each kept point is kept: `"last"`, `"daily"`, `"weekly"`, `"monthly"`, `"yearly"`.
+--- @field reasons table<string, string[]>
+
+--- @class skiff.PruneReport
+--- @field dry_run boolean
+--- @field points integer
+--- @field blobs_in_use integer
+--- @field blobs_removed integer
+--- @field packs_deleted integer
+--- @field packs_repacked integer
+--- @field packs_kept integer
+--- @field packs_written integer
+--- @field bytes_freed integer
+--- @field index_files_replaced integer
+
+repo = {}
+
+--- Creates a repository (a random master key wrapped by the password with
+--- Argon2id); refuses a location that already holds one (`kind = "conflict"`).
+--- @param opts skiff.RepoOpts
+--- @return {location: string, id: string}
+function repo.init(opts) end
+
+--- Restore points, oldest first.
+--- @param opts skiff.RepoPointsOpts
+--- @return skiff.RestorePoint[]
+function repo.points(opts) end
+
+--- Checks the structure and, with `read_data`, every stored byte. Problems
+--- are reported in the result (`ok = false`), not raised.
+--- @param opts skiff.RepoCheckOpts
+--- @return skiff.CheckReport
+function repo.check(opts) end
+
+--- Forgets the points the retention rules do not keep (takes the repository's lease).
+--- @param opts skiff.RepoForgetOpts
+--- @return skiff.ForgetResult
+function repo.forget(opts) end
+
+--- Removes data no point references; repacks partly used packs (takes the lease).
+--- @param opts skiff.RepoPruneOpts
+--- @return skiff.PruneReport
+function repo.prune(opts) end

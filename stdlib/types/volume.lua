@@ -1,0 +1,138 @@
+--- @meta
+-- LuaLS annotations for `copy_volume{}`, the data mover's primitive, from
+-- src/api/volume.rs. The repository namespace is in repo.lua.
+
+-- ─── locations ─────────────────────────────────────────────────────────────
+
+--- A location, the same in Lua and on the command line:
+--- * `"file:PATH"` — a raw image or block device (read sparse-aware; written
+---   as a sparse file, zero blocks left as holes);
+--- * `"ebs:snap-…"` — an EBS snapshot to read; `"ebs:"` — a new snapshot to
+---   write (its id is returned);
+--- * `"repo:LOCATION[#POINT]"` — a repository in a directory or under
+---   `s3://BUCKET/PREFIX`; as a source, POINT is a restore point id (or a
+---   unique prefix of at least 4 hex digits), by default the newest point of
+---   the volume (`volume`, or the repository's only volume).
+--- @alias skiff.Location string
+
+--- A location with the AWS account and region its snapshot or bucket lives in.
+--- @class skiff.LocationTable
+--- @field location skiff.Location
+--- Account as named in skiff.toml. (default: `account` of the call, else `default_account`, else `"default"`)
+--- @field account? string
+--- (default: `region` of the call, else the account's, else skiff.toml's, else AWS_REGION)
+--- @field region? string
+
+--- Where a repository password is read: never the password itself.
+--- Exactly one of `env`, `file`, `ssm`.
+--- @class skiff.PasswordSource
+--- An environment variable.
+--- @field env? string
+--- A file; one trailing newline is ignored.
+--- @field file? string
+--- An SSM SecureString parameter name, read with decryption.
+--- @field ssm? string
+--- Account of the SSM parameter. (default: the call's `account`)
+--- @field account? string
+--- Region of the SSM parameter. (default: the call's `region`)
+--- @field region? string
+
+-- ─── copy_volume ───────────────────────────────────────────────────────────
+
+--- @class skiff.CopyVolumeOpts
+--- Where the blocks come from.
+--- @field from skiff.Location|skiff.LocationTable
+--- Where they go: `"file:PATH"`, `"ebs:"` or `"repo:LOCATION"`.
+--- @field to skiff.Location|skiff.LocationTable
+---
+--- Into a repository: the point this copy is an incremental of — a point id,
+--- or `false` for a full copy. From an EBS snapshot, an incremental reads only
+--- the blocks ListChangedBlocks reports since the parent's snapshot; from an
+--- image it re-reads everything and stores only changed blocks.
+--- (default: the newest point of the same volume, if any)
+--- @field parent? string|false
+---
+--- The volume's name in the repository; retention groups points by it.
+--- (default: the snapshot's volume id, or the snapshot id for snapshots
+--- written through the EBS direct APIs; the image's absolute path; for a
+--- repository source, the point's volume)
+--- @field volume? string
+---
+--- Tags of the new restore point or snapshot.
+--- (default: `{}`)
+--- @field tags? table<string, string>
+---
+--- Called with a `skiff.CopyProgress` table for the first block and then at
+--- most every 200 ms, and once at the end; raising an error from it stops
+--- the copy (the error's `kind` is `"stopped"`).
+--- @field progress? fun(p: skiff.CopyProgress)
+---
+--- Where the password of any repository location is read.
+--- (default: `{env = "SKIFF_PASSWORD"}`)
+--- @field password? skiff.PasswordSource
+---
+--- Replace an existing target file (a block device is always written).
+--- (default: `false`)
+--- @field overwrite? boolean
+---
+--- Description of a new EBS snapshot.
+--- (default: `"skiff copy of <source>"`)
+--- @field description? string
+---
+--- Account for locations that do not name their own.
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+---
+--- Region for locations that do not name their own.
+--- (default: the account's region, else skiff.toml's, else AWS_REGION)
+--- @field region? string
+
+--- @class skiff.CopyProgress
+--- @field bytes_total integer   the volume's size
+--- @field bytes_done integer    the volume's bytes up to the last block committed
+--- @field bytes_read integer
+--- @field bytes_written integer stored bytes for a repository target
+--- @field blocks_done integer   blocks read so far
+--- @field seconds number
+
+--- @class skiff.CopyResult
+--- @field from string
+--- @field to string
+--- The new restore point (repository targets).
+--- @field point? string
+--- The new snapshot (`ebs:` targets).
+--- @field snapshot? string
+--- The written file (`file:` targets).
+--- @field path? string
+--- The parent point of an incremental.
+--- @field parent? string
+--- @field volume string
+--- Volume size in bytes.
+--- @field size integer
+--- @field bytes_read integer
+--- @field bytes_written integer
+--- Bytes added to the repository (compressed, sealed).
+--- @field bytes_stored integer
+--- @field blocks_total integer
+--- Blocks the source listed and that were read.
+--- @field blocks_read integer
+--- Blocks stored (or written) for the first time.
+--- @field blocks_new integer
+--- Blocks the repository already had.
+--- @field blocks_dedup integer
+--- @field blocks_zero integer
+--- Blocks taken from the parent point without reading them.
+--- @field blocks_unchanged integer
+--- @field seconds number
+
+--- Moves a volume's 512 KiB blocks between images, EBS snapshots and
+--- repository restore points — compressed, encrypted and deduplicated in a
+--- repository, sparse in files, checksummed on EBS — in memory bounded by the
+--- pipeline's window. Misuse raises `copy_volume: opts.field: message`;
+--- operational failures raise a `skiff.Error` (`kind` such as `"aws"`,
+--- `"integrity"`, `"corrupt"`, `"locked"`, `"wrong_password"`, `"not_found"`,
+--- `"stopped"`). On failure nothing partial stays visible: a created file is
+--- removed, no restore point is written, no snapshot is completed.
+--- @param opts skiff.CopyVolumeOpts
+--- @return skiff.CopyResult
+function copy_volume(opts) end

@@ -1,0 +1,222 @@
+//! `skiff copy` and `skiff repo …` as a user runs them: real processes, real
+//! files, local repositories. Includes killing skiff in the middle of a
+//! backup, and a byte flipped in a pack.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::images::{self, BS, files_under, same};
+
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(&self, args: &[&str], password: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("SKIFF_PASSWORD", password)
+            .env("SKIFF_LOG", "warn")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        c
+    }
+
+    fn run_with(&self, args: &[&str], password: &str) -> (i32, String, String) {
+        let Output { status, stdout, stderr } = self.command(args, password).output().unwrap();
+        (status.code().unwrap_or(-1), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run_with(args, "pw");
+        assert_eq!(code, 0, "skiff {args:?} failed\n{out}\n{err}");
+        out
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_with(args, "pw")
+    }
+}
+
+/// A point id from the one-line summary of a backup.
+fn point_of(summary: &str) -> String {
+    summary.split("point ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_else(|| panic!("no point in {summary:?}")).to_string()
+}
+
+/// An image of mixed content: text, random, zero and duplicate blocks.
+fn mixed_image(path: &Path, blocks: u64, seed: u64) {
+    images::sparse_image(path, blocks * BS, seed, 0..blocks);
+}
+
+#[test]
+fn copy_points_check_and_restore_from_the_command_line() {
+    let c = Cli::new();
+    let img = c.path("disk.img");
+    mixed_image(&img, 48, 1);
+    let out = c.ok(&["repo", "init", "repo"]);
+    assert!(out.starts_with("created repository repo ("), "{out}");
+    let (code, _, err) = c.run(&["repo", "init", "repo"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("repo: a repository already exists here"), "{err}");
+
+    let s1 = c.ok(&["copy", "file:disk.img", "repo:repo"]);
+    assert!(s1.starts_with("file:disk.img → repo:repo: point "), "{s1}");
+    assert!(s1.contains("(full)") && s1.contains("deduplicated") && s1.contains("zero"), "{s1}");
+    images::write_block(&img, 5, &images::random_block(99));
+    let s2 = c.ok(&["copy", "file:disk.img", "repo:repo", "--tag", "day=2"]);
+    let (p1, p2) = (point_of(&s1), point_of(&s2));
+    assert!(s2.contains(&format!("(incremental on {p1})")), "{s2}");
+    assert!(s2.contains("blocks: 1 new"), "{s2}");
+
+    let points = c.ok(&["repo", "points", "repo"]);
+    assert!(points.contains(&p1) && points.contains(&p2) && points.ends_with("2 point(s)\n"), "{points}");
+    let json: serde_json::Value = serde_json::from_str(&c.ok(&["repo", "points", "repo", "--json"])).unwrap();
+    assert_eq!(json[1]["tags"]["day"], "2");
+    assert_eq!(json[1]["parent"], p1.as_str());
+
+    let check = c.ok(&["repo", "check", "repo", "--read-data"]);
+    assert!(check.contains("no errors: 2 points"), "{check}");
+
+    let restored = c.ok(&["copy", &format!("repo:repo#{}", &p2[..6]), "file:restored.img"]);
+    assert!(restored.contains("file restored.img"), "{restored}");
+    assert!(same(&img, &c.path("restored.img")));
+    let (code, _, err) = c.run(&["copy", &format!("repo:repo#{p1}"), "file:restored.img"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("already exists; remove it or pass overwrite = true"), "{err}");
+    c.ok(&["copy", &format!("repo:repo#{p1}"), "file:restored.img", "--overwrite"]);
+
+    // Wrong password: refused before anything else, clearly.
+    let (code, _, err) = c.run_with(&["repo", "points", "repo"], "wrong");
+    assert_eq!(code, 2);
+    assert!(err.contains("repo: wrong password"), "{err}");
+    let (code, _, err) = c.run_with(&["copy", "file:disk.img", "repo:repo"], "wrong");
+    assert_eq!(code, 2);
+    assert!(err.contains("wrong password"), "{err}");
+    std::fs::write(c.path("pw.txt"), "pw\n").unwrap();
+    let out = c.command(&["repo", "points", "repo", "--password-file", "pw.txt"], "ignored").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Retention and prune from the command line.
+    let f = c.ok(&["repo", "forget", "repo", "--keep-last", "1"]);
+    assert!(f.contains(&format!("{p1}")) && f.contains("removed") && f.contains("keep (last)"), "{f}");
+    let pr = c.ok(&["repo", "prune", "repo", "--repack-threshold", "0"]);
+    assert!(pr.contains("blobs unused"), "{pr}");
+    assert!(c.ok(&["repo", "check", "repo", "--read-data"]).contains("no errors: 1 points"));
+    let (code, _, err) = c.run(&["repo", "forget", "repo"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("give at least one --keep-last"), "{err}");
+}
+
+#[test]
+fn a_flipped_byte_is_named_by_check_and_fails_the_restore() {
+    let c = Cli::new();
+    let img = c.path("disk.img");
+    mixed_image(&img, 24, 2);
+    c.ok(&["repo", "init", "repo"]);
+    let p = point_of(&c.ok(&["copy", "file:disk.img", "repo:repo"]));
+    let packs = files_under(&c.path("repo/data"));
+    assert_eq!(packs.len(), 1);
+    let mut bytes = std::fs::read(&packs[0]).unwrap();
+    let at = rand::rng().random_range(100..bytes.len() / 2);
+    bytes[at] ^= 0x10;
+    std::fs::write(&packs[0], &bytes).unwrap();
+    let pack = packs[0].strip_prefix(c.path("repo")).unwrap().display().to_string();
+
+    let (code, out, _) = c.run(&["repo", "check", "repo", "--read-data"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("damaged packs: {pack}")), "{out}");
+    assert!(out.contains(&format!("affected points: {p}")), "{out}");
+    assert!(out.contains("ERRORS FOUND"), "{out}");
+
+    let (code, _, err) = c.run(&["copy", &format!("repo:repo#{p}"), "file:out.img"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&pack) && err.contains("does not authenticate"), "{err}");
+    assert!(!c.path("out.img").exists());
+}
+
+#[test]
+fn a_second_writer_is_refused_while_a_backup_runs() {
+    let c = Cli::new();
+    let img = c.path("big.img");
+    mixed_image(&img, 400, 3);
+    c.ok(&["repo", "init", "repo"]);
+    let mut first = c.command(&["copy", "file:big.img", "repo:repo"], "pw").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Wait for the lease to appear, then try a second writer.
+    let lease = c.path("repo/lease");
+    let t = std::time::Instant::now();
+    while !lease.exists() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (code, _, err) = c.run(&["copy", "file:big.img", "repo:repo"]);
+    let done = first.wait().unwrap();
+    assert!(done.success());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("repo is locked by skiff copy (pid ") && err.contains(" until "), "{err}");
+    assert!(!lease.exists(), "the lease is released at the end");
+}
+
+#[test]
+fn killing_skiff_mid_backup_leaves_the_repository_valid_and_the_rerun_completes() {
+    let c = Cli::new();
+    let img = c.path("big.img");
+    // ~200 MiB of text, random and duplicate blocks: several packs.
+    mixed_image(&img, 400, 4);
+    c.ok(&["repo", "init", "repo"]);
+    let mut rng = rand::rng();
+    let mut killed_with_packs = 0;
+    for round in 0..5 {
+        let mut child = c.command(&["copy", "file:big.img", "repo:repo"], "pw").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let wait = Duration::from_millis(rng.random_range(30..1200));
+        std::thread::sleep(wait);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let (code, out, err) = c.run(&["repo", "check", "repo", "--read-data"]);
+        assert_eq!(code, 0, "round {round} (killed after {wait:?}, {status}): check found errors\n{out}\n{err}");
+        assert!(out.contains("no errors"), "{out}");
+        if !files_under(&c.path("repo/data")).is_empty() {
+            killed_with_packs += 1;
+        }
+    }
+    let summary = c.ok(&["copy", "file:big.img", "repo:repo"]);
+    let p = point_of(&summary);
+    assert!(c.ok(&["repo", "check", "repo", "--read-data"]).contains("no errors: 1 points"));
+    if killed_with_packs > 0 && !summary.contains("blocks: 0 new") {
+        // What the killed runs uploaded is reused, not stored again.
+        let dedup: u64 = summary.split(" deduplicated").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(dedup > 0 || summary.contains(", 0 new"), "{summary}");
+    }
+    c.ok(&["copy", &format!("repo:repo#{p}"), "file:out.img"]);
+    assert!(same(&img, &c.path("out.img")));
+}
+
+#[test]
+fn lua_specs_for_copy_volume_and_repo_pass() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let c = Cli::new();
+    let out = c
+        .command(
+            &["test", root.join("tests/lua/volume_spec.lua").to_str().unwrap(), root.join("tests/lua/repo_spec.lua").to_str().unwrap()],
+            "unused",
+        )
+        .env("TMPDIR", c.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
