@@ -155,7 +155,7 @@ fn mover_error(prim: &str, e: MoverError) -> ApiError {
         MoverError::Invalid(m) => ApiError::usage(prim, m),
         MoverError::Repo(RepoError::Invalid(m)) => ApiError::usage(prim, m),
         other => ApiError::Fail(Failure {
-            kind: other.kind(),
+            kind: other.kind().to_string(),
             op: other.op().to_string(),
             code: other.code().map(str::to_string),
             retryable: other.retryable(),
@@ -274,8 +274,14 @@ async fn copy_volume(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         let lua = lua.clone();
         move |p: &Progress| -> Result<(), String> {
             let t = to_lua(&lua, p).map_err(|_| "cannot build the progress table".to_string())?;
-            f.call::<()>(t)
-                .map_err(|e| crate::host::describe_error(&e, 0))
+            f.call::<()>(t).map_err(|e| {
+                let m = crate::host::describe_error(&e, 0);
+                // The message, without the traceback mlua appends to it.
+                m.split("\nstack traceback:")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
         }
     });
     let progress = callback

@@ -206,10 +206,6 @@ impl Cloud {
         aws_sdk_s3::Client::from_conf(conf)
     }
 
-    pub async fn ssm(&self, scope: &Scope) -> aws_sdk_ssm::Client {
-        aws_sdk_ssm::Client::new(&self.sdk(scope).await)
-    }
-
     /// The 12-digit id of an account: from its role ARN, or for `default`
     /// from STS GetCallerIdentity (asked once).
     pub async fn account_id(&self, scope: &Scope) -> Result<String, AwsError> {

@@ -20,7 +20,9 @@ pub fn block(seed: u64, index: u64) -> Vec<u8> {
     match next() % 4 {
         0 => vec![0u8; BS as usize],
         1 => {
-            let words = ["alpha ", "beta ", "gamma ", "delta ", "request ", "ok\n", "error "];
+            let words = [
+                "alpha ", "beta ", "gamma ", "delta ", "request ", "ok\n", "error ",
+            ];
             let mut v = Vec::with_capacity(BS as usize);
             while v.len() < BS as usize {
                 v.extend_from_slice(words[(next() % words.len() as u64) as usize].as_bytes());
@@ -69,7 +71,13 @@ pub fn read_block(path: &Path, index: u64) -> Vec<u8> {
 
 /// Byte equality of two files.
 pub fn same(a: &Path, b: &Path) -> bool {
-    std::process::Command::new("cmp").arg("-s").arg(a).arg(b).status().unwrap().success()
+    std::process::Command::new("cmp")
+        .arg("-s")
+        .arg(a)
+        .arg(b)
+        .status()
+        .unwrap()
+        .success()
 }
 
 /// Every regular file under a directory.

@@ -24,7 +24,13 @@ pub struct Account {
 pub async fn account() -> Account {
     let a = emulator().account().await;
     Account {
-        credentials: Credentials::new(&a.access_key, &a.secret_key, Some(a.session_token.clone()), None, "mover-tests"),
+        credentials: Credentials::new(
+            &a.access_key,
+            &a.secret_key,
+            Some(a.session_token.clone()),
+            None,
+            "mover-tests",
+        ),
         sdk: emulator().sdk(&a, "us-east-1"),
         id: a.id,
     }
@@ -41,12 +47,19 @@ impl Account {
     }
 
     pub fn s3(&self) -> aws_sdk_s3::Client {
-        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&self.sdk()).force_path_style(true).build())
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.sdk())
+                .force_path_style(true)
+                .build(),
+        )
     }
 
     /// skiff's access to this account, as the data mover takes it.
     pub fn aws(&self) -> skiff::mover::Aws {
-        let cloud = Arc::new(skiff::cloud::Cloud::with_base(self.sdk(), Arc::new(skiff::config::Config::default())));
+        let cloud = Arc::new(skiff::cloud::Cloud::with_base(
+            self.sdk(),
+            Arc::new(skiff::config::Config::default()),
+        ));
         let scope = cloud.scope(None, Some("us-east-1")).unwrap();
         skiff::mover::Aws { cloud, scope }
     }
@@ -68,7 +81,10 @@ impl Account {
 }
 
 fn http(method: &str, path: &str, body: &str) -> serde_json::Value {
-    let host = emulator().endpoint.trim_start_matches("http://").to_string();
+    let host = emulator()
+        .endpoint
+        .trim_start_matches("http://")
+        .to_string();
     let mut s = std::net::TcpStream::connect(host.as_str()).expect("connect to the emulator");
     write!(
         s,
@@ -79,6 +95,9 @@ fn http(method: &str, path: &str, body: &str) -> serde_json::Value {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, json) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{head}\n{json}");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}\n{json}"
+    );
     serde_json::from_str(json).expect("JSON from /skiff/faults")
 }

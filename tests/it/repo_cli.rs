@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::images::{self, BS, files_under, same};
+use crate::images::{self, files_under, same, BS};
 
 struct Cli {
     dir: tempfile::TempDir,
@@ -16,7 +16,9 @@ struct Cli {
 
 impl Cli {
     fn new() -> Cli {
-        Cli { dir: tempfile::tempdir().unwrap() }
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -37,8 +39,16 @@ impl Cli {
     }
 
     fn run_with(&self, args: &[&str], password: &str) -> (i32, String, String) {
-        let Output { status, stdout, stderr } = self.command(args, password).output().unwrap();
-        (status.code().unwrap_or(-1), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = self.command(args, password).output().unwrap();
+        (
+            status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&stdout).into_owned(),
+            String::from_utf8_lossy(&stderr).into_owned(),
+        )
     }
 
     #[track_caller]
@@ -53,9 +63,24 @@ impl Cli {
     }
 }
 
+/// The count of new blocks in a copy's one-line summary.
+fn new_blocks(summary: &str) -> u64 {
+    summary
+        .split("blocks: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no block count in {summary:?}"))
+}
+
 /// A point id from the one-line summary of a backup.
 fn point_of(summary: &str) -> String {
-    summary.split("point ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_else(|| panic!("no point in {summary:?}")).to_string()
+    summary
+        .split("point ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no point in {summary:?}"))
+        .to_string()
 }
 
 /// An image of mixed content: text, random, zero and duplicate blocks.
@@ -72,11 +97,17 @@ fn copy_points_check_and_restore_from_the_command_line() {
     assert!(out.starts_with("created repository repo ("), "{out}");
     let (code, _, err) = c.run(&["repo", "init", "repo"]);
     assert_eq!(code, 2);
-    assert!(err.contains("repo: a repository already exists here"), "{err}");
+    assert!(
+        err.contains("repo: a repository already exists here"),
+        "{err}"
+    );
 
     let s1 = c.ok(&["copy", "file:disk.img", "repo:repo"]);
     assert!(s1.starts_with("file:disk.img → repo:repo: point "), "{s1}");
-    assert!(s1.contains("(full)") && s1.contains("deduplicated") && s1.contains("zero"), "{s1}");
+    assert!(
+        s1.contains("(full)") && s1.contains("deduplicated") && s1.contains("zero"),
+        "{s1}"
+    );
     images::write_block(&img, 5, &images::random_block(99));
     let s2 = c.ok(&["copy", "file:disk.img", "repo:repo", "--tag", "day=2"]);
     let (p1, p2) = (point_of(&s1), point_of(&s2));
@@ -84,21 +115,37 @@ fn copy_points_check_and_restore_from_the_command_line() {
     assert!(s2.contains("blocks: 1 new"), "{s2}");
 
     let points = c.ok(&["repo", "points", "repo"]);
-    assert!(points.contains(&p1) && points.contains(&p2) && points.ends_with("2 point(s)\n"), "{points}");
-    let json: serde_json::Value = serde_json::from_str(&c.ok(&["repo", "points", "repo", "--json"])).unwrap();
+    assert!(
+        points.contains(&p1) && points.contains(&p2) && points.ends_with("2 point(s)\n"),
+        "{points}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&c.ok(&["repo", "points", "repo", "--json"])).unwrap();
     assert_eq!(json[1]["tags"]["day"], "2");
     assert_eq!(json[1]["parent"], p1.as_str());
 
     let check = c.ok(&["repo", "check", "repo", "--read-data"]);
     assert!(check.contains("no errors: 2 points"), "{check}");
 
-    let restored = c.ok(&["copy", &format!("repo:repo#{}", &p2[..6]), "file:restored.img"]);
+    let restored = c.ok(&[
+        "copy",
+        &format!("repo:repo#{}", &p2[..6]),
+        "file:restored.img",
+    ]);
     assert!(restored.contains("file restored.img"), "{restored}");
     assert!(same(&img, &c.path("restored.img")));
     let (code, _, err) = c.run(&["copy", &format!("repo:repo#{p1}"), "file:restored.img"]);
     assert_eq!(code, 2);
-    assert!(err.contains("already exists; remove it or pass overwrite = true"), "{err}");
-    c.ok(&["copy", &format!("repo:repo#{p1}"), "file:restored.img", "--overwrite"]);
+    assert!(
+        err.contains("already exists; remove it or pass overwrite = true"),
+        "{err}"
+    );
+    c.ok(&[
+        "copy",
+        &format!("repo:repo#{p1}"),
+        "file:restored.img",
+        "--overwrite",
+    ]);
 
     // Wrong password: refused before anything else, clearly.
     let (code, _, err) = c.run_with(&["repo", "points", "repo"], "wrong");
@@ -108,15 +155,30 @@ fn copy_points_check_and_restore_from_the_command_line() {
     assert_eq!(code, 2);
     assert!(err.contains("wrong password"), "{err}");
     std::fs::write(c.path("pw.txt"), "pw\n").unwrap();
-    let out = c.command(&["repo", "points", "repo", "--password-file", "pw.txt"], "ignored").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c
+        .command(
+            &["repo", "points", "repo", "--password-file", "pw.txt"],
+            "ignored",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Retention and prune from the command line.
     let f = c.ok(&["repo", "forget", "repo", "--keep-last", "1"]);
-    assert!(f.contains(&format!("{p1}")) && f.contains("removed") && f.contains("keep (last)"), "{f}");
+    assert!(
+        f.contains(&format!("{p1}")) && f.contains("removed") && f.contains("keep (last)"),
+        "{f}"
+    );
     let pr = c.ok(&["repo", "prune", "repo", "--repack-threshold", "0"]);
     assert!(pr.contains("blobs unused"), "{pr}");
-    assert!(c.ok(&["repo", "check", "repo", "--read-data"]).contains("no errors: 1 points"));
+    assert!(c
+        .ok(&["repo", "check", "repo", "--read-data"])
+        .contains("no errors: 1 points"));
     let (code, _, err) = c.run(&["repo", "forget", "repo"]);
     assert_eq!(code, 2);
     assert!(err.contains("give at least one --keep-last"), "{err}");
@@ -135,7 +197,11 @@ fn a_flipped_byte_is_named_by_check_and_fails_the_restore() {
     let at = rand::rng().random_range(100..bytes.len() / 2);
     bytes[at] ^= 0x10;
     std::fs::write(&packs[0], &bytes).unwrap();
-    let pack = packs[0].strip_prefix(c.path("repo")).unwrap().display().to_string();
+    let pack = packs[0]
+        .strip_prefix(c.path("repo"))
+        .unwrap()
+        .display()
+        .to_string();
 
     let (code, out, _) = c.run(&["repo", "check", "repo", "--read-data"]);
     assert_eq!(code, 1, "{out}");
@@ -145,7 +211,10 @@ fn a_flipped_byte_is_named_by_check_and_fails_the_restore() {
 
     let (code, _, err) = c.run(&["copy", &format!("repo:repo#{p}"), "file:out.img"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains(&pack) && err.contains("does not authenticate"), "{err}");
+    assert!(
+        err.contains(&pack) && err.contains("does not authenticate"),
+        "{err}"
+    );
     assert!(!c.path("out.img").exists());
 }
 
@@ -155,7 +224,12 @@ fn a_second_writer_is_refused_while_a_backup_runs() {
     let img = c.path("big.img");
     mixed_image(&img, 400, 3);
     c.ok(&["repo", "init", "repo"]);
-    let mut first = c.command(&["copy", "file:big.img", "repo:repo"], "pw").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = c
+        .command(&["copy", "file:big.img", "repo:repo"], "pw")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     // Wait for the lease to appear, then try a second writer.
     let lease = c.path("repo/lease");
     let t = std::time::Instant::now();
@@ -166,7 +240,10 @@ fn a_second_writer_is_refused_while_a_backup_runs() {
     let done = first.wait().unwrap();
     assert!(done.success());
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("repo is locked by skiff copy (pid ") && err.contains(" until "), "{err}");
+    assert!(
+        err.contains("repo is locked by skiff copy (pid ") && err.contains(" until "),
+        "{err}"
+    );
     assert!(!lease.exists(), "the lease is released at the end");
 }
 
@@ -177,46 +254,51 @@ fn killing_skiff_mid_backup_leaves_the_repository_valid_and_the_rerun_completes(
     // ~200 MiB of text, random and duplicate blocks: several packs.
     mixed_image(&img, 400, 4);
     c.ok(&["repo", "init", "repo"]);
+    // How many blocks a full backup stores, measured in a repository of its own.
+    c.ok(&["repo", "init", "reference"]);
+    let full_new = new_blocks(&c.ok(&["copy", "file:big.img", "repo:reference"]));
     let mut rng = rand::rng();
-    let mut killed_with_packs = 0;
     for round in 0..5 {
-        let mut child = c.command(&["copy", "file:big.img", "repo:repo"], "pw").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = c
+            .command(&["copy", "file:big.img", "repo:repo"], "pw")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let wait = Duration::from_millis(rng.random_range(30..1200));
         std::thread::sleep(wait);
         let _ = child.kill();
         let status = child.wait().unwrap();
         let (code, out, err) = c.run(&["repo", "check", "repo", "--read-data"]);
-        assert_eq!(code, 0, "round {round} (killed after {wait:?}, {status}): check found errors\n{out}\n{err}");
+        assert_eq!(
+            code, 0,
+            "round {round} (killed after {wait:?}, {status}): check found errors\n{out}\n{err}"
+        );
         assert!(out.contains("no errors"), "{out}");
-        if !files_under(&c.path("repo/data")).is_empty() {
-            killed_with_packs += 1;
-        }
     }
+    // Blobs the killed runs left (indexed or not), then the rerun.
+    let check = c.ok(&["repo", "check", "repo"]);
+    let left: u64 = check
+        .split(" blobs")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let summary = c.ok(&["copy", "file:big.img", "repo:repo"]);
     let p = point_of(&summary);
-    assert!(c.ok(&["repo", "check", "repo", "--read-data"]).contains("no errors: 1 points"));
-    if killed_with_packs > 0 && !summary.contains("blocks: 0 new") {
-        // What the killed runs uploaded is reused, not stored again.
-        let dedup: u64 = summary.split(" deduplicated").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(dedup > 0 || summary.contains(", 0 new"), "{summary}");
-    }
+    let rerun_new = new_blocks(&summary);
+    // What the killed runs uploaded is reused, not stored again (a few of
+    // the blobs left are block-map nodes, hence the slack).
+    assert!(
+        rerun_new + left + 8 >= full_new && rerun_new <= full_new.saturating_sub(left) + 8,
+        "full {full_new}, left {left}, rerun {summary}"
+    );
+    let check = c.ok(&["repo", "check", "repo", "--read-data"]);
+    // A killed run may have finished before its kill: then there are two points.
+    assert!(check.contains("no errors: "), "{check}");
     c.ok(&["copy", &format!("repo:repo#{p}"), "file:out.img"]);
     assert!(same(&img, &c.path("out.img")));
-}
-
-#[test]
-fn lua_specs_for_copy_volume_and_repo_pass() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let c = Cli::new();
-    let out = c
-        .command(
-            &["test", root.join("tests/lua/volume_spec.lua").to_str().unwrap(), root.join("tests/lua/repo_spec.lua").to_str().unwrap()],
-            "unused",
-        )
-        .env("TMPDIR", c.dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }

@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm};
-use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use skiff::mover::{self, CopyOptions, CopyResult, Location, MoverError, MoverSettings, Opener};
-use skiff::repo::crypto::{KdfParams, sha256};
+use skiff::repo::crypto::{sha256, KdfParams};
 use skiff::repo::password::PasswordSource;
 use skiff::repo::{Backend, Repo};
 
-use crate::images::{self, BS, same};
-use crate::mover_emu::{Account, account};
+use crate::images::{self, same, BS};
+use crate::mover_emu::{account, Account};
 
 const GIB: u64 = 1 << 30;
 
@@ -30,7 +30,11 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let password = dir.path().join("password");
         std::fs::write(&password, "correct horse\n").unwrap();
-        Fixture { account: account().await, dir, password }
+        Fixture {
+            account: account().await,
+            dir,
+            password,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -39,22 +43,44 @@ impl Fixture {
 
     async fn init_repo(&self, name: &str) -> String {
         let p = self.path(name);
-        Repo::init(Backend::local(&p), name, b"correct horse", KdfParams::MIN).await.unwrap();
+        Repo::init(Backend::local(&p), name, b"correct horse", KdfParams::MIN)
+            .await
+            .unwrap();
         format!("repo:{}", p.display())
     }
 
-    async fn copy_with(&self, from: &str, to: &str, opts: CopyOptions) -> Result<CopyResult, MoverError> {
+    async fn copy_with(
+        &self,
+        from: &str,
+        to: &str,
+        opts: CopyOptions,
+    ) -> Result<CopyResult, MoverError> {
         let aws = self.account.aws();
-        let opener = Opener::new(PasswordSource::File(self.password.clone()), None, opts.settings.clone());
+        let opener = Opener::new(
+            PasswordSource::File(self.password.clone()),
+            None,
+            opts.settings.clone(),
+        );
         let from: Location = from.parse().unwrap();
         let to: Location = to.parse().unwrap();
-        let src = opener.source(&from, Some(&aws), opts.volume.as_deref()).await?;
+        let src = opener
+            .source(&from, Some(&aws), opts.volume.as_deref())
+            .await?;
         let dst = opener.target(&to, Some(&aws)).await?;
         mover::copy(src, dst, &opts, None).await
     }
 
-    async fn copy(&self, from: &str, to: &str, volume: Option<&str>) -> Result<CopyResult, MoverError> {
-        let opts = CopyOptions { volume: volume.map(str::to_string), settings: fast_settings(), ..Default::default() };
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        volume: Option<&str>,
+    ) -> Result<CopyResult, MoverError> {
+        let opts = CopyOptions {
+            volume: volume.map(str::to_string),
+            settings: fast_settings(),
+            ..Default::default()
+        };
         self.copy_with(from, to, opts).await
     }
 }
@@ -72,7 +98,13 @@ async fn snapshot_blocks(ebs: &aws_sdk_ebs::Client, snapshot: &str) -> Vec<(u64,
     let mut out = Vec::new();
     let mut token = None;
     loop {
-        let page = ebs.list_snapshot_blocks().snapshot_id(snapshot).set_next_token(token).send().await.unwrap();
+        let page = ebs
+            .list_snapshot_blocks()
+            .snapshot_id(snapshot)
+            .set_next_token(token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(page.block_size(), Some(BS as i32));
         for b in page.blocks() {
             let got = ebs
@@ -84,8 +116,18 @@ async fn snapshot_blocks(ebs: &aws_sdk_ebs::Client, snapshot: &str) -> Vec<(u64,
                 .await
                 .unwrap();
             let checksum = got.checksum().unwrap().to_string();
-            let data = got.block_data.collect().await.unwrap().into_bytes().to_vec();
-            assert_eq!(B64.encode(sha256(&data)), checksum, "the emulator's checksum matches its data");
+            let data = got
+                .block_data
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes()
+                .to_vec();
+            assert_eq!(
+                B64.encode(sha256(&data)),
+                checksum,
+                "the emulator's checksum matches its data"
+            );
             out.push((b.block_index().unwrap() as u64, data));
         }
         token = page.next_token().map(str::to_string);
@@ -98,12 +140,25 @@ async fn snapshot_blocks(ebs: &aws_sdk_ebs::Client, snapshot: &str) -> Vec<(u64,
 /// The non-zero blocks of an image file.
 fn image_blocks(path: &Path) -> Vec<(u64, Vec<u8>)> {
     let size = std::fs::metadata(path).unwrap().len();
-    (0..size / BS).map(|i| (i, images::read_block(path, i))).filter(|(_, b)| b.iter().any(|&x| x != 0)).collect()
+    (0..size / BS)
+        .map(|i| (i, images::read_block(path, i)))
+        .filter(|(_, b)| b.iter().any(|&x| x != 0))
+        .collect()
 }
 
 /// Writes a child snapshot of `parent` with the SDK alone: `changes` are (index, data).
-async fn child_snapshot(ebs: &aws_sdk_ebs::Client, parent: &str, changes: &[(u64, Vec<u8>)]) -> String {
-    let s = ebs.start_snapshot().volume_size(1).parent_snapshot_id(parent).send().await.unwrap();
+async fn child_snapshot(
+    ebs: &aws_sdk_ebs::Client,
+    parent: &str,
+    changes: &[(u64, Vec<u8>)],
+) -> String {
+    let s = ebs
+        .start_snapshot()
+        .volume_size(1)
+        .parent_snapshot_id(parent)
+        .send()
+        .await
+        .unwrap();
     let id = s.snapshot_id().unwrap().to_string();
     let mut agg = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut sorted = changes.to_vec();
@@ -146,16 +201,30 @@ async fn ebs_backup_incremental_and_restores_are_bit_exact() {
     images::write_block(&img1, 30, &vec![0u8; BS as usize]); // written, but zero
 
     // Image → new snapshot; checked block by block with an independent client.
-    let up = f.copy(&format!("file:{}", img1.display()), "ebs:", None).await.unwrap();
+    let up = f
+        .copy(&format!("file:{}", img1.display()), "ebs:", None)
+        .await
+        .unwrap();
     let s1 = up.snapshot.clone().unwrap();
-    assert_eq!(snapshot_blocks(&ebs, &s1).await, image_blocks(&img1), "the snapshot holds exactly the image's non-zero blocks");
+    assert_eq!(
+        snapshot_blocks(&ebs, &s1).await,
+        image_blocks(&img1),
+        "the snapshot holds exactly the image's non-zero blocks"
+    );
 
     // Snapshot → repository (full), then a child snapshot with three changes.
     let repo = f.init_repo("repo").await;
-    let full = f.copy(&format!("ebs:{s1}"), &repo, Some("vol-test")).await.unwrap();
+    let full = f
+        .copy(&format!("ebs:{s1}"), &repo, Some("vol-test"))
+        .await
+        .unwrap();
     assert!(full.parent.is_none());
     assert_eq!(full.blocks_read as usize, image_blocks(&img1).len());
-    let changes = vec![(3u64, images::random_block(7)), (500, images::block(9, 1)), (100, vec![0u8; BS as usize])];
+    let changes = vec![
+        (3u64, images::random_block(7)),
+        (500, images::block(9, 1)),
+        (100, vec![0u8; BS as usize]),
+    ];
     let s2 = child_snapshot(&ebs, &s1, &changes).await;
     let img2 = f.path("v2.img");
     std::fs::copy(&img1, &img2).unwrap();
@@ -165,30 +234,64 @@ async fn ebs_backup_incremental_and_restores_are_bit_exact() {
 
     // The incremental reads only the changed blocks.
     f.account.reset_faults();
-    let incr = f.copy(&format!("ebs:{s2}"), &repo, Some("vol-test")).await.unwrap();
-    assert_eq!(incr.parent, full.point, "the newest point of the volume is the parent");
+    let incr = f
+        .copy(&format!("ebs:{s2}"), &repo, Some("vol-test"))
+        .await
+        .unwrap();
+    assert_eq!(
+        incr.parent, full.point,
+        "the newest point of the volume is the parent"
+    );
     assert_eq!(incr.blocks_read, 3, "{incr:?}");
     assert_eq!(incr.blocks_unchanged, 2048 - 3);
     let counters = f.account.counters();
-    assert_eq!(counters["get_block"][&s2], 3, "GetSnapshotBlock only for changed blocks: {counters}");
+    assert_eq!(
+        counters["get_block"][&s2], 3,
+        "GetSnapshotBlock only for changed blocks: {counters}"
+    );
     assert_eq!(counters["ops"]["ListChangedBlocks"], 1, "{counters}");
 
     // Both points restore bit-exact, to files and to a new snapshot.
     for (point, expected) in [(&full.point, &img1), (&incr.point, &img2)] {
         let out = f.path(&format!("{}.img", point.as_ref().unwrap()));
-        f.copy(&format!("{repo}#{}", point.as_ref().unwrap()), &format!("file:{}", out.display()), None).await.unwrap();
+        f.copy(
+            &format!("{repo}#{}", point.as_ref().unwrap()),
+            &format!("file:{}", out.display()),
+            None,
+        )
+        .await
+        .unwrap();
         assert!(same(&out, expected), "restore of {point:?}");
     }
-    let back = f.copy(&format!("{repo}#{}", incr.point.as_ref().unwrap()), "ebs:", None).await.unwrap();
+    let back = f
+        .copy(
+            &format!("{repo}#{}", incr.point.as_ref().unwrap()),
+            "ebs:",
+            None,
+        )
+        .await
+        .unwrap();
     let s3 = back.snapshot.unwrap();
-    assert_eq!(snapshot_blocks(&ebs, &s3).await, image_blocks(&img2), "zero blocks are not written to EBS");
+    assert_eq!(
+        snapshot_blocks(&ebs, &s3).await,
+        image_blocks(&img2),
+        "zero blocks are not written to EBS"
+    );
     let down = f.path("down.img");
-    f.copy(&format!("ebs:{s3}"), &format!("file:{}", down.display()), None).await.unwrap();
+    f.copy(
+        &format!("ebs:{s3}"),
+        &format!("file:{}", down.display()),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(same(&down, &img2));
 
     // A source without #POINT restores the volume's newest point.
     let newest = f.path("newest.img");
-    f.copy(&repo, &format!("file:{}", newest.display()), None).await.unwrap();
+    f.copy(&repo, &format!("file:{}", newest.display()), None)
+        .await
+        .unwrap();
     assert!(same(&newest, &img2));
 }
 
@@ -211,24 +314,47 @@ async fn wrong_checksums_are_caught_both_ways() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&err), Some("ValidationException"));
+    assert_eq!(
+        aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&err),
+        Some("ValidationException")
+    );
 
     // …and skiff refuses a block whose data does not match the checksum it came with.
     let img = f.path("a.img");
     images::sparse_image(&img, GIB, 5, 0..6);
-    let snap = f.copy(&format!("file:{}", img.display()), "ebs:", None).await.unwrap().snapshot.unwrap();
+    let snap = f
+        .copy(&format!("file:{}", img.display()), "ebs:", None)
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
     f.account.faults(r#"{"corrupt_rate": 1.0}"#);
     let out = f.path("out.img");
-    let err = f.copy(&format!("ebs:{snap}"), &format!("file:{}", out.display()), None).await.unwrap_err();
+    let err = f
+        .copy(
+            &format!("ebs:{snap}"),
+            &format!("file:{}", out.display()),
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "integrity");
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
     assert!(!out.exists(), "nothing is left behind");
     let repo = f.init_repo("repo").await;
-    let err = f.copy(&format!("ebs:{snap}"), &repo, None).await.unwrap_err();
+    let err = f
+        .copy(&format!("ebs:{snap}"), &repo, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "integrity");
     f.account.reset_faults();
-    let r = Repo::open(Backend::local(f.path("repo")), "repo", b"correct horse").await.unwrap();
-    assert!(r.points().await.unwrap().is_empty(), "no point from a failed backup");
+    let r = Repo::open(Backend::local(f.path("repo")), "repo", b"correct horse")
+        .await
+        .unwrap();
+    assert!(
+        r.points().await.unwrap().is_empty(),
+        "no point from a failed backup"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,20 +362,38 @@ async fn a_throttled_run_completes() {
     let f = Fixture::new().await;
     let img = f.path("t.img");
     images::sparse_image(&img, GIB, 11, (0..40).chain([900, 901]));
-    f.account.faults(r#"{"rate": 0.3, "kinds": ["throttle", "throttling", "500"]}"#);
-    let snap = f.copy(&format!("file:{}", img.display()), "ebs:", None).await.unwrap().snapshot.unwrap();
+    f.account
+        .faults(r#"{"rate": 0.3, "kinds": ["throttle", "throttling", "500"]}"#);
+    let snap = f
+        .copy(&format!("file:{}", img.display()), "ebs:", None)
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
     let repo = f.init_repo("repo").await;
     let b = f.copy(&format!("ebs:{snap}"), &repo, None).await.unwrap();
     let out = f.path("out.img");
-    f.copy(&format!("{repo}#{}", b.point.unwrap()), &format!("file:{}", out.display()), None).await.unwrap();
+    f.copy(
+        &format!("{repo}#{}", b.point.unwrap()),
+        &format!("file:{}", out.display()),
+        None,
+    )
+    .await
+    .unwrap();
     let counters = f.account.counters();
     f.account.reset_faults();
     assert!(same(&out, &img));
-    assert!(counters["faults"].as_u64().unwrap() >= 10, "faults were injected: {counters}");
+    assert!(
+        counters["faults"].as_u64().unwrap() >= 10,
+        "faults were injected: {counters}"
+    );
 
     // A permanent error is not retried: an unknown snapshot fails at once.
     let t = std::time::Instant::now();
-    let err = f.copy("ebs:snap-0123456789abcdef0", &repo, None).await.unwrap_err();
+    let err = f
+        .copy("ebs:snap-0123456789abcdef0", &repo, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("ResourceNotFoundException"), "{err}");
     assert!(!err.retryable());
     assert!(t.elapsed() < std::time::Duration::from_secs(2));
@@ -263,8 +407,15 @@ async fn listings_page_and_survive_empty_pages() {
     for i in 0..260u64 {
         images::write_block(&img, i * 3, &images::random_block(i + 1));
     }
-    let snap = f.copy(&format!("file:{}", img.display()), "ebs:", None).await.unwrap().snapshot.unwrap();
-    let changes: Vec<(u64, Vec<u8>)> = (0..230u64).map(|i| (i * 4 + 1, images::random_block(1000 + i))).collect();
+    let snap = f
+        .copy(&format!("file:{}", img.display()), "ebs:", None)
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
+    let changes: Vec<(u64, Vec<u8>)> = (0..230u64)
+        .map(|i| (i * 4 + 1, images::random_block(1000 + i)))
+        .collect();
     let child = child_snapshot(&f.account.ebs(), &snap, &changes).await;
     let img2 = f.path("p2.img");
     std::fs::copy(&img, &img2).unwrap();
@@ -275,14 +426,30 @@ async fn listings_page_and_survive_empty_pages() {
     let mut settings = fast_settings();
     settings.ebs.list_page_size = 100;
     let repo = f.init_repo("repo").await;
-    let opts = CopyOptions { volume: Some("paged".into()), settings, ..Default::default() };
-    let full = f.copy_with(&format!("ebs:{snap}"), &repo, opts.clone()).await.unwrap();
+    let opts = CopyOptions {
+        volume: Some("paged".into()),
+        settings,
+        ..Default::default()
+    };
+    let full = f
+        .copy_with(&format!("ebs:{snap}"), &repo, opts.clone())
+        .await
+        .unwrap();
     assert_eq!(full.blocks_read, 260);
-    let incr = f.copy_with(&format!("ebs:{child}"), &repo, opts.clone()).await.unwrap();
+    let incr = f
+        .copy_with(&format!("ebs:{child}"), &repo, opts.clone())
+        .await
+        .unwrap();
     assert_eq!(incr.blocks_read, changes.len() as u64);
     f.account.reset_faults();
     let out = f.path("out.img");
-    f.copy(&format!("{repo}#{}", incr.point.unwrap()), &format!("file:{}", out.display()), None).await.unwrap();
+    f.copy(
+        &format!("{repo}#{}", incr.point.unwrap()),
+        &format!("file:{}", out.display()),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(same(&out, &img2));
 }
 
@@ -292,15 +459,36 @@ async fn unrelated_parent_snapshots_fall_back_to_a_full_read() {
     let (a, b) = (f.path("a.img"), f.path("b.img"));
     images::sparse_image(&a, GIB, 1, 0..8);
     images::sparse_image(&b, GIB, 2, 0..5);
-    let sa = f.copy(&format!("file:{}", a.display()), "ebs:", None).await.unwrap().snapshot.unwrap();
-    let sb = f.copy(&format!("file:{}", b.display()), "ebs:", None).await.unwrap().snapshot.unwrap();
+    let sa = f
+        .copy(&format!("file:{}", a.display()), "ebs:", None)
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
+    let sb = f
+        .copy(&format!("file:{}", b.display()), "ebs:", None)
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
     let repo = f.init_repo("repo").await;
-    f.copy(&format!("ebs:{sa}"), &repo, Some("v")).await.unwrap();
+    f.copy(&format!("ebs:{sa}"), &repo, Some("v"))
+        .await
+        .unwrap();
     // Same volume name, but an unrelated snapshot: ListChangedBlocks refuses (UNRELATED_SNAPSHOTS).
-    let r = f.copy(&format!("ebs:{sb}"), &repo, Some("v")).await.unwrap();
+    let r = f
+        .copy(&format!("ebs:{sb}"), &repo, Some("v"))
+        .await
+        .unwrap();
     assert_eq!(r.blocks_unchanged, 0, "{r:?}");
     let out = f.path("out.img");
-    f.copy(&format!("{repo}#{}", r.point.unwrap()), &format!("file:{}", out.display()), None).await.unwrap();
+    f.copy(
+        &format!("{repo}#{}", r.point.unwrap()),
+        &format!("file:{}", out.display()),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(same(&out, &b));
 }
 
@@ -308,48 +496,124 @@ async fn unrelated_parent_snapshots_fall_back_to_a_full_read() {
 async fn a_repository_in_s3_works_like_a_local_one() {
     let f = Fixture::new().await;
     let s3 = f.account.s3();
-    s3.create_bucket().bucket("skiff-backups").send().await.unwrap();
+    s3.create_bucket()
+        .bucket("skiff-backups")
+        .send()
+        .await
+        .unwrap();
     let url = skiff::repo::RepoUrl::parse("s3://skiff-backups/team/a").unwrap();
-    let backend = skiff::repo::backend_for(&url, Some(f.account.aws().cloud.s3(&f.account.aws().scope).await)).unwrap();
-    Repo::init(backend, &url.to_string(), b"correct horse", KdfParams::MIN).await.unwrap();
+    let backend = skiff::repo::backend_for(
+        &url,
+        Some(f.account.aws().cloud.s3(&f.account.aws().scope).await),
+    )
+    .unwrap();
+    Repo::init(backend, &url.to_string(), b"correct horse", KdfParams::MIN)
+        .await
+        .unwrap();
     let img = f.path("s.img");
     images::sparse_image(&img, 40 * BS, 77, 0..40);
-    let b1 = f.copy(&format!("file:{}", img.display()), "repo:s3://skiff-backups/team/a", Some("v")).await.unwrap();
+    let b1 = f
+        .copy(
+            &format!("file:{}", img.display()),
+            "repo:s3://skiff-backups/team/a",
+            Some("v"),
+        )
+        .await
+        .unwrap();
     images::write_block(&img, 7, &images::random_block(123));
-    let b2 = f.copy(&format!("file:{}", img.display()), "repo:s3://skiff-backups/team/a", Some("v")).await.unwrap();
+    let b2 = f
+        .copy(
+            &format!("file:{}", img.display()),
+            "repo:s3://skiff-backups/team/a",
+            Some("v"),
+        )
+        .await
+        .unwrap();
     assert_eq!(b2.parent, b1.point);
     assert!(b2.blocks_new <= 1, "{b2:?}");
 
     let out = f.path("out.img");
-    f.copy(&format!("repo:s3://skiff-backups/team/a#{}", b2.point.unwrap()), &format!("file:{}", out.display()), None)
-        .await
-        .unwrap();
+    f.copy(
+        &format!("repo:s3://skiff-backups/team/a#{}", b2.point.unwrap()),
+        &format!("file:{}", out.display()),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(same(&out, &img));
 
     // Objects live under the prefix in the documented layout, and none holds plaintext.
-    let listed = s3.list_objects_v2().bucket("skiff-backups").prefix("team/a/").send().await.unwrap();
-    let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
+    let listed = s3
+        .list_objects_v2()
+        .bucket("skiff-backups")
+        .prefix("team/a/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
     assert!(keys.contains(&"team/a/config".to_string()), "{keys:?}");
-    for prefix in ["team/a/keys/", "team/a/data/", "team/a/index/", "team/a/points/"] {
-        assert!(keys.iter().any(|k| k.starts_with(prefix)), "{prefix} in {keys:?}");
+    for prefix in [
+        "team/a/keys/",
+        "team/a/data/",
+        "team/a/index/",
+        "team/a/points/",
+    ] {
+        assert!(
+            keys.iter().any(|k| k.starts_with(prefix)),
+            "{prefix} in {keys:?}"
+        );
     }
     let sample = images::read_block(&img, 7)[4096..4128].to_vec();
     for k in &keys {
-        let body = s3.get_object().bucket("skiff-backups").key(k).send().await.unwrap().body.collect().await.unwrap().into_bytes();
-        assert!(!body.windows(sample.len()).any(|w| w == sample.as_slice()), "{k} holds plaintext");
+        let body = s3
+            .get_object()
+            .bucket("skiff-backups")
+            .key(k)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert!(
+            !body.windows(sample.len()).any(|w| w == sample.as_slice()),
+            "{k} holds plaintext"
+        );
     }
 
     // One writer at a time: a held lease (If-None-Match on S3) refuses a second.
     let aws = f.account.aws();
     let repo = std::sync::Arc::new(
-        Repo::open(skiff::repo::backend_for(&url, Some(aws.cloud.s3(&aws.scope).await)).unwrap(), &url.to_string(), b"correct horse")
-            .await
-            .unwrap(),
+        Repo::open(
+            skiff::repo::backend_for(&url, Some(aws.cloud.s3(&aws.scope).await)).unwrap(),
+            &url.to_string(),
+            b"correct horse",
+        )
+        .await
+        .unwrap(),
     );
-    let holder = skiff::repo::writer::Writer::start(repo.clone(), "another skiff").await.unwrap();
-    let err = f.copy(&format!("file:{}", img.display()), "repo:s3://skiff-backups/team/a", Some("v")).await.unwrap_err();
+    let holder = skiff::repo::writer::Writer::start(repo.clone(), "another skiff")
+        .await
+        .unwrap();
+    let err = f
+        .copy(
+            &format!("file:{}", img.display()),
+            "repo:s3://skiff-backups/team/a",
+            Some("v"),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "locked");
-    assert!(err.to_string().contains("is locked by another skiff (pid "), "{err}");
+    assert!(
+        err.to_string().contains("is locked by another skiff (pid "),
+        "{err}"
+    );
     holder.release().await.unwrap();
     let report = skiff::repo::check::check(&repo, true).await.unwrap();
     assert!(report.ok, "{report:?}");

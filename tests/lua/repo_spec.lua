@@ -99,7 +99,7 @@ describe("repo", function()
   it("refuses misuse, naming the option", function()
     expect(function() repo.points({}) end):to_fail("repo.points: opts.location: required")
     expect(function() repo.check({ location = "/x", read_data = "yes" }) end):to_fail(
-      "repo.check: opts.read_data: expected a boolean, got string")
+      "repo.check: opts.read_data: expected boolean, got string")
     expect(function() repo.forget({ location = "/x" }) end):to_fail(
       "repo.forget: opts: give at least one of keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly (forget never removes every point)")
     expect(function() repo.prune({ location = "/x", repack_threshold = 2 }) end):to_fail(

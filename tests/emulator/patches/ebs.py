@@ -135,8 +135,7 @@ def control(environ, start_response):
         if "kinds" in body:
             bad = [k for k in body["kinds"] if k not in FAULT_KINDS]
             if bad:
-                start_response("400 Bad Request", [("Content-Type", "application/json")])
-                return [json.dumps({"error": f"unknown fault kinds {bad}; known: {sorted(FAULT_KINDS)}"}).encode()]
+                return _json(start_response, "400 Bad Request", {"error": f"unknown fault kinds {bad}; known: {sorted(FAULT_KINDS)}"})
             s["kinds"] = list(body["kinds"])
         with _lock:
             _faults[account] = s
@@ -150,8 +149,13 @@ def control(environ, start_response):
             "settings": dict(_faults.get(account) or _faults.get("*") or _DEFAULT),
             "counters": json.loads(json.dumps(_counters.get(account, {"ops": {}, "get_block": {}, "faults": 0}))),
         }
-    start_response("200 OK", [("Content-Type", "application/json")])
-    return [json.dumps(out).encode()]
+    return _json(start_response, "200 OK", out)
+
+
+def _json(start_response, status, value):
+    body = json.dumps(value).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def _install_control_endpoint():
