@@ -618,3 +618,50 @@ async fn a_repository_in_s3_works_like_a_local_one() {
     let report = skiff::repo::check::check(&repo, true).await.unwrap();
     assert!(report.ok, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_can_come_from_an_ssm_secure_string() {
+    let f = Fixture::new().await;
+    let ssm = aws_sdk_ssm::Client::new(&f.account.sdk());
+    ssm.put_parameter()
+        .name("/skiff/repo-password")
+        .value("correct horse")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let repo = f.init_repo("repo").await;
+    let img = f.path("i.img");
+    images::sparse_image(&img, 8 * BS, 3, 0..8);
+    let aws = f.account.aws();
+    let opener = Opener::new(
+        PasswordSource::Ssm("/skiff/repo-password".into()),
+        Some(aws.clone()),
+        fast_settings(),
+    );
+    let src = opener
+        .source(
+            &format!("file:{}", img.display()).parse().unwrap(),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let dst = opener.target(&repo.parse().unwrap(), None).await.unwrap();
+    let r = mover::copy(src, dst, &CopyOptions::default(), None)
+        .await
+        .unwrap();
+    assert!(r.point.is_some());
+
+    let wrong = Opener::new(
+        PasswordSource::Ssm("/skiff/none".into()),
+        Some(aws),
+        fast_settings(),
+    );
+    let err = wrong
+        .target(&repo.parse().unwrap(), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Some("ParameterNotFound"), "{err}");
+}
