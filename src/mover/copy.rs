@@ -21,6 +21,7 @@ use crate::repo::format::{self, blocks_for, Point, PointStats};
 use crate::repo::Repo;
 
 /// Where blocks come from.
+#[derive(Clone)]
 pub enum Source {
     File(FileSource),
     Ebs(EbsSource),
@@ -122,7 +123,7 @@ impl Source {
     }
 
     /// The volume's default name.
-    async fn default_volume(&self) -> String {
+    fn default_volume(&self) -> String {
         match self {
             Source::File(f) => std::fs::canonicalize(f.path())
                 .unwrap_or_else(|_| f.path().to_path_buf())
@@ -147,14 +148,6 @@ impl Source {
             Source::File(f) => f.read(item.index).await,
             Source::Ebs(e) => e.read(item).await,
             Source::Repo(r) => r.read(item).await,
-        }
-    }
-
-    fn clone_handle(&self) -> Source {
-        match self {
-            Source::File(f) => Source::File(f.clone()),
-            Source::Ebs(e) => Source::Ebs(e.clone()),
-            Source::Repo(r) => Source::Repo(r.clone()),
         }
     }
 }
@@ -226,7 +219,7 @@ async fn copy_inner(
     let from = source.describe();
     let volume = match &opts.volume {
         Some(v) => v.clone(),
-        None => source.default_volume().await,
+        None => source.default_volume(),
     };
 
     let parent = match (&target, &opts.parent) {
@@ -308,10 +301,10 @@ async fn copy_inner(
 
     let mut counts = Counts::default();
     let run = async {
-        let src = source.clone_handle();
+        let src = source.clone();
         let mut results = items
             .map(|item| {
-                let src = src.clone_handle();
+                let src = src.clone();
                 let prep = preparer.clone();
                 async move {
                     let item = item?;

@@ -8,7 +8,7 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use super::pool::CpuPool;
 use super::{Data, Item, MoverError, Result, Token, BLOCK_SIZE};
-use crate::repo::crypto::{sha256, Id, Key, ZERO_ID};
+use crate::repo::crypto::{BlockHasher, Id, Key, ZERO_ID};
 use crate::repo::format::{BlobKind, Point, FANOUT};
 use crate::repo::pack::{self, pack_name, SealedBlob};
 use crate::repo::tree::{MapReader, TreeBuilder};
@@ -125,7 +125,7 @@ impl RepoSource {
         Ok((
             Data::Bytes {
                 bytes: plain,
-                sha: Some(id),
+                sha: None,
             },
             n,
         ))
@@ -146,20 +146,21 @@ pub enum Prepared {
 pub struct RepoPreparer {
     claims: Claims,
     key: Key,
+    ids: BlockHasher,
     level: i32,
     pool: CpuPool,
 }
 
 impl RepoPreparer {
     pub async fn prepare(&self, data: Data) -> Prepared {
-        let (bytes, sha) = match data {
+        let bytes = match data {
             Data::Zero => return Prepared::Zero,
-            Data::Bytes { bytes, sha } => (bytes, sha),
+            Data::Bytes { bytes, .. } => bytes,
         };
         let p = self.clone();
         self.pool
             .run(move || {
-                let id = sha.unwrap_or_else(|| sha256(&bytes));
+                let id = p.ids.id(&bytes);
                 if p.claims.claim(&id) {
                     Prepared::New(pack::seal_blob(&p.key, BlobKind::Data, id, &bytes, p.level))
                 } else {
@@ -203,6 +204,7 @@ impl RepoSink {
             preparer: RepoPreparer {
                 claims: writer.claims(),
                 key: repo.key().clone(),
+                ids: repo.block_hasher().clone(),
                 level: repo.settings.compression_level,
                 pool,
             },

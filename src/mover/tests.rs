@@ -230,7 +230,7 @@ async fn packs_without_an_index_are_reindexed_and_reused() {
     for i in 0..24 {
         let b = block_content(3, i);
         if b.iter().any(|&x| x != 0) {
-            let id = crate::repo::crypto::sha256(&b);
+            let id = r.block_hasher().id(&b);
             if stored.insert(id) {
                 pb.add(&crate::repo::pack::seal_blob(
                     r.key(),

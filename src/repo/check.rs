@@ -260,6 +260,7 @@ async fn verify_pack(
 ) -> Result<(u64, Vec<(Id, String)>)> {
     let bytes = repo.backend().get(&pack_name(pack)).await?;
     let key = repo.key().clone();
+    let ids = repo.block_hasher().clone();
     let n = bytes.len() as u64;
     tokio::task::spawn_blocking(move || {
         let mut bad = Vec::new();
@@ -272,8 +273,12 @@ async fn verify_pack(
             match pack::open_blob(&key, &e, &bytes[start..end]) {
                 Err(m) => bad.push((e.id, m)),
                 Ok(plain) => {
-                    if sha256(&plain) != e.id {
-                        bad.push((e.id, "content does not match its id (SHA-256)".into()));
+                    let id = match e.kind {
+                        BlobKind::Data => ids.id(&plain),
+                        BlobKind::Node => sha256(&plain),
+                    };
+                    if id != e.id {
+                        bad.push((e.id, "content does not match its id".into()));
                     } else if e.kind == BlobKind::Node && Node::decode(&plain).is_err() {
                         bad.push((e.id, "not a block-map node".into()));
                     }

@@ -26,7 +26,7 @@ pub const ENTRY_LEN: usize = 48;
 /// What a blob holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BlobKind {
-    /// A 512 KiB volume block; its id is the SHA-256 of its plaintext.
+    /// A 512 KiB volume block; its id is the keyed BLAKE3 hash of its plaintext.
     Data = 0,
     /// A block-map node; its id is the SHA-256 of its encoded plaintext.
     Node = 1,
@@ -253,7 +253,7 @@ pub struct RepoConfig {
     pub id: String,
     pub block_size: u32,
     pub fanout: u32,
-    /// Blob id function: "sha256".
+    /// How data blobs are named: "blake3-keyed" (node blobs: SHA-256 of their encoding).
     pub id_hash: String,
     pub compression: String,
     pub created: String,

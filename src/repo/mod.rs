@@ -70,6 +70,7 @@ pub struct Repo {
     backend: Backend,
     url: String,
     key: Key,
+    block_ids: crypto::BlockHasher,
     config: RepoConfig,
     index: RwLock<Index>,
     /// Packs found in the store that no index file covers (an interrupted
@@ -80,6 +81,8 @@ pub struct Repo {
 }
 
 const CONFIG: &str = "config";
+/// How data blobs are named (see `crypto::BlockHasher`).
+const ID_HASH: &str = "blake3-keyed";
 const CONFIG_AAD: &[u8] = b"skiff config";
 const MASTER_KEY_AAD: &[u8] = b"skiff master key";
 
@@ -173,7 +176,7 @@ impl Repo {
             id: hex::encode(crypto::random::<16>()),
             block_size: format::BLOCK_SIZE,
             fanout: format::FANOUT as u32,
-            id_hash: "sha256".into(),
+            id_hash: ID_HASH.into(),
             compression: "zstd".into(),
             created: format::now_rfc3339(),
         };
@@ -194,6 +197,7 @@ impl Repo {
         Repo {
             backend,
             url: url.to_string(),
+            block_ids: crypto::BlockHasher::new(&key),
             key,
             config,
             index: RwLock::new(Index::default()),
@@ -286,7 +290,7 @@ impl Repo {
         if config.version != format::VERSION
             || config.block_size != format::BLOCK_SIZE
             || config.fanout != format::FANOUT as u32
-            || config.id_hash != "sha256"
+            || config.id_hash != ID_HASH
         {
             return Err(RepoError::Invalid(format!(
                 "{url}: repository format version {} (block size {}, fanout {}, id {}) is not supported by this skiff",
@@ -408,6 +412,11 @@ impl Repo {
 
     pub fn key(&self) -> &Key {
         &self.key
+    }
+
+    /// Names data blocks.
+    pub fn block_hasher(&self) -> &crypto::BlockHasher {
+        &self.block_ids
     }
 
     pub fn config(&self) -> &RepoConfig {
