@@ -46,8 +46,10 @@ declare -A SECS RSS
 # timed NAME CMD… : runs CMD, records wall seconds and peak RSS (KiB).
 timed() {
   local name=$1; shift
-  # Start each step with no dirty pages left by the previous one, so one
-  # tool's write-back is not charged to the next.
+  # Start each step alike for every tool: the image in the page cache (the
+  # machine's other work may have evicted it), and no dirty pages left by
+  # the previous step, so one tool's write-back is not charged to the next.
+  [ -f "$work/disk.img" ] && cat "$work/disk.img" >/dev/null
   sync; sleep 1
   /usr/bin/time -f '%e %M' -o "$work/.time" "$@" >"$work/$name.log" 2>&1 || {
     echo "bench: $name failed:" >&2; cat "$work/$name.log" >&2; exit 1; }

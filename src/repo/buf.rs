@@ -148,9 +148,10 @@ impl Pool {
     }
 }
 
-/// Room for a 512 KiB block, a page on each side (a sealed blob's nonce
-/// placed so its plaintext starts page-aligned, its tag after it).
-pub const BLOCK_BUF: usize = crate::repo::format::BLOCK_SIZE as usize + 2 * ALIGN;
+/// Room for a 512 KiB block and three pages: a sealed blob's nonce placed
+/// so its plaintext starts page-aligned, its tag after it, and the slack of
+/// reading it with O_DIRECT from page-aligned offsets.
+pub const BLOCK_BUF: usize = crate::repo::format::BLOCK_SIZE as usize + 3 * ALIGN;
 
 /// A block-sized buffer from the process's pool (at most 256 kept free: more
 /// than any window keeps in flight).
