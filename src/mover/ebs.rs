@@ -469,9 +469,8 @@ impl EbsWriter {
     /// Puts block `index` with its checksum; zero blocks are skipped. Returns
     /// the block's SHA-256 when it was written.
     pub async fn write(&self, index: u64, data: Data) -> Result<Option<Id>> {
-        let (bytes, sha) = match data {
-            Data::Zero => return Ok(None),
-            Data::Bytes { bytes, sha } => (bytes, sha),
+        let Some((bytes, sha)) = data.into_bytes() else {
+            return Ok(None);
         };
         let inner = &self.inner;
         let (bytes, sha): (Bytes, Id) = match sha {

@@ -146,21 +146,16 @@ impl FileSource {
             let len = (inner.size - offset).min(BLOCK_SIZE as u64) as usize;
             let mut buf = block_buf();
             let space = buf.spare();
+            let block = &mut space[ALIGN..ALIGN + BLOCK_SIZE];
             inner
                 .file
-                .read_exact_at(&mut space[..len], offset)
+                .read_exact_at(&mut block[..len], offset)
                 .map_err(|e| MoverError::io("file.read", inner.path.display(), e))?;
             // A short last block reads as if zero-padded (buffers are recycled).
-            space[len..BLOCK_SIZE].fill(0);
-            buf.set_len(BLOCK_SIZE);
-            let data = if is_zero(&buf) {
-                Data::Zero
-            } else {
-                Data::Bytes {
-                    bytes: buf.into_bytes(),
-                    sha: None,
-                }
-            };
+            block[len..].fill(0);
+            let zero = is_zero(block);
+            buf.set_len(ALIGN + BLOCK_SIZE);
+            let data = if zero { Data::Zero } else { Data::Owned(buf) };
             Ok((data, len as u64))
         })
         .await
@@ -312,14 +307,14 @@ impl FileWriter {
         }
         let len = (inner.size - offset).min(BLOCK_SIZE as u64) as usize;
         let bytes = match data {
-            Data::Bytes { bytes, .. } => bytes,
-            Data::Zero if inner.block_device => {
+            Data::Zero if !inner.block_device => return Ok(0),
+            Data::Zero => {
                 let mut b = block_buf();
                 b.spare()[..BLOCK_SIZE].fill(0);
                 b.set_len(BLOCK_SIZE);
                 b.into_bytes()
             }
-            Data::Zero => return Ok(0),
+            other => other.into_bytes().expect("a non-zero block").0,
         };
         blocking(move || {
             let chunk = &bytes[..len];
@@ -361,14 +356,15 @@ mod tests {
             .unwrap();
         // File systems without hole support list everything; with it, only the two blocks.
         assert!(items == vec![3, 64] || items.len() == 65, "{items:?}");
-        match src.read(64).await.unwrap() {
-            (Data::Bytes { bytes, .. }, n) => {
-                assert_eq!(n, 100);
-                assert_eq!(bytes.len(), BLOCK_SIZE);
-                assert_eq!(bytes[50], b'y');
-            }
-            _ => panic!("expected data"),
-        }
+        let (data, n) = src.read(64).await.unwrap();
+        assert_eq!(n, 100);
+        let (bytes, _) = data.into_bytes().expect("a data block");
+        assert_eq!(bytes.len(), BLOCK_SIZE);
+        assert_eq!(bytes[50], b'y');
+        assert!(
+            bytes[100..].iter().all(|&b| b == 0),
+            "the short last block is zero-padded"
+        );
         assert!(matches!(src.read(10).await.unwrap().0, Data::Zero));
     }
 

@@ -23,6 +23,7 @@ pub use location::Location;
 pub use open::{Aws, Opener};
 
 use crate::cloud::AwsError;
+use crate::repo::buf::{AlignedBuf, ALIGN};
 use crate::repo::crypto::Id;
 use crate::repo::RepoError;
 
@@ -160,6 +161,21 @@ pub enum Data {
         bytes: Bytes,
         sha: Option<Id>,
     },
+    /// A block read into a recycled buffer of its own, at `buf[ALIGN..]`
+    /// (`BLOCK_SIZE` bytes), with a page of room in front: a block zstd
+    /// cannot shrink is then sealed where it lies, without a copy.
+    Owned(AlignedBuf),
+}
+
+impl Data {
+    /// A block's bytes as shared `Bytes` (page-aligned for `Owned`).
+    pub fn into_bytes(self) -> Option<(Bytes, Option<Id>)> {
+        match self {
+            Data::Zero => None,
+            Data::Bytes { bytes, sha } => Some((bytes, sha)),
+            Data::Owned(buf) => Some((buf.into_bytes().slice(ALIGN..ALIGN + BLOCK_SIZE), None)),
+        }
+    }
 }
 
 pub fn is_zero(b: &[u8]) -> bool {

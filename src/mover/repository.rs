@@ -8,6 +8,7 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use super::pool::CpuPool;
 use super::{Data, Item, MoverError, Result, Token, BLOCK_SIZE};
+use crate::repo::buf::ALIGN;
 use crate::repo::crypto::{BlockHasher, Id, Key, ZERO_ID};
 use crate::repo::format::{BlobKind, Point, FANOUT};
 use crate::repo::pack::{self, pack_name, SealedBlob};
@@ -153,21 +154,42 @@ pub struct RepoPreparer {
 
 impl RepoPreparer {
     pub async fn prepare(&self, data: Data) -> Prepared {
-        let bytes = match data {
-            Data::Zero => return Prepared::Zero,
-            Data::Bytes { bytes, .. } => bytes,
-        };
         let p = self.clone();
-        self.pool
-            .run(move || {
-                let id = p.ids.id(&bytes);
-                if p.claims.claim(&id) {
-                    Prepared::New(pack::seal_blob(&p.key, BlobKind::Data, id, &bytes, p.level))
-                } else {
-                    Prepared::Dup(id)
-                }
-            })
-            .await
+        match data {
+            Data::Zero => Prepared::Zero,
+            Data::Owned(buf) => {
+                self.pool
+                    .run(move || {
+                        let id = p.ids.id(&buf[ALIGN..]);
+                        if p.claims.claim(&id) {
+                            Prepared::New(pack::seal_block_in_place(
+                                &p.key, id, buf, ALIGN, p.level,
+                            ))
+                        } else {
+                            Prepared::Dup(id)
+                        }
+                    })
+                    .await
+            }
+            Data::Bytes { bytes, .. } => {
+                self.pool
+                    .run(move || {
+                        let id = p.ids.id(&bytes);
+                        if p.claims.claim(&id) {
+                            Prepared::New(pack::seal_blob(
+                                &p.key,
+                                BlobKind::Data,
+                                id,
+                                &bytes,
+                                p.level,
+                            ))
+                        } else {
+                            Prepared::Dup(id)
+                        }
+                    })
+                    .await
+            }
+        }
     }
 }
 

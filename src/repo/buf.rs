@@ -153,14 +153,14 @@ impl Pool {
 /// reading it with O_DIRECT from page-aligned offsets.
 pub const BLOCK_BUF: usize = crate::repo::format::BLOCK_SIZE as usize + 3 * ALIGN;
 
-/// A block-sized buffer from the process's pool (at most 256 kept free: more
+/// A block-sized buffer from the process's pool (at most 128 kept free: more
 /// than any window keeps in flight).
 pub fn block_buf() -> AlignedBuf {
     static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
     POOL.get_or_init(|| {
         Arc::new(Pool {
             cap: BLOCK_BUF,
-            max_free: 256,
+            max_free: 128,
             free: Mutex::new(Vec::new()),
         })
     })

@@ -24,7 +24,15 @@ pub struct SealedBlob {
     pub id: Id,
     pub flags: u8,
     pub raw_len: u32,
+    /// The sealed bytes are `bytes[start..]`.
     pub bytes: AlignedBuf,
+    pub start: usize,
+}
+
+impl SealedBlob {
+    pub fn sealed(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
 }
 
 fn buffer_for(len: usize) -> AlignedBuf {
@@ -35,41 +43,83 @@ fn buffer_for(len: usize) -> AlignedBuf {
     }
 }
 
-/// Compresses `plain` with zstd at `level` (kept only if it shrinks the
-/// blob; level 0 turns compression off) and seals it. CPU work: call it from
-/// a worker thread; compression contexts are reused per thread.
-pub fn seal_blob(key: &Key, kind: BlobKind, id: Id, plain: &[u8], level: i32) -> SealedBlob {
+/// `plain` compressed with zstd at `level` into a new buffer, at
+/// `[PREFIX..PREFIX + n]` with room to seal it; None when that does not
+/// shrink it (or `level` is 0).
+fn compress(plain: &[u8], level: i32) -> Option<(AlignedBuf, usize)> {
+    if level == 0 || plain.len() < 2 {
+        return None;
+    }
     let mut out = buffer_for(plain.len() + OVERHEAD);
-    let space = out.spare();
-    let mut flags = 0;
-    let mut n = plain.len();
-    if level != 0 && plain.len() > 1 {
-        // Room for one byte less than the plaintext: zstd fails unless it shrinks it.
-        let dst = &mut space[PREFIX..PREFIX + plain.len() - 1];
-        let compressed = COMPRESSOR.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.as_ref().is_none_or(|(l, _)| *l != level) {
-                *c = zstd::bulk::Compressor::new(level).ok().map(|z| (level, z));
-            }
-            c.as_mut()
-                .and_then(|(_, z)| z.compress_to_buffer(plain, dst).ok())
-        });
-        if let Some(c) = compressed {
-            flags = FLAG_ZSTD;
-            n = c;
+    // Room for one byte less than the plaintext: zstd fails unless it shrinks it.
+    let dst = &mut out.spare()[PREFIX..PREFIX + plain.len() - 1];
+    let n = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = zstd::bulk::Compressor::new(level).ok().map(|z| (level, z));
         }
-    }
-    if flags == 0 {
-        space[PREFIX..PREFIX + n].copy_from_slice(plain);
-    }
-    let sealed = key.seal_slice(&Entry::aad(kind, &id), space, n);
-    out.set_len(sealed);
+        c.as_mut()
+            .and_then(|(_, z)| z.compress_to_buffer(plain, dst).ok())
+    })?;
+    Some((out, n))
+}
+
+fn sealed(
+    key: &Key,
+    kind: BlobKind,
+    id: Id,
+    mut buf: AlignedBuf,
+    start: usize,
+    n: usize,
+    flags: u8,
+    raw_len: usize,
+) -> SealedBlob {
+    let len = key.seal_slice(&Entry::aad(kind, &id), &mut buf.spare()[start..], n);
+    buf.set_len(start + len);
     SealedBlob {
         kind,
         id,
         flags,
-        raw_len: plain.len() as u32,
-        bytes: out,
+        raw_len: raw_len as u32,
+        bytes: buf,
+        start,
+    }
+}
+
+/// Compresses `plain` with zstd at `level` (kept only if it shrinks the
+/// blob; level 0 turns compression off) and seals it. CPU work: call it from
+/// a worker thread; compression contexts are reused per thread.
+pub fn seal_blob(key: &Key, kind: BlobKind, id: Id, plain: &[u8], level: i32) -> SealedBlob {
+    match compress(plain, level) {
+        Some((out, n)) => sealed(key, kind, id, out, 0, n, FLAG_ZSTD, plain.len()),
+        None => {
+            let mut out = buffer_for(plain.len() + OVERHEAD);
+            out.spare()[PREFIX..PREFIX + plain.len()].copy_from_slice(plain);
+            sealed(key, kind, id, out, 0, plain.len(), 0, plain.len())
+        }
+    }
+}
+
+/// `seal_blob` for a data block held at `buf[at..]`, with room for the
+/// nonce in front and the tag after it: compressed into a new buffer when
+/// zstd shrinks it, else sealed where it lies — a random block (a quarter
+/// of a typical volume) is not copied (measured: copies were 12 % of a
+/// full backup's CPU).
+pub fn seal_block_in_place(
+    key: &Key,
+    id: Id,
+    buf: AlignedBuf,
+    at: usize,
+    level: i32,
+) -> SealedBlob {
+    let n = buf.len() - at;
+    assert!(
+        at >= PREFIX && buf.capacity() >= buf.len() + super::crypto::TAG_LEN,
+        "no room to seal in place"
+    );
+    match compress(&buf[at..], level) {
+        Some((out, c)) => sealed(key, BlobKind::Data, id, out, 0, c, FLAG_ZSTD, n),
+        None => sealed(key, BlobKind::Data, id, buf, at - PREFIX, n, 0, n),
     }
 }
 
@@ -171,7 +221,7 @@ impl PackBuilder {
     }
 
     pub fn add(&mut self, blob: &SealedBlob) {
-        self.add_raw(blob.kind, blob.id, blob.flags, blob.raw_len, &blob.bytes);
+        self.add_raw(blob.kind, blob.id, blob.flags, blob.raw_len, blob.sealed());
     }
 
     pub fn add_raw(&mut self, kind: BlobKind, id: Id, flags: u8, raw_len: u32, sealed: &[u8]) {

@@ -80,7 +80,7 @@ impl Writer {
 
     /// Adds a sealed blob (which the caller claimed) to the current pack.
     pub async fn add(&mut self, blob: &SealedBlob) -> Result<()> {
-        self.add_raw(blob.kind, blob.id, blob.flags, blob.raw_len, &blob.bytes)
+        self.add_raw(blob.kind, blob.id, blob.flags, blob.raw_len, blob.sealed())
             .await
     }
 
