@@ -10,4 +10,5 @@ pub mod config;
 pub mod estate;
 pub mod host;
 pub mod network;
+pub mod serve;
 pub mod workers;

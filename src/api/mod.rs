@@ -8,6 +8,7 @@
 mod ec2;
 mod net;
 mod opts;
+pub mod policy;
 mod util;
 mod workers;
 
@@ -27,8 +28,31 @@ pub use opts::RefArg;
 pub struct Context {
     pub cloud: Arc<Cloud>,
     pub waits: Waits,
-    /// The workers of this job (a runbook run, a policy run, a REPL session).
+    /// The workers of this job (a runbook run, a REPL session); a policy run
+    /// brings its own (see [`with_job_pool`]), so read it through [`Context::pool`].
     pub pool: Arc<crate::workers::WorkerPool>,
+}
+
+tokio::task_local! {
+    /// The worker pool of the job being polled, when several jobs share one
+    /// VM (the runs of a policy file under `skiff serve`).
+    static JOB_POOL: Arc<crate::workers::WorkerPool>;
+}
+
+impl Context {
+    /// The workers of the job running now: the pool given to
+    /// [`with_job_pool`] around the current call, else the VM's own.
+    pub fn pool(&self) -> Arc<crate::workers::WorkerPool> {
+        JOB_POOL
+            .try_with(Arc::clone)
+            .unwrap_or_else(|_| self.pool.clone())
+    }
+}
+
+/// Runs `f` (a call into a VM) as one job: the primitives it calls deploy
+/// workers into `pool`, which the caller removes when the job ends.
+pub async fn with_job_pool<F: Future>(pool: Arc<crate::workers::WorkerPool>, f: F) -> F::Output {
+    JOB_POOL.scope(pool, f).await
 }
 
 /// A failure a primitive reports to the script.
@@ -251,6 +275,7 @@ pub fn install(vm: &Vm, ctx: Arc<Context>, args: &[String]) -> mlua::Result<()> 
     let reg = Registrar::new(lua, ctx)?;
     ec2::register(lua, &reg)?;
     net::register(lua, &reg)?;
+    policy::register(lua, &reg)?;
     util::register(lua, &reg)?;
     workers::register(lua, &reg)?;
     lua.globals().set("args", util::args_table(lua, args)?)?;

@@ -248,7 +248,7 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     let backup = ctx.cloud.backup_account();
     let scope = placement::place(purpose, &resource, o.account.as_deref(), &backup)
         .map_err(|e| worker_error(P, e))?;
-    let pool = &ctx.pool;
+    let pool = ctx.pool();
     let (instance_type, private) = {
         let s = pool.settings.lock().unwrap();
         (
@@ -311,7 +311,7 @@ pub async fn run_task(lua: &Lua, ctx: &Context, w: Arc<Worker>, task: Value) -> 
         other => other,
     };
     let result = ctx
-        .pool
+        .pool()
         .run(&w, &op, args, |e| {
             if let (
                 Some(f),
@@ -368,7 +368,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
     })?;
     let remove = reg.async_fn(|_lua, ctx, w: Value| async move {
         let worker = handle_of("worker:remove", &w)?;
-        ctx.pool
+        ctx.pool()
             .remove(&worker)
             .await
             .map_err(|e| worker_error("worker:remove", e))?;
@@ -391,7 +391,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
                 .scope(None, Some(&o.region))
                 .map_err(|e| ApiError::field(C, "region", e))?;
             let groups = o.security_groups.iter().map(|g| g.id.clone()).collect();
-            ctx.pool
+            ctx.pool()
                 .settings
                 .lock()
                 .unwrap()
@@ -410,7 +410,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
                 .map(Purpose::parse)
                 .transpose()
                 .map_err(|m| ApiError::field(C, "purpose", m))?;
-            ctx.pool
+            ctx.pool()
                 .settings
                 .lock()
                 .unwrap()
@@ -433,7 +433,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
                     ));
                 }
             }
-            ctx.pool.settings.lock().unwrap().tags.extend(t);
+            ctx.pool().settings.lock().unwrap().tags.extend(t);
             Ok(Value::Nil)
         })?,
     )?;
