@@ -419,28 +419,32 @@ impl<'de> Deserialize<'de> for RepoArg {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RepoArg, A::Error> {
                 let (mut name, mut location, mut region, mut account, mut password) =
                     (None, None, None, None, None);
+                let (mut kind, mut unknown) = (None::<String>, None::<String>);
                 while let Some(k) = m.next_key::<String>()? {
                     match k.as_str() {
-                        "kind" => {
-                            let kind: String = m.next_value()?;
-                            if kind != "repository" {
-                                return Err(de::Error::custom(format!(
-                                    "expected a repository, got a {kind}"
-                                )));
-                            }
-                        }
+                        "kind" => kind = Some(m.next_value()?),
                         "name" => name = Some(m.next_value()?),
                         "location" => location = Some(m.next_value()?),
                         "region" => region = Some(m.next_value()?),
                         "account" => account = Some(m.next_value()?),
                         "password" => password = Some(m.next_value()?),
                         _ => {
-                            return Err(de::Error::unknown_field(
-                                &k,
-                                &["name", "location", "region", "account", "password"],
-                            ))
+                            m.next_value::<de::IgnoredAny>()?;
+                            unknown.get_or_insert(k);
                         }
                     }
+                }
+                // A table of another kind (a VPC, a worker) is named as such first.
+                if let Some(kind) = kind.filter(|k| k != "repository") {
+                    return Err(de::Error::custom(format!(
+                        "expected a repository, got a {kind}"
+                    )));
+                }
+                if let Some(k) = unknown {
+                    return Err(de::Error::unknown_field(
+                        &k,
+                        &["name", "location", "region", "account", "password"],
+                    ));
                 }
                 if name.is_none() && location.is_none() {
                     return Err(de::Error::custom(

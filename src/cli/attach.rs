@@ -362,7 +362,8 @@ pub async fn attach(state_dir: PathBuf) -> anyhow::Result<i32> {
                 println!("{}", shown.join("\t"));
             }
             Ok(_) => {}
-            Err(e) => eprintln!("{e}"),
+            // One-liners: the message says it all; a traceback would show only the host.
+            Err(e) => eprintln!("{}", e.message),
         }
     }
     // Let lines already received reach the terminal before leaving.
