@@ -117,123 +117,103 @@ pub fn format_event(ev: &Json) -> Option<String> {
     })
 }
 
-/// Installs the attach functions into a plain VM.
-fn install(lua: &Lua, client: Arc<Mutex<Client>>) -> mlua::Result<()> {
-    let g = lua.globals();
-    let ask = |client: Arc<Mutex<Client>>, name: &'static str| {
-        move |op: Op| {
-            let client = client.clone();
-            async move {
-                client
+/// Raises what a raw attach function returned as `false, message`, as a
+/// plain string (no host traceback), at no particular line.
+const WRAP: &str = r#"
+local raw = ...
+return function(...)
+  local ok, v = raw(...)
+  if ok then return v end
+  error(v, 0)
+end
+"#;
+
+/// Registers `name` as a function of the engine's answer to the request `op` builds.
+fn register<A, B>(
+    lua: &Lua,
+    client: &Arc<Mutex<Client>>,
+    name: &'static str,
+    op: B,
+) -> mlua::Result<()>
+where
+    A: mlua::FromLuaMulti + Send + 'static,
+    B: Fn(A) -> Result<(Op, &'static str), String> + Send + Sync + 'static,
+{
+    let client = client.clone();
+    let op = Arc::new(op);
+    let raw = lua.create_async_function(move |lua, args: A| {
+        let client = client.clone();
+        let op = op.clone();
+        async move {
+            let answer = async {
+                let (op, pick) = op(args).map_err(|m| format!("{name}: {m}"))?;
+                let v = client
                     .lock()
                     .await
                     .request(op)
                     .await
-                    .map_err(|e| mlua::Error::runtime(format!("{name}: {e}")))
+                    .map_err(|e| format!("{name}: {e}"))?;
+                Ok::<Json, String>(if pick.is_empty() { v } else { v[pick].clone() })
+            }
+            .await;
+            match answer {
+                Ok(v) => Ok((true, json_to_lua(&lua, &v)?)),
+                Err(m) => Ok((false, Value::String(lua.create_string(m)?))),
             }
         }
-    };
+    })?;
+    let f: mlua::Function = lua
+        .load(WRAP)
+        .set_name(crate::host::INTERNAL_CHUNK)
+        .call(raw)?;
+    lua.globals().set(name, f)
+}
 
-    let q = ask(client.clone(), "policies");
-    g.set(
-        "policies",
-        lua.create_async_function(move |lua, ()| {
-            let q = q.clone();
-            async move {
-                let v = q(Op::Policies).await?;
-                json_to_lua(&lua, &v["policies"])
-            }
-        })?,
-    )?;
-    let q = ask(client.clone(), "files");
-    g.set(
-        "files",
-        lua.create_async_function(move |lua, ()| {
-            let q = q.clone();
-            async move {
-                let v = q(Op::Policies).await?;
-                json_to_lua(&lua, &v["files"])
-            }
-        })?,
-    )?;
-    let q = ask(client.clone(), "run");
-    g.set(
-        "run",
-        lua.create_async_function(move |lua, name: Value| {
-            let q = q.clone();
-            async move {
-                let Value::String(name) = name else {
-                    return Err(mlua::Error::runtime(
-                        "run: expected a policy name, as in run(\"nightly\")",
-                    ));
-                };
-                let v = q(Op::Run {
-                    policy: name.to_str()?.to_string(),
-                })
-                .await?;
-                json_to_lua(&lua, &v)
-            }
-        })?,
-    )?;
-    let q = ask(client.clone(), "wait");
-    g.set(
+/// Installs the attach functions into a plain VM.
+fn install(lua: &Lua, client: Arc<Mutex<Client>>) -> mlua::Result<()> {
+    register(lua, &client, "policies", |()| {
+        Ok((Op::Policies, "policies"))
+    })?;
+    register(lua, &client, "files", |()| Ok((Op::Policies, "files")))?;
+    register(lua, &client, "status", |()| Ok((Op::Status, "")))?;
+    register(lua, &client, "run", |name: Value| match name {
+        Value::String(s) => Ok((
+            Op::Run {
+                policy: s.to_string_lossy(),
+            },
+            "",
+        )),
+        _ => Err("expected a policy name, as in run(\"nightly\")".into()),
+    })?;
+    register(
+        lua,
+        &client,
         "wait",
-        lua.create_async_function(move |lua, (run, timeout): (Value, Option<f64>)| {
-            let q = q.clone();
-            async move {
-                let id = match &run {
-                    Value::Integer(i) => *i,
-                    Value::Number(n) => *n as i64,
-                    Value::Table(t) => t.get::<i64>("run").map_err(|_| {
-                        mlua::Error::runtime("wait: expected a run id or the table run() returned")
-                    })?,
-                    _ => {
-                        return Err(mlua::Error::runtime(
-                            "wait: expected a run id or the table run() returned",
-                        ))
-                    }
-                };
-                let v = q(Op::Wait { run: id, timeout }).await?;
-                json_to_lua(&lua, &v)
+        |(run, timeout): (Value, Option<f64>)| {
+            let id = match &run {
+                Value::Integer(i) => Some(*i),
+                Value::Number(n) => Some(*n as i64),
+                Value::Table(t) => t.get::<i64>("run").ok(),
+                _ => None,
             }
-        })?,
+            .ok_or("expected a run id or the table run() returned")?;
+            Ok((Op::Wait { run: id, timeout }, ""))
+        },
     )?;
-    let q = ask(client.clone(), "runs");
-    g.set(
-        "runs",
-        lua.create_async_function(move |lua, arg: Value| {
-            let q = q.clone();
-            async move {
-                let (policy, limit) = match &arg {
-                    Value::Nil => (None, None),
-                    Value::String(s) => (Some(s.to_str()?.to_string()), None),
-                    Value::Table(t) => (
-                        t.get::<Option<String>>("policy")?,
-                        t.get::<Option<usize>>("limit")?,
-                    ),
-                    _ => {
-                        return Err(mlua::Error::runtime(
-                            "runs: expected nothing, a policy name, or {policy = …, limit = …}",
-                        ))
-                    }
-                };
-                let v = q(Op::Runs { policy, limit }).await?;
-                json_to_lua(&lua, &v)
-            }
-        })?,
-    )?;
-    let q = ask(client, "status");
-    g.set(
-        "status",
-        lua.create_async_function(move |lua, ()| {
-            let q = q.clone();
-            async move {
-                let v = q(Op::Status).await?;
-                json_to_lua(&lua, &v)
-            }
-        })?,
-    )?;
-    g.set(
+    register(lua, &client, "runs", |arg: Value| {
+        let (policy, limit) = match &arg {
+            Value::Nil => (None, None),
+            Value::String(s) => (Some(s.to_string_lossy()), None),
+            Value::Table(t) => (
+                t.get::<Option<String>>("policy")
+                    .map_err(|e| e.to_string())?,
+                t.get::<Option<usize>>("limit").map_err(|e| e.to_string())?,
+            ),
+            _ => return Err("expected nothing, a policy name, or {policy = …, limit = …}".into()),
+        };
+        Ok((Op::Runs { policy, limit }, ""))
+    })?;
+    lua.globals().set(
         "help",
         lua.create_function(|_, ()| {
             println!("{HELP}");

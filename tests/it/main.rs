@@ -7,5 +7,6 @@ mod harness;
 mod examples;
 mod host;
 mod network;
+mod serve;
 mod specs;
 mod workers;
