@@ -527,6 +527,16 @@ async fn files_come_and_go_and_names_stay_unique_across_files() {
     assert!(!ws.path("c.txt").exists(), "the refused file never ran");
 }
 
+/// Whether a local `skiff agent` process stands in for this instance.
+fn agent_alive(instance_id: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .any(|c| c.contains(" agent ") && c.contains(instance_id))
+}
+
 /// A policy whose run, while `hold.flag` exists, deploys a worker and holds it.
 const HOLD: &str = r#"policy{
   name = "hold", schedule = "*/3 * * * * *", select = { tags = { app = "db" } },
@@ -584,6 +594,9 @@ async fn after_kill_9_a_restart_runs_the_missed_run_once_and_reaps_the_workers_l
         (running(&workers_in(&ws.account, "us-east-1").await).len() == 1).then_some(())
     })
     .await;
+    let orphan = running(&workers_in(&ws.account, "us-east-1").await)[0]
+        .instance_id
+        .clone();
     serve.kill9().await;
     let killed_at = chrono::Utc::now();
     assert_eq!(
@@ -607,6 +620,12 @@ async fn after_kill_9_a_restart_runs_the_missed_run_once_and_reaps_the_workers_l
             .await
             .is_empty()
             .then_some(())
+    })
+    .await;
+    // The killed serve's local agent (the emulator's stand-in for the
+    // instance) sees its queue gone and exits.
+    until("the orphaned local agent to exit", 60, || async {
+        (!agent_alive(&orphan)).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
