@@ -368,6 +368,15 @@ impl Engine {
                 keys.push(k.clone());
             }
         }
+        // A Lua file appearing or changing may be the module a broken file
+        // could not find: files that failed are retried.
+        if path.extension().is_some_and(|e| e == "lua") {
+            for (k, f) in &self.files {
+                if f.error.is_some() && !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+        }
         let due = Instant::now() + self.cfg.debounce;
         for k in keys {
             self.pending.insert(k, due);

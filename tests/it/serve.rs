@@ -569,12 +569,16 @@ async fn sigterm_cancels_running_runs_and_removes_their_workers() {
         serve.log_text().contains("deployed i-").then_some(())
     })
     .await;
+    let instance = running(&workers_in(&ws.account, "us-east-1").await)[0]
+        .instance_id
+        .clone();
     let (code, log) = serve.stop().await;
     assert_eq!(code, 0, "{log}");
     assert!(
         running(&workers_in(&ws.account, "us-east-1").await).is_empty(),
         "the cancelled run's worker is gone\n{log}"
     );
+    assert!(!agent_alive(&instance), "its local agent is gone too");
     assert!(skiff_queues(&ws.account, "us-east-1").await.is_empty());
     let runs = runs_of(&ws, "hold").await;
     let held: Vec<&Value> = runs.iter().filter(|r| r["outcome"] != "skipped").collect();
@@ -582,6 +586,32 @@ async fn sigterm_cancels_running_runs_and_removes_their_workers() {
     assert_eq!(held[0]["outcome"], "cancelled");
     assert_eq!(held[0]["error"], "cancelled: skiff serve was stopping");
     assert!(log.contains("stopping: no new runs"), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_launch_removes_the_worker_being_launched() {
+    let ws = Workspace::new(WORKERS_TOML).await;
+    ws.write("hold.flag", "");
+    ws.write("policies/hold.lua", HOLD);
+    let serve = Serve::start(&ws, &[]).await;
+    // Stop as soon as the instance exists: its agent is not ready yet, so the
+    // worker is not yet handed to the run.
+    let instance = until("the instance to be launched", 60, || async {
+        workers_in(&ws.account, "us-east-1")
+            .await
+            .first()
+            .map(|w| w.instance_id.clone())
+    })
+    .await;
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "{log}");
+    let all = workers_in(&ws.account, "us-east-1").await;
+    assert!(running(&all).is_empty(), "{all:?}\n{log}");
+    assert!(
+        skiff_queues(&ws.account, "us-east-1").await.is_empty(),
+        "{log}"
+    );
+    assert!(!agent_alive(&instance), "no local agent left");
 }
 
 #[tokio::test]
