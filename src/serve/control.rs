@@ -206,7 +206,11 @@ pub async fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
         }
         std::fs::remove_file(&path)?;
     }
-    UnixListener::bind(&path)
+    let listener = UnixListener::bind(&path)?;
+    // Whoever can connect can start runs: the owner only.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Accepts connections until the listener is dropped (the task aborted).

@@ -505,15 +505,29 @@ async fn files_come_and_go_and_names_stay_unique_across_files() {
     );
     assert_eq!(file_in(&view, "policies/c.lua").unwrap()["version"], 0);
     // A deleted file's policies stop.
-    std::fs::remove_file(ws.path("policies/a.lua")).unwrap();
-    until("a's policy to be gone", 20, || async {
+    std::fs::remove_file(ws.path("policies/b.lua")).unwrap();
+    until("b's policy to be gone", 20, || async {
         let v = live_policies(&ws).await?;
-        policy_in(&v, "from-a").is_none().then_some(())
+        policy_in(&v, "from-b").is_none().then_some(())
     })
     .await;
     let gone = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after: Vec<Value> = runs_of(&ws, "from-a")
+    // Deleting a.lua frees the name c.lua wanted: c.lua, retried, now loads.
+    assert!(!ws.path("c.txt").exists(), "the refused file never ran");
+    std::fs::remove_file(ws.path("policies/a.lua")).unwrap();
+    until("c.lua to take the name over", 20, || async {
+        let v = live_policies(&ws).await?;
+        (policy_in(&v, "from-a")?["declared_at"] == "policies/c.lua:1"
+            && file_in(&v, "policies/a.lua").is_none())
+        .then_some(())
+    })
+    .await;
+    until("c's policy to run", 20, || async {
+        last_line(&ws, "c.txt").map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: Vec<Value> = runs_of(&ws, "from-b")
         .await
         .into_iter()
         .filter(|r| time_of(&r["started"]) > gone)
@@ -521,10 +535,9 @@ async fn files_come_and_go_and_names_stay_unique_across_files() {
     assert!(after.is_empty(), "a removed policy ran: {after:#?}");
     let (code, _) = serve.stop().await;
     assert_eq!(code, 0);
-    assert!(!std::fs::read_to_string(ws.path("b.txt"))
-        .unwrap()
-        .is_empty());
-    assert!(!ws.path("c.txt").exists(), "the refused file never ran");
+    let from_a = runs_of(&ws, "from-a").await;
+    assert_eq!(from_a.first().unwrap()["file"], "policies/a.lua");
+    assert_eq!(from_a.last().unwrap()["file"], "policies/c.lua");
 }
 
 /// Whether a local `skiff agent` process stands in for this instance.
