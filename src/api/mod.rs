@@ -49,6 +49,9 @@ pub struct Failure {
     pub retryable: bool,
     #[serde(skip)]
     pub details: Option<Value>,
+    /// Details known before a Lua value can be made (converted when raised).
+    #[serde(skip)]
+    pub details_json: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -68,6 +71,7 @@ impl ApiError {
             code: None,
             retryable: false,
             details: None,
+            details_json: None,
         })
     }
 
@@ -79,6 +83,7 @@ impl ApiError {
             code: e.code,
             retryable: e.retryable,
             details: None,
+            details_json: None,
         })
     }
 
@@ -110,6 +115,8 @@ fn settle(lua: &Lua, r: ApiResult) -> mlua::Result<(bool, Value)> {
             t.set("retryable", f.retryable)?;
             if let Some(d) = f.details {
                 t.set("details", d)?;
+            } else if let Some(j) = f.details_json {
+                t.set("details", lua.to_value(&j)?)?;
             }
             Ok((false, Value::Table(t)))
         }

@@ -220,16 +220,19 @@ impl WorkerPool {
                     scope: scope.clone(),
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                crate::network::NetError::Invalid { message, .. } => {
+                    WorkerError::Settings(format!("the worker subnet of {scope}: {message}"))
+                }
+                other => other.into(),
+            })?;
             if let Some(vpc) = &cfg.vpc {
                 if &s.vpc_id != vpc {
-                    return Err(WorkerError::invalid(
-                        "configuration",
-                        format!(
-                            "worker subnet {} of {} is in {}, not in the configured VPC {vpc}",
-                            s.id, scope.region, s.vpc_id
-                        ),
-                    ));
+                    return Err(WorkerError::Settings(format!(
+                        "worker subnet {} of {} is in {}, not in the configured VPC {vpc}",
+                        s.id, scope.region, s.vpc_id
+                    )));
                 }
             }
             return Ok((s.vpc_id, s.id, cfg.security_groups.clone()));
@@ -249,9 +252,7 @@ impl WorkerPool {
                     .and_then(|v| v.vpc_id())
                     .map(str::to_string)
                     .ok_or_else(|| {
-                        WorkerError::invalid(
-                            "configuration",
-                            format!(
+                        WorkerError::Settings(format!(
                                 "{} has no default VPC and no worker configuration; declare one with workers.configuration{{region = \"{}\", vpc = …, subnet = …}} or [workers.regions.{}] in skiff.toml",
                                 scope, scope.region, scope.region
                             ),
@@ -270,10 +271,7 @@ impl WorkerPool {
         let mut subnets: Vec<_> = subnets.into_iter().collect();
         subnets.sort_by(|a, b| a.az.cmp(&b.az).then(a.id.cmp(&b.id)));
         let subnet = subnets.first().ok_or_else(|| {
-            WorkerError::invalid(
-                "configuration",
-                format!("VPC {vpc} in {scope} has no subnet for workers"),
-            )
+            WorkerError::Settings(format!("VPC {vpc} in {scope} has no subnet for workers"))
         })?;
         Ok((vpc, subnet.id.clone(), cfg.security_groups.clone()))
     }
@@ -335,7 +333,7 @@ impl WorkerPool {
         let (cfg, profile, launcher, expires_after, visibility, agent_url, user_tags) = {
             let s = self.settings.lock().unwrap();
             (
-                s.region(&scope.region),
+                s.for_scope(&scope.account, &scope.region, &self.cloud.backup_account()),
                 s.file.instance_profile.clone(),
                 s.file.launcher,
                 s.expires_after(),
@@ -557,7 +555,9 @@ impl WorkerPool {
         .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key())
         .env("AWS_REGION", &w.scope.region)
         .env_remove("AWS_PROFILE")
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        // If skiff goes away in an orderly way, its agents go with it.
+        .kill_on_drop(true);
         match creds.session_token() {
             Some(t) => cmd.env("AWS_SESSION_TOKEN", t),
             None => cmd.env_remove("AWS_SESSION_TOKEN"),
@@ -627,11 +627,11 @@ impl WorkerPool {
             return Ok(());
         }
         self.live.lock().unwrap().remove(&w.id);
-        if let Some(agent) = w.agent.lock().unwrap().take() {
+        let agent = w.agent.lock().unwrap().take();
+        if let Some(agent) = agent {
             agent.stop.store(true, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let _ = agent.supervisor.await;
-            });
+            // Wait for the agent to be gone (the supervisor kills it).
+            let _ = tokio::time::timeout(Duration::from_secs(5), agent.supervisor).await;
         }
         let ec2 = self.cloud.ec2(&w.scope).await;
         let terminated = ec2
