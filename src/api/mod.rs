@@ -73,6 +73,9 @@ pub struct Failure {
     pub retryable: bool,
     #[serde(skip)]
     pub details: Option<Value>,
+    /// Details known before a Lua value can be made (converted when raised).
+    #[serde(skip)]
+    pub details_json: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -92,6 +95,7 @@ impl ApiError {
             code: None,
             retryable: false,
             details: None,
+            details_json: None,
         })
     }
 
@@ -103,6 +107,7 @@ impl ApiError {
             code: e.code,
             retryable: e.retryable,
             details: None,
+            details_json: None,
         })
     }
 
@@ -134,6 +139,8 @@ fn settle(lua: &Lua, r: ApiResult) -> mlua::Result<(bool, Value)> {
             t.set("retryable", f.retryable)?;
             if let Some(d) = f.details {
                 t.set("details", d)?;
+            } else if let Some(j) = f.details_json {
+                t.set("details", lua.to_value(&j)?)?;
             }
             Ok((false, Value::Table(t)))
         }

@@ -253,16 +253,19 @@ impl WorkerPool {
                     scope: scope.clone(),
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                crate::network::NetError::Invalid { message, .. } => {
+                    WorkerError::Settings(format!("the worker subnet of {scope}: {message}"))
+                }
+                other => other.into(),
+            })?;
             if let Some(vpc) = &cfg.vpc {
                 if &s.vpc_id != vpc {
-                    return Err(WorkerError::invalid(
-                        "configuration",
-                        format!(
-                            "worker subnet {} of {} is in {}, not in the configured VPC {vpc}",
-                            s.id, scope.region, s.vpc_id
-                        ),
-                    ));
+                    return Err(WorkerError::Settings(format!(
+                        "worker subnet {} of {} is in {}, not in the configured VPC {vpc}",
+                        s.id, scope.region, s.vpc_id
+                    )));
                 }
             }
             return Ok((s.vpc_id, s.id, cfg.security_groups.clone()));
@@ -282,9 +285,7 @@ impl WorkerPool {
                     .and_then(|v| v.vpc_id())
                     .map(str::to_string)
                     .ok_or_else(|| {
-                        WorkerError::invalid(
-                            "configuration",
-                            format!(
+                        WorkerError::Settings(format!(
                                 "{} has no default VPC and no worker configuration; declare one with workers.configuration{{region = \"{}\", vpc = …, subnet = …}} or [workers.regions.{}] in skiff.toml",
                                 scope, scope.region, scope.region
                             ),
@@ -303,10 +304,7 @@ impl WorkerPool {
         let mut subnets: Vec<_> = subnets.into_iter().collect();
         subnets.sort_by(|a, b| a.az.cmp(&b.az).then(a.id.cmp(&b.id)));
         let subnet = subnets.first().ok_or_else(|| {
-            WorkerError::invalid(
-                "configuration",
-                format!("VPC {vpc} in {scope} has no subnet for workers"),
-            )
+            WorkerError::Settings(format!("VPC {vpc} in {scope} has no subnet for workers"))
         })?;
         Ok((vpc, subnet.id.clone(), cfg.security_groups.clone()))
     }
@@ -368,7 +366,7 @@ impl WorkerPool {
         let (cfg, profile, launcher, expires_after, visibility, agent_url, user_tags) = {
             let s = self.settings.lock().unwrap();
             (
-                s.region(&scope.region),
+                s.for_scope(&scope.account, &scope.region, &self.cloud.backup_account()),
                 s.file.instance_profile.clone(),
                 s.file.launcher,
                 s.expires_after(),
@@ -605,7 +603,7 @@ impl WorkerPool {
         .env("AWS_REGION", &w.scope.region)
         .env_remove("AWS_PROFILE")
         .stdin(std::process::Stdio::null())
-        // Should its supervisor be dropped (the process exiting), so is the agent.
+        // If skiff goes away in an orderly way, its agents go with it.
         .kill_on_drop(true);
         match creds.session_token() {
             Some(t) => cmd.env("AWS_SESSION_TOKEN", t),
@@ -677,10 +675,11 @@ impl WorkerPool {
         }
         self.live.lock().unwrap().remove(&w.id);
         let agent = w.agent.lock().unwrap().take();
-        let supervisor = agent.map(|agent| {
+        if let Some(agent) = agent {
             agent.stop.store(true, Ordering::SeqCst);
-            agent.supervisor
-        });
+            // Wait for the agent to be gone (the supervisor kills it).
+            let _ = tokio::time::timeout(Duration::from_secs(5), agent.supervisor).await;
+        }
         let ec2 = self.cloud.ec2(&w.scope).await;
         let terminated = ec2
             .terminate_instances()
@@ -691,12 +690,6 @@ impl WorkerPool {
         let sqs = self.cloud.sqs(&w.scope).await;
         let queue = channel::delete_queue(&sqs, &w.task_queue).await;
         w._permit.lock().unwrap().take();
-        // Awaited, not left to a task: a process exiting right after the
-        // removal (a runbook's end, `skiff serve` stopping) drops its tasks,
-        // and the local agent would outlive it.
-        if let Some(s) = supervisor {
-            let _ = s.await;
-        }
         tracing::info!("removed worker {} ({})", w.id, w.instance_id);
         terminated?;
         queue

@@ -7,7 +7,7 @@ async fn lua_specs_pass() {
     let emu = emulator();
     let other = emu.account().await;
     let ws = Workspace::new(&format!(
-        "[accounts.other]\nrole_arn = \"arn:aws:iam::{}:role/skiff\"\nregion = \"eu-west-1\"\n",
+        "[accounts.other]\nrole_arn = \"arn:aws:iam::{}:role/skiff\"\nregion = \"eu-west-1\"\n[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n",
         other.id
     ))
     .await;
