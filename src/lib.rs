@@ -12,4 +12,5 @@ pub mod host;
 pub mod mover;
 pub mod network;
 pub mod repo;
+pub mod serve;
 pub mod workers;

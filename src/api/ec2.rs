@@ -361,34 +361,54 @@ fn estate_error(prim: &str, e: estate::EstateError) -> ApiError {
 async fn instances_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "ec2.instances";
     let o: InstancesOpts = opts::parse(P, v)?;
+    if o.account.is_some() && !o.accounts.is_empty() {
+        return Err(ApiError::field(
+            P,
+            "accounts",
+            "give account or accounts, not both",
+        ));
+    }
+    if o.region.is_some() && !o.regions.is_empty() {
+        return Err(ApiError::field(
+            P,
+            "regions",
+            "give region or regions, not both",
+        ));
+    }
+    // Each name is checked on its own, so an error names the right field.
     let accounts: Vec<Option<String>> = if o.accounts.is_empty() {
         vec![o.account.clone()]
     } else {
         o.accounts.iter().cloned().map(Some).collect()
     };
+    for (i, a) in o.accounts.iter().enumerate() {
+        ctx.cloud
+            .scope(Some(a), Some("us-east-1"))
+            .map_err(|e| ApiError::field(P, &format!("accounts[{}]", i + 1), e))?;
+    }
+    for (i, r) in o.regions.iter().enumerate() {
+        ctx.cloud
+            .scope(None, Some(r))
+            .map_err(|e| ApiError::field(P, &format!("regions[{}]", i + 1), e))?;
+    }
     let regions: Vec<Option<String>> = if o.regions.is_empty() {
         vec![o.region.clone()]
     } else {
         o.regions.iter().cloned().map(Some).collect()
     };
+    for (i, id) in o.ids.iter().enumerate() {
+        if !id.starts_with("i-") {
+            return Err(ApiError::field(
+                P,
+                &format!("ids[{}]", i + 1),
+                format!("expected an instance id (\"i-…\"), got {id:?}"),
+            ));
+        }
+    }
     let mut scopes = Vec::new();
     for a in &accounts {
         for r in &regions {
-            let field = if o.accounts.is_empty() && o.regions.is_empty() {
-                ""
-            } else {
-                "accounts"
-            };
-            let s =
-                opts::scope(&ctx, P, a.as_deref(), r.as_deref()).map_err(|e| match (field, e) {
-                    ("", e) => e,
-                    (_, ApiError::Usage(m)) => ApiError::Usage(
-                        m.replace("opts.account:", "opts.accounts:")
-                            .replace("opts.region:", "opts.regions:"),
-                    ),
-                    (_, e) => e,
-                })?;
-            scopes.push(s);
+            scopes.push(opts::scope(&ctx, P, a.as_deref(), r.as_deref())?);
         }
     }
     let found = futures::future::try_join_all(
@@ -532,6 +552,8 @@ struct VolumeOpts {
     az: Option<String>,
     #[serde(rename = "type")]
     volume_type: Option<String>,
+    /// Provisioned IOPS (io1, io2, and gp3 above its baseline).
+    iops: Option<i32>,
     #[serde(default)]
     tags: Tags,
     timeout: Option<u64>,
@@ -559,6 +581,15 @@ async fn volume_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             None,
         ),
     };
+    if let Some(n) = o.size {
+        if !(1..=65536).contains(&n) {
+            return Err(ApiError::field(
+                P,
+                "size",
+                format!("{n} GiB is not a volume size (1 to 65536)"),
+            ));
+        }
+    }
     let az = o.az.unwrap_or_else(|| format!("{}a", scope.region));
     let mut tags = o.tags;
     tags.entry("skiff:managed".into())
@@ -570,6 +601,7 @@ async fn volume_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         o.size,
         &az,
         o.volume_type.as_deref().unwrap_or("gp3"),
+        o.iops,
         &tags,
         std::time::Duration::from_secs(o.timeout.unwrap_or(1800)),
     )

@@ -8,6 +8,7 @@
 mod ec2;
 mod net;
 mod opts;
+pub mod policy;
 mod util;
 mod volume;
 mod workers;
@@ -28,8 +29,31 @@ pub use opts::RefArg;
 pub struct Context {
     pub cloud: Arc<Cloud>,
     pub waits: Waits,
-    /// The workers of this job (a runbook run, a policy run, a REPL session).
+    /// The workers of this job (a runbook run, a REPL session); a policy run
+    /// brings its own (see [`with_job_pool`]), so read it through [`Context::pool`].
     pub pool: Arc<crate::workers::WorkerPool>,
+}
+
+tokio::task_local! {
+    /// The worker pool of the job being polled, when several jobs share one
+    /// VM (the runs of a policy file under `skiff serve`).
+    static JOB_POOL: Arc<crate::workers::WorkerPool>;
+}
+
+impl Context {
+    /// The workers of the job running now: the pool given to
+    /// [`with_job_pool`] around the current call, else the VM's own.
+    pub fn pool(&self) -> Arc<crate::workers::WorkerPool> {
+        JOB_POOL
+            .try_with(Arc::clone)
+            .unwrap_or_else(|_| self.pool.clone())
+    }
+}
+
+/// Runs `f` (a call into a VM) as one job: the primitives it calls deploy
+/// workers into `pool`, which the caller removes when the job ends.
+pub async fn with_job_pool<F: Future>(pool: Arc<crate::workers::WorkerPool>, f: F) -> F::Output {
+    JOB_POOL.scope(pool, f).await
 }
 
 /// A failure a primitive reports to the script.
@@ -50,6 +74,9 @@ pub struct Failure {
     pub retryable: bool,
     #[serde(skip)]
     pub details: Option<Value>,
+    /// Details known before a Lua value can be made (converted when raised).
+    #[serde(skip)]
+    pub details_json: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -69,6 +96,7 @@ impl ApiError {
             code: None,
             retryable: false,
             details: None,
+            details_json: None,
         })
     }
 
@@ -80,6 +108,7 @@ impl ApiError {
             code: e.code,
             retryable: e.retryable,
             details: None,
+            details_json: None,
         })
     }
 
@@ -111,6 +140,8 @@ fn settle(lua: &Lua, r: ApiResult) -> mlua::Result<(bool, Value)> {
             t.set("retryable", f.retryable)?;
             if let Some(d) = f.details {
                 t.set("details", d)?;
+            } else if let Some(j) = f.details_json {
+                t.set("details", lua.to_value(&j)?)?;
             }
             Ok((false, Value::Table(t)))
         }
@@ -252,6 +283,7 @@ pub fn install(vm: &Vm, ctx: Arc<Context>, args: &[String]) -> mlua::Result<()> 
     let reg = Registrar::new(lua, ctx)?;
     ec2::register(lua, &reg)?;
     net::register(lua, &reg)?;
+    policy::register(lua, &reg)?;
     util::register(lua, &reg)?;
     workers::register(lua, &reg)?;
     volume::register(lua, &reg)?;

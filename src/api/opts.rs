@@ -9,7 +9,7 @@ use super::{ApiError, Context};
 use crate::cloud::Scope;
 use crate::network::ResourceRef;
 
-fn lua_type(v: &Value) -> &'static str {
+pub(crate) fn lua_type(v: &Value) -> &'static str {
     match v {
         Value::Nil => "nil",
         Value::Boolean(_) => "boolean",
@@ -42,6 +42,13 @@ fn reword(path: &str, msg: &str) -> (String, String) {
                 .trim_start_matches("an ")
                 .replace("sequence", "list")
                 .replace("map", "table");
+            let expected = match expected.as_str() {
+                "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
+                    "integer".to_string()
+                }
+                "f32" | "f64" => "number".to_string(),
+                _ => expected,
+            };
             return (path.to_string(), format!("expected {expected}, got {got}"));
         }
     }
@@ -162,7 +169,7 @@ impl<'de> Deserialize<'de> for RefArg {
         impl<'de> Visitor<'de> for V {
             type Value = RefArg;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an id string or a resource table")
+                f.write_str("a resource id or table")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RefArg, E> {
                 Ok(RefArg {

@@ -110,7 +110,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
                         P,
                         format!(
                             "expected seconds since the epoch, got {}",
-                            other.type_name()
+                            super::opts::lua_type(&other)
                         ),
                     ))
                 }
@@ -161,7 +161,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
 
 /// Lua to JSON, refusing what JSON cannot say instead of dropping it: a
 /// sequence becomes an array, a table with string keys an object.
-fn to_json(v: &Value, path: &str, depth: usize) -> Result<serde_json::Value, String> {
+pub(crate) fn to_json(v: &Value, path: &str, depth: usize) -> Result<serde_json::Value, String> {
     if depth > 64 {
         return Err(format!("{path}: nested too deeply (or a cycle)"));
     }

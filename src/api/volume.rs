@@ -161,6 +161,7 @@ fn mover_error(prim: &str, e: MoverError) -> ApiError {
             retryable: other.retryable(),
             message: other.to_string(),
             details: None,
+            details_json: None,
         }),
     }
 }

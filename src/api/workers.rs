@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mlua::{AnyUserData, Function, Lua, LuaSerdeExt, Table, Value};
+use aws_sdk_ec2::types::InstanceType;
+use mlua::{AnyUserData, Function, Lua, Table, Value};
 use serde::Deserialize;
 
-use super::opts::{self, Tags};
+use super::opts::{self, List, RefArg, Tags};
 use super::{ApiError, ApiResult, Context, Registrar};
 use crate::cloud::Scope;
+use crate::network::ResourceRef;
 use crate::workers::channel::Event;
 use crate::workers::launch::LaunchSpec;
 use crate::workers::placement::{self, Purpose, Resource, ResourceKind};
@@ -25,7 +27,14 @@ impl mlua::UserData for Handle {}
 pub fn worker_error(prim: &str, e: WorkerError) -> ApiError {
     match e {
         WorkerError::Invalid { field, message } => ApiError::field(prim, &field, message),
-        WorkerError::Preflight { .. } => ApiError::fail("preflight", prim, e.to_string()),
+        WorkerError::Preflight { ref findings, .. } => {
+            let details = serde_json::json!({ "findings": findings });
+            let mut err = ApiError::fail("preflight", prim, e.to_string());
+            if let ApiError::Fail(f) = &mut err {
+                f.details_json = Some(details);
+            }
+            err
+        }
         WorkerError::Aws(a) => ApiError::aws(a),
         WorkerError::Net(n) => ApiError::net(prim, n),
         WorkerError::Lost(m) => ApiError::fail("worker_lost", prim, m),
@@ -42,8 +51,10 @@ pub fn worker_error(prim: &str, e: WorkerError) -> ApiError {
             code,
             retryable,
             details: None,
+            details_json: None,
         }),
         WorkerError::Io(m) => ApiError::fail("io", prim, m),
+        WorkerError::Settings(m) => ApiError::usage(prim, format!("worker settings: {m}")),
     }
 }
 
@@ -65,8 +76,27 @@ fn str_field<'a>(v: &'a serde_json::Value, k: &str) -> Option<&'a str> {
     v.get(k).and_then(|x| x.as_str())
 }
 
-/// Reads `resource`: an id string, a table from a primitive, a repository
-/// location, or a restore target `{region = …, account = …}`.
+fn kind_of_id(s: &str) -> Option<ResourceKind> {
+    if s.starts_with("i-") {
+        Some(ResourceKind::Instance)
+    } else if s.starts_with("vol-") {
+        Some(ResourceKind::Volume)
+    } else if s.starts_with("snap-") {
+        Some(ResourceKind::Snapshot)
+    } else if s.starts_with("s3://")
+        || s.starts_with("repo:")
+        || s.starts_with('/')
+        || s.starts_with('.')
+    {
+        Some(ResourceKind::Repository)
+    } else {
+        None
+    }
+}
+
+/// Reads `resource`: an id string, a table from a primitive (its own
+/// account and region honoured), a repository `{kind = "repository", id =
+/// location, region = …}`, or a restore target `{region = …, account = …}`.
 async fn resolve_resource(
     ctx: &Context,
     v: &serde_json::Value,
@@ -75,56 +105,50 @@ async fn resolve_resource(
 ) -> Result<Resource, ApiError> {
     let (kind, id, acc, reg) = match v {
         serde_json::Value::String(s) => {
-            let kind = if s.starts_with("i-") {
-                ResourceKind::Instance
-            } else if s.starts_with("vol-") {
-                ResourceKind::Volume
-            } else if s.starts_with("snap-") {
-                ResourceKind::Snapshot
-            } else if s.starts_with("s3://")
-                || s.starts_with("repo:")
-                || s.starts_with('/')
-                || s.starts_with('.')
-            {
-                ResourceKind::Repository
-            } else {
-                return Err(ApiError::field(
+            let kind = kind_of_id(s).ok_or_else(|| {
+                ApiError::field(
                     P,
                     "resource",
                     format!("{s:?} is not an instance, volume, snapshot id or repository location"),
-                ));
-            };
+                )
+            })?;
             (kind, s.clone(), None, None)
         }
         serde_json::Value::Object(_) => {
-            let kind = match str_field(v, "kind") {
-                Some("instance") => ResourceKind::Instance,
-                Some("volume") => ResourceKind::Volume,
-                Some("snapshot") => ResourceKind::Snapshot,
-                Some("repository") => ResourceKind::Repository,
-                Some("target") | None if str_field(v, "id").is_none() => ResourceKind::Target,
-                Some(other) => {
+            let id = str_field(v, "id")
+                .or_else(|| str_field(v, "location"))
+                .map(str::to_string);
+            let kind = match (str_field(v, "kind"), &id) {
+                (Some("instance"), _) => ResourceKind::Instance,
+                (Some("volume"), _) => ResourceKind::Volume,
+                (Some("snapshot"), _) => ResourceKind::Snapshot,
+                (Some("repository"), _) => ResourceKind::Repository,
+                (Some("target"), _) | (None, None) => ResourceKind::Target,
+                (None, Some(id)) => kind_of_id(id).ok_or_else(|| {
+                    ApiError::field(
+                        P,
+                        "resource.id",
+                        format!(
+                            "{id:?} is not an instance, volume, snapshot id or repository location"
+                        ),
+                    )
+                })?,
+                (Some(other), _) => {
                     return Err(ApiError::field(
                         P,
                         "resource",
-                        format!("a {other} is not something a worker is placed by"),
+                        format!(
+                            "{} is not something a worker is placed by",
+                            placement::article(other)
+                        ),
                     ));
                 }
-                None => {
-                    let id = str_field(v, "id").unwrap_or_default();
-                    return Box::pin(resolve_resource(
-                        ctx,
-                        &serde_json::Value::String(id.to_string()),
-                        account,
-                        region,
-                    ))
-                    .await;
-                }
             };
-            let id = str_field(v, "id")
-                .or_else(|| str_field(v, "location"))
-                .map(str::to_string)
-                .unwrap_or_else(|| "target".to_string());
+            let id = match (kind, id) {
+                (ResourceKind::Target, id) => id.unwrap_or_else(|| "target".to_string()),
+                (_, Some(id)) => id,
+                (_, None) => return Err(ApiError::field(P, "resource.id", "required")),
+            };
             (
                 kind,
                 id,
@@ -140,12 +164,23 @@ async fn resolve_resource(
             ))
         }
     };
-    let scope = opts::scope(
-        ctx,
-        P,
-        acc.as_deref().or(account),
-        reg.as_deref().or(region),
-    )?;
+    // The table's own account and region, named as its fields when wrong.
+    let in_table = acc.is_some() || reg.is_some();
+    let scope = ctx
+        .cloud
+        .scope(acc.as_deref().or(account), reg.as_deref().or(region))
+        .map_err(|e| {
+            let which = match e {
+                crate::cloud::ScopeError::UnknownAccount { .. } => "account",
+                _ => "region",
+            };
+            let field = if in_table {
+                format!("resource.{which}")
+            } else {
+                which.to_string()
+            };
+            ApiError::field(P, &field, e)
+        })?;
     let size_gib = size_of(ctx, kind, &id, &scope).await?;
     Ok(Resource {
         kind,
@@ -153,6 +188,32 @@ async fn resolve_resource(
         scope,
         size_gib,
     })
+}
+
+fn check_instance_type(prim: &str, field: &str, t: &str) -> Result<(), ApiError> {
+    if InstanceType::values().contains(&t) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            prim,
+            field,
+            format!("unknown instance type {t:?}"),
+        ))
+    }
+}
+
+/// Tags a script may not set: skiff's own, and `Name`, which skiff sets.
+fn check_user_tags(prim: &str, tags: &Tags) -> Result<(), ApiError> {
+    for k in tags.keys() {
+        if k.starts_with("skiff:") || k == "Name" {
+            return Err(ApiError::field(
+                prim,
+                &format!("tags.{k}"),
+                "the Name tag and tags starting with \"skiff:\" are skiff's own",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Total size of the volumes behind a resource (GiB), for the instance type.
@@ -238,17 +299,21 @@ fn handle_table(lua: &Lua, w: Arc<Worker>) -> mlua::Result<Table> {
 async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     let o: DeployOpts = opts::parse(P, v)?;
     let purpose = Purpose::parse(&o.purpose).map_err(|m| ApiError::field(P, "purpose", m))?;
-    let resource =
-        resolve_resource(&ctx, &o.resource, o.account.as_deref(), o.region.as_deref()).await?;
+    if let Some(p) = &o.profile {
+        check_instance_type(P, "profile", p)?;
+    }
+    check_user_tags(P, &o.tags)?;
     if let Some(a) = &o.account {
         ctx.cloud
             .scope(Some(a), None)
             .map_err(|e| ApiError::field(P, "account", e))?;
     }
+    let resource =
+        resolve_resource(&ctx, &o.resource, o.account.as_deref(), o.region.as_deref()).await?;
     let backup = ctx.cloud.backup_account();
     let scope = placement::place(purpose, &resource, o.account.as_deref(), &backup)
         .map_err(|e| worker_error(P, e))?;
-    let pool = &ctx.pool;
+    let pool = ctx.pool();
     let (instance_type, private) = {
         let s = pool.settings.lock().unwrap();
         (
@@ -275,44 +340,63 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
 }
 
 fn handle_of(prim: &str, v: &Value) -> Result<Arc<Worker>, ApiError> {
+    let not_a_worker = || ApiError::usage(prim, "expected a worker from deploy_worker");
     let Value::Table(t) = v else {
-        return Err(ApiError::usage(
-            prim,
-            "expected a worker from deploy_worker",
-        ));
+        return Err(not_a_worker());
     };
-    let ud: AnyUserData = t
-        .get("__handle")
-        .map_err(|_| ApiError::usage(prim, "expected a worker from deploy_worker"))?;
-    let h = ud
-        .borrow::<Handle>()
-        .map_err(|_| ApiError::usage(prim, "expected a worker from deploy_worker"))?;
+    let ud: AnyUserData = t.get("__handle").map_err(|_| not_a_worker())?;
+    let h = ud.borrow::<Handle>().map_err(|_| not_a_worker())?;
     Ok(h.0.clone())
 }
 
-/// `w:run{op = …, …, progress = fn}`: runs a task on the worker.
+/// `w:run{op = …, …, progress = fn}`: runs a task on the worker. The
+/// caller's table is left as it was.
 pub async fn run_task(lua: &Lua, ctx: &Context, w: Arc<Worker>, task: Value) -> ApiResult {
     const R: &str = "worker:run";
-    let progress = opts::take_function(R, &task, "progress")?;
     let Value::Table(t) = &task else {
         return Err(ApiError::usage(R, "expected a task table {op = …}"));
     };
-    let op: String = t
-        .get::<Option<String>>("op")
-        .ok()
-        .flatten()
-        .ok_or_else(|| ApiError::field(R, "op", "required"))?;
-    t.raw_set("op", Value::Nil).ok();
-    let args: serde_json::Value = lua
-        .from_value(task.clone())
-        .map_err(|e| ApiError::field(R, "args", e))?;
-    let args = match args {
-        serde_json::Value::Array(a) if a.is_empty() => serde_json::json!({}),
-        other => other,
+    let op = match t.get::<Value>("op") {
+        Ok(Value::String(s)) => s.to_string_lossy(),
+        Ok(Value::Nil) => return Err(ApiError::field(R, "op", "required")),
+        Ok(other) => {
+            return Err(ApiError::field(
+                R,
+                "op",
+                format!("expected string, got {}", opts::lua_type(&other)),
+            ))
+        }
+        Err(e) => return Err(ApiError::field(R, "op", e)),
     };
+    let mut progress = None;
+    let mut args = serde_json::Map::new();
+    for pair in t.clone().pairs::<Value, Value>() {
+        let (k, v) = pair.map_err(|e| ApiError::usage(R, e))?;
+        let Value::String(k) = k else {
+            return Err(ApiError::usage(R, "task keys must be names"));
+        };
+        let key = k.to_string_lossy();
+        match (key.as_str(), v) {
+            ("op", _) => {}
+            ("progress", Value::Function(f)) => progress = Some(f),
+            ("progress", other) => {
+                return Err(ApiError::field(
+                    R,
+                    "progress",
+                    format!("expected function, got {}", opts::lua_type(&other)),
+                ))
+            }
+            (_, v) => {
+                let j = super::util::to_json(&v, &format!("opts.{key}"), 0).map_err(|m| {
+                    ApiError::usage(R, format!("{m} (tasks travel to the worker as JSON)"))
+                })?;
+                args.insert(key, j);
+            }
+        }
+    }
     let result = ctx
-        .pool
-        .run(&w, &op, args, |e| {
+        .pool()
+        .run(&w, &op, serde_json::Value::Object(args), |e| {
             if let (
                 Some(f),
                 Event::Progress {
@@ -334,10 +418,11 @@ pub async fn run_task(lua: &Lua, ctx: &Context, w: Arc<Worker>, task: Value) -> 
 #[serde(deny_unknown_fields)]
 struct ConfigurationOpts {
     region: String,
-    vpc: Option<String>,
-    subnet: Option<String>,
+    account: Option<String>,
+    vpc: Option<RefArg>,
+    subnet: Option<RefArg>,
     #[serde(default)]
-    security_groups: super::opts::List<super::RefArg>,
+    security_groups: List<RefArg>,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +433,100 @@ struct ProfileOpts {
     instance_type: String,
 }
 
+/// `workers.configuration{}`: checks the network now, so a mistake shows
+/// here and not at the next launch.
+async fn configuration(_lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
+    const C: &str = "workers.configuration";
+    let o: ConfigurationOpts = opts::parse(C, v)?;
+    let account = o
+        .account
+        .clone()
+        .unwrap_or_else(|| ctx.cloud.backup_account());
+    let scope = opts::scope(&ctx, C, Some(&account), Some(&o.region))?;
+    let r = |arg: &RefArg, field: &str, kind: &str| -> Result<ResourceRef, ApiError> {
+        let resolved = arg.resolve(
+            &ctx,
+            C,
+            field,
+            kind,
+            Some(&scope.account),
+            Some(&scope.region),
+        )?;
+        if resolved.scope != scope {
+            return Err(ApiError::field(
+                C,
+                field,
+                format!("{} is in {}, not in {scope}", arg.id, resolved.scope),
+            ));
+        }
+        Ok(resolved)
+    };
+    let vpc = o.vpc.as_ref().map(|a| r(a, "vpc", "vpc")).transpose()?;
+    let subnet = o
+        .subnet
+        .as_ref()
+        .map(|a| r(a, "subnet", "subnet"))
+        .transpose()?;
+    let groups: Vec<ResourceRef> = o
+        .security_groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| r(g, &format!("security_groups[{}]", i + 1), "security_group"))
+        .collect::<Result<_, _>>()?;
+    let cloud = &ctx.cloud;
+    let vpc_id = match (&vpc, &subnet) {
+        (_, Some(s)) => {
+            let sub = crate::network::subnet::lookup(cloud, "subnet", s)
+                .await
+                .map_err(|e| ApiError::net(C, e))?;
+            if let Some(v) = &vpc {
+                if sub.vpc_id != v.id {
+                    return Err(ApiError::field(
+                        C,
+                        "subnet",
+                        format!("{} is in {}, not in {}", sub.id, sub.vpc_id, v.id),
+                    ));
+                }
+            }
+            Some(sub.vpc_id)
+        }
+        (Some(v), None) => Some(
+            crate::network::vpc::lookup(cloud, "vpc", v)
+                .await
+                .map_err(|e| ApiError::net(C, e))?
+                .id,
+        ),
+        (None, None) => None,
+    };
+    let ids: Vec<String> = groups.iter().map(|g| g.id.clone()).collect();
+    let found = crate::network::security_group::lookup_many(cloud, "security_groups", &scope, &ids)
+        .await
+        .map_err(|e| ApiError::net(C, e))?;
+    for (i, g) in found.iter().enumerate() {
+        if let Some(v) = &vpc_id {
+            if &g.vpc_id != v {
+                return Err(ApiError::field(
+                    C,
+                    &format!("security_groups[{}]", i + 1),
+                    format!("{} is in {}, not in {v}", g.id, g.vpc_id),
+                ));
+            }
+        }
+    }
+    let for_account = o
+        .account
+        .as_deref()
+        .filter(|a| *a != ctx.cloud.backup_account());
+    ctx.pool().settings.lock().unwrap().configure(
+        for_account,
+        &o.region,
+        vpc_id.clone(),
+        subnet.map(|s| s.id),
+        ids,
+    );
+    Ok(Value::Nil)
+}
+
 const WORKER_METHODS: &str = r#"
 local run_task, remove = ...
 local Worker = { __name = "skiff.worker" }
@@ -355,6 +534,21 @@ Worker.__index = Worker
 function Worker.run(self, task) return run_task(self, task) end
 function Worker.remove(self) return remove(self) end
 return Worker
+"#;
+
+/// `parallel(items, fn, limit?)`, raising a call's error value unchanged.
+const PARALLEL: &str = r#"
+local raw = ...
+return function(items, fn, limit)
+  if type(items) ~= "table" then error("parallel: items: expected a list, got " .. type(items), 2) end
+  if type(fn) ~= "function" then error("parallel: fn: expected a function, got " .. type(fn), 2) end
+  if limit ~= nil and (math.type(limit) ~= "integer" or limit < 1) then
+    error("parallel: limit: expected a positive integer, got " .. tostring(limit), 2)
+  end
+  local results, err, failed = raw(items, function(item, i) return pcall(fn, item, i) end, limit)
+  if failed then error(err, 0) end
+  return results
+end
 "#;
 
 pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
@@ -368,7 +562,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
     })?;
     let remove = reg.async_fn(|_lua, ctx, w: Value| async move {
         let worker = handle_of("worker:remove", &w)?;
-        ctx.pool
+        ctx.pool()
             .remove(&worker)
             .await
             .map_err(|e| worker_error("worker:remove", e))?;
@@ -381,36 +575,23 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
     lua.set_named_registry_value("skiff.worker", mt)?;
 
     let workers = lua.create_table()?;
-    workers.set(
-        "configuration",
-        reg.sync_fn(|_lua, ctx, args| {
-            const C: &str = "workers.configuration";
-            let o: ConfigurationOpts =
-                opts::parse(C, args.into_iter().next().unwrap_or(Value::Nil))?;
-            ctx.cloud
-                .scope(None, Some(&o.region))
-                .map_err(|e| ApiError::field(C, "region", e))?;
-            let groups = o.security_groups.iter().map(|g| g.id.clone()).collect();
-            ctx.pool
-                .settings
-                .lock()
-                .unwrap()
-                .configure(&o.region, o.vpc, o.subnet, groups);
-            Ok(Value::Nil)
-        })?,
-    )?;
+    workers.set("configuration", reg.async_fn(configuration)?)?;
     workers.set(
         "profile",
         reg.sync_fn(|_lua, ctx, args| {
             const C: &str = "workers.profile";
             let o: ProfileOpts = opts::parse(C, args.into_iter().next().unwrap_or(Value::Nil))?;
+            ctx.cloud
+                .scope(None, Some(&o.region))
+                .map_err(|e| ApiError::field(C, "region", e))?;
+            check_instance_type(C, "instance_type", &o.instance_type)?;
             let purpose = o
                 .purpose
                 .as_deref()
                 .map(Purpose::parse)
                 .transpose()
                 .map_err(|m| ApiError::field(C, "purpose", m))?;
-            ctx.pool
+            ctx.pool()
                 .settings
                 .lock()
                 .unwrap()
@@ -424,41 +605,41 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
             const C: &str = "workers.tags";
             let t: BTreeMap<String, String> =
                 opts::parse(C, args.into_iter().next().unwrap_or(Value::Nil))?;
-            for k in t.keys() {
-                if k.starts_with("skiff:") {
-                    return Err(ApiError::field(
-                        C,
-                        k,
-                        "tags starting with \"skiff:\" are skiff's own",
-                    ));
-                }
-            }
-            ctx.pool.settings.lock().unwrap().tags.extend(t);
+            check_user_tags(C, &t).map_err(|e| match e {
+                ApiError::Usage(m) => ApiError::Usage(m.replace("opts.tags.", "opts.")),
+                other => other,
+            })?;
+            ctx.pool().settings.lock().unwrap().tags.extend(t);
             Ok(Value::Nil)
         })?,
     )?;
     g.set("workers", workers)?;
 
-    g.set("parallel", lua.create_async_function(parallel)?)?;
+    let raw = lua.create_async_function(parallel)?;
+    let parallel_fn: Function = lua
+        .load(PARALLEL)
+        .set_name(crate::host::INTERNAL_CHUNK)
+        .call(raw)?;
+    g.set("parallel", parallel_fn)?;
     Ok(())
 }
 
-/// `parallel(items, fn, limit?)`: calls `fn(item, index)` for every item
-/// concurrently (at most `limit` at a time, default all) and returns the
-/// results in order; the first error is raised after all calls settle.
+/// Runs `call(item, index)` (a function returning `pcall`'s results) for
+/// every item concurrently, at most `limit` at a time; returns the results
+/// in order and the first error value, if any.
 async fn parallel(
     lua: Lua,
-    (items, f, limit): (Table, Function, Option<usize>),
-) -> mlua::Result<Table> {
+    (items, call, limit): (Table, Function, Option<usize>),
+) -> mlua::Result<(Table, Value, bool)> {
     let n = items.raw_len();
     let limit = limit.unwrap_or(n).max(1);
     let mut futures = Vec::with_capacity(n);
     for i in 1..=n {
         let item: Value = items.raw_get(i)?;
-        let thread = lua.create_thread(f.clone())?;
-        futures.push(async move { thread.into_async::<Value>((item, i))?.await });
+        let thread = lua.create_thread(call.clone())?;
+        futures.push(async move { thread.into_async::<(bool, Value)>((item, i))?.await });
     }
-    let results: Vec<mlua::Result<Value>> = {
+    let results: Vec<mlua::Result<(bool, Value)>> = {
         use futures::stream::StreamExt;
         futures::stream::iter(futures)
             .buffered(limit)
@@ -466,19 +647,15 @@ async fn parallel(
             .await
     };
     let out = lua.create_table()?;
-    let mut first_error = None;
+    let mut first_error: Option<Value> = None;
     for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(v) => out.raw_set(i + 1, v)?,
-            Err(e) => {
-                if first_error.is_none() {
-                    first_error = Some(e);
-                }
-            }
+        let (ok, v) = r?;
+        if ok {
+            out.raw_set(i + 1, v)?;
+        } else if first_error.is_none() {
+            first_error = Some(v);
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    let failed = first_error.is_some();
+    Ok((out, first_error.unwrap_or(Value::Nil), failed))
 }

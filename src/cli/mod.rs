@@ -1,9 +1,11 @@
 //! The `skiff` command line: one module per verb.
 
+mod attach;
 mod copy;
 mod repl;
 mod repo;
 mod run;
+mod serve;
 mod spec;
 mod workers;
 
@@ -38,6 +40,12 @@ pub enum Command {
     Repl(repl::ReplArgs),
     /// Run Lua spec files (describe/it/expect); the exit code reflects failures.
     Test(spec::TestArgs),
+    /// Load the policies in DIR, run them on their schedules, hot-reload edits.
+    Serve(serve::ServeArgs),
+    /// The history of policy runs, newest first.
+    Runs(serve::RunsArgs),
+    /// Loaded policies: schedule, next run, last outcome, and load errors.
+    Policies(serve::PoliciesArgs),
     /// Worker-side agent: runs the tasks sent to one worker's queue.
     Agent(workers::AgentCmd),
     /// Live workers: list them, or reap those that outlived their job.
@@ -135,6 +143,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(a).await,
         Command::Repl(a) => repl::repl(a).await,
         Command::Test(a) => spec::test(a).await,
+        Command::Serve(a) => serve::serve_main(a).await,
+        Command::Runs(a) => serve::runs_main(a).await,
+        Command::Policies(a) => serve::policies_main(a).await,
         Command::Agent(a) => workers::agent_main(a).await,
         Command::Workers(c) => workers::workers_main(c).await,
         Command::Copy(a) => copy::copy(a).await,

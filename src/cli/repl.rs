@@ -26,6 +26,12 @@ pub struct ReplArgs {
     /// Arguments placed in the `args` table, as for `skiff run`.
     #[arg(trailing_var_arg = true)]
     pub args: Vec<String>,
+    /// Attach to a running `skiff serve` (its control socket in the state dir)
+    /// instead: list policies, trigger runs, follow them live.
+    #[arg(long)]
+    pub attach: bool,
+    #[command(flatten)]
+    pub state: super::serve::StateArgs,
     #[command(flatten)]
     pub opts: ScriptOpts,
 }
@@ -166,6 +172,9 @@ async fn eval(vm: &Vm, src: &str) -> Result<Vec<Value>, ScriptError> {
 }
 
 pub async fn repl(a: ReplArgs) -> anyhow::Result<i32> {
+    if a.attach {
+        return super::attach::attach(a.state.dir()).await;
+    }
     let session = Session::open(&a.opts, None).await?;
     let vm = session.vm(&a.args)?;
     let names = Arc::new(Mutex::new(completion_names(vm.lua())));

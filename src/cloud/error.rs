@@ -57,6 +57,11 @@ impl AwsError {
                 SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                     format!("could not reach the service: {}", DisplayErrorContext(&err))
                 }
+                // The service said no more than its code and status.
+                SdkError::ServiceError(_) if code.is_some() || status.is_some() => format!(
+                    "the service refused the request{}",
+                    status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+                ),
                 _ => DisplayErrorContext(&err).to_string(),
             },
         };

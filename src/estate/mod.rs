@@ -116,7 +116,17 @@ pub async fn instances(
             .set_next_token(token)
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk("ec2:DescribeInstances", e))?;
+            .map_err(|e| {
+                let e = AwsError::from_sdk("ec2:DescribeInstances", e);
+                if e.code
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("InvalidInstanceID"))
+                {
+                    invalid("ids", format!("{} (in {scope})", e.message))
+                } else {
+                    e.into()
+                }
+            })?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
             let t = tag_map(i.tags());
             // Workers are not part of the estate they protect.
@@ -326,9 +336,13 @@ pub async fn create_volume(
     size_gib: Option<i32>,
     az: &str,
     volume_type: &str,
+    iops: Option<i32>,
     tags: &BTreeMap<String, String>,
     limit: Duration,
 ) -> Result<Volume> {
+    if matches!(volume_type, "io1" | "io2") && iops.is_none() {
+        return Err(invalid("iops", format!("{volume_type} volumes need iops")));
+    }
     if snapshot.is_none() && size_gib.is_none() {
         return Err(invalid("size", "give a snapshot or a size in GiB"));
     }
@@ -356,10 +370,18 @@ pub async fn create_volume(
     if let Some(n) = size_gib {
         req = req.size(n);
     }
-    let out = req
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("ec2:CreateVolume", e))?;
+    if let Some(n) = iops {
+        req = req.iops(n);
+    }
+    let out = req.send().await.map_err(|e| {
+        let e = AwsError::from_sdk("ec2:CreateVolume", e);
+        match (&e.code, snapshot) {
+            (Some(c), Some(s)) if c.starts_with("InvalidSnapshot") => {
+                invalid("snapshot", format!("no snapshot {s} in {scope}"))
+            }
+            _ => e.into(),
+        }
+    })?;
     let id = out.volume_id().unwrap_or_default().to_string();
     tracing::info!("volume {id} created in {az}");
     wait(&format!("volume {id}"), limit, || async {

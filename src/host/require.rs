@@ -61,12 +61,13 @@ pub(super) fn install(
                     dir.join(&candidate)
                 };
                 if let Ok(source) = std::fs::read(&path) {
+                    // Recorded before compiling: a watcher must see a module that does not compile.
+                    let abs = std::fs::canonicalize(&path).unwrap_or(path.clone());
+                    loaded.lock().unwrap().push(abs);
                     let f: Function = lua
                         .load(source)
                         .set_name(format!("@{}", path.display()))
                         .into_function()?;
-                    let abs = std::fs::canonicalize(&path).unwrap_or(path.clone());
-                    loaded.lock().unwrap().push(abs);
                     return lua.pack_multi((f, path.display().to_string()));
                 }
                 tried.push_str(&format!("\n\tno file '{}'", path.display()));

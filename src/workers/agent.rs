@@ -128,14 +128,29 @@ pub async fn run(
     tracing::info!("agent of worker {} ready on {}", a.worker_id, a.task_queue);
     // Results of tasks done here, for a duplicate delivery of the same task.
     let mut done: HashMap<String, Event> = HashMap::new();
+    // An agent that cannot reach its queue for this long gives up: its
+    // worker is gone or unreachable, and the reaper removes the instance.
+    let give_up_after = Duration::from_secs(300);
+    let mut failing_since: Option<Instant> = None;
     loop {
         let msgs = match channel::receive(&sqs, &a.task_queue, Duration::from_secs(20), 1).await {
-            Ok(m) => m,
+            Ok(m) => {
+                failing_since = None;
+                m
+            }
             Err(e) if channel::is_missing_queue(&e) => {
                 tracing::info!("task queue removed: worker {} is done", a.worker_id);
                 return Ok(());
             }
             Err(e) if e.retryable => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > give_up_after {
+                    tracing::error!(
+                        "{e}; the task queue has been unreachable for {} s, giving up",
+                        give_up_after.as_secs()
+                    );
+                    return Err(e);
+                }
                 tracing::warn!("{e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;

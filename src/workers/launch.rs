@@ -36,6 +36,35 @@ pub struct LaunchSpec {
     pub tags: BTreeMap<String, String>,
 }
 
+/// What a launch had created when it was abandoned.
+struct Abandoned {
+    scope: Scope,
+    instance_id: Option<String>,
+    task_queue: String,
+}
+
+/// Armed while a launch is in progress: if the `deploy` future is dropped
+/// (its job cancelled) before the worker is handed over or removed, what it
+/// created is recorded for `remove_all`.
+struct LaunchGuard<'a> {
+    abandoned: &'a Mutex<Vec<Abandoned>>,
+    launch: Option<Abandoned>,
+}
+
+impl LaunchGuard<'_> {
+    fn disarm(&mut self) {
+        self.launch = None;
+    }
+}
+
+impl Drop for LaunchGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.launch.take() {
+            self.abandoned.lock().unwrap().push(a);
+        }
+    }
+}
+
 /// A local agent process standing in for an emulated instance's user data,
 /// restarted when it dies as systemd's `Restart=on-failure` would.
 struct LocalAgent {
@@ -78,6 +107,9 @@ pub struct WorkerPool {
     hubs: tokio::sync::Mutex<HashMap<Scope, Arc<ReplyHub>>>,
     live: Mutex<HashMap<String, Arc<Worker>>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Launches whose `deploy` was dropped midway (the job was cancelled):
+    /// removed with the job's other workers by `remove_all`.
+    abandoned: Mutex<Vec<Abandoned>>,
     owner: String,
     /// The `skiff` executable the local launcher runs as `skiff agent`.
     pub agent_exe: PathBuf,
@@ -156,6 +188,7 @@ impl WorkerPool {
             job_id,
             settings,
             hubs: tokio::sync::Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(Vec::new()),
             live: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             owner: jobs::this_owner(),
@@ -220,16 +253,19 @@ impl WorkerPool {
                     scope: scope.clone(),
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                crate::network::NetError::Invalid { message, .. } => {
+                    WorkerError::Settings(format!("the worker subnet of {scope}: {message}"))
+                }
+                other => other.into(),
+            })?;
             if let Some(vpc) = &cfg.vpc {
                 if &s.vpc_id != vpc {
-                    return Err(WorkerError::invalid(
-                        "configuration",
-                        format!(
-                            "worker subnet {} of {} is in {}, not in the configured VPC {vpc}",
-                            s.id, scope.region, s.vpc_id
-                        ),
-                    ));
+                    return Err(WorkerError::Settings(format!(
+                        "worker subnet {} of {} is in {}, not in the configured VPC {vpc}",
+                        s.id, scope.region, s.vpc_id
+                    )));
                 }
             }
             return Ok((s.vpc_id, s.id, cfg.security_groups.clone()));
@@ -249,9 +285,7 @@ impl WorkerPool {
                     .and_then(|v| v.vpc_id())
                     .map(str::to_string)
                     .ok_or_else(|| {
-                        WorkerError::invalid(
-                            "configuration",
-                            format!(
+                        WorkerError::Settings(format!(
                                 "{} has no default VPC and no worker configuration; declare one with workers.configuration{{region = \"{}\", vpc = …, subnet = …}} or [workers.regions.{}] in skiff.toml",
                                 scope, scope.region, scope.region
                             ),
@@ -270,10 +304,7 @@ impl WorkerPool {
         let mut subnets: Vec<_> = subnets.into_iter().collect();
         subnets.sort_by(|a, b| a.az.cmp(&b.az).then(a.id.cmp(&b.id)));
         let subnet = subnets.first().ok_or_else(|| {
-            WorkerError::invalid(
-                "configuration",
-                format!("VPC {vpc} in {scope} has no subnet for workers"),
-            )
+            WorkerError::Settings(format!("VPC {vpc} in {scope} has no subnet for workers"))
         })?;
         Ok((vpc, subnet.id.clone(), cfg.security_groups.clone()))
     }
@@ -335,7 +366,7 @@ impl WorkerPool {
         let (cfg, profile, launcher, expires_after, visibility, agent_url, user_tags) = {
             let s = self.settings.lock().unwrap();
             (
-                s.region(&scope.region),
+                s.for_scope(&scope.account, &scope.region, &self.cloud.backup_account()),
                 s.file.instance_profile.clone(),
                 s.file.launcher,
                 s.expires_after(),
@@ -402,6 +433,14 @@ impl WorkerPool {
             ],
         )
         .await?;
+        let mut guard = LaunchGuard {
+            abandoned: &self.abandoned,
+            launch: Some(Abandoned {
+                scope: scope.clone(),
+                instance_id: None,
+                task_queue: task_queue.clone(),
+            }),
+        };
         let mut ready = hub.subscribe(Route::Ready(worker_id.clone()));
 
         let expires =
@@ -459,6 +498,7 @@ impl WorkerPool {
             Ok(o) => o,
             Err(e) => {
                 let _ = channel::delete_queue(&sqs, &task_queue).await;
+                guard.disarm();
                 return Err(WorkerError::Aws(AwsError::from_sdk("ec2:RunInstances", e)));
             }
         };
@@ -468,6 +508,9 @@ impl WorkerPool {
             .and_then(|i| i.instance_id())
             .unwrap_or_default()
             .to_string();
+        if let Some(l) = guard.launch.as_mut() {
+            l.instance_id = Some(instance_id.clone());
+        }
         tracing::info!(
             "launched {} worker {worker_id} ({instance_id}, {}) in {scope}",
             spec.purpose.as_str(),
@@ -519,6 +562,7 @@ impl WorkerPool {
         let worker = Arc::new(worker);
         if let Err(e) = result {
             let _ = self.remove(&worker).await;
+            guard.disarm();
             return Err(e);
         }
         tracing::info!(
@@ -526,6 +570,7 @@ impl WorkerPool {
             worker.ready_after.as_secs_f64()
         );
         self.live.lock().unwrap().insert(worker_id, worker.clone());
+        guard.disarm();
         Ok(worker)
     }
 
@@ -557,7 +602,9 @@ impl WorkerPool {
         .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key())
         .env("AWS_REGION", &w.scope.region)
         .env_remove("AWS_PROFILE")
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        // If skiff goes away in an orderly way, its agents go with it.
+        .kill_on_drop(true);
         match creds.session_token() {
             Some(t) => cmd.env("AWS_SESSION_TOKEN", t),
             None => cmd.env_remove("AWS_SESSION_TOKEN"),
@@ -627,11 +674,11 @@ impl WorkerPool {
             return Ok(());
         }
         self.live.lock().unwrap().remove(&w.id);
-        if let Some(agent) = w.agent.lock().unwrap().take() {
+        let agent = w.agent.lock().unwrap().take();
+        if let Some(agent) = agent {
             agent.stop.store(true, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let _ = agent.supervisor.await;
-            });
+            // Wait for the agent to be gone (the supervisor kills it).
+            let _ = tokio::time::timeout(Duration::from_secs(5), agent.supervisor).await;
         }
         let ec2 = self.cloud.ec2(&w.scope).await;
         let terminated = ec2
@@ -651,6 +698,23 @@ impl WorkerPool {
     /// Removes every worker of the job and its reply queues: the end of a job,
     /// whatever ended it.
     pub async fn remove_all(&self) {
+        let abandoned: Vec<Abandoned> = std::mem::take(&mut *self.abandoned.lock().unwrap());
+        for a in abandoned {
+            let sqs = self.cloud.sqs(&a.scope).await;
+            if let Err(e) = channel::delete_queue(&sqs, &a.task_queue).await {
+                tracing::error!("could not delete task queue {}: {e}", a.task_queue);
+            }
+            if let Some(id) = &a.instance_id {
+                let ec2 = self.cloud.ec2(&a.scope).await;
+                match ec2.terminate_instances().instance_ids(id).send().await {
+                    Ok(_) => tracing::info!("removed worker {id}, whose launch was cancelled"),
+                    Err(e) => tracing::error!(
+                        "could not remove worker {id}, whose launch was cancelled: {}; `skiff workers reap` will",
+                        AwsError::from_sdk("ec2:TerminateInstances", e)
+                    ),
+                }
+            }
+        }
         let workers = self.live();
         let results = futures::future::join_all(workers.iter().map(|w| self.remove(w))).await;
         for (w, r) in workers.iter().zip(results) {

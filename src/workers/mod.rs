@@ -66,6 +66,9 @@ pub enum WorkerError {
     },
     #[error("{0}")]
     Io(String),
+    /// The worker settings (skiff.toml `[workers]`, `workers.configuration{}`) do not work.
+    #[error("worker settings: {0}")]
+    Settings(String),
 }
 
 impl WorkerError {

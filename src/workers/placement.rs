@@ -138,6 +138,15 @@ pub struct Resource {
 /// The region and account a worker for `purpose` on `resource` runs in.
 /// `requested` is the account the caller asked for, if any; `backup_account`
 /// the configured backup account.
+/// "a backup", "an archive".
+pub fn article(word: &str) -> String {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {word}")
+    } else {
+        format!("a {word}")
+    }
+}
+
 pub fn place(
     purpose: Purpose,
     resource: &Resource,
@@ -148,10 +157,10 @@ pub fn place(
         return Err(WorkerError::invalid(
             "resource",
             format!(
-                "a {} worker is placed by {}, got a {} ({})",
-                purpose.as_str(),
+                "{} worker is placed by {}, got {} ({})",
+                article(purpose.as_str()),
                 purpose.expects(),
-                resource.kind.as_str(),
+                article(resource.kind.as_str()),
                 resource.id
             ),
         ));
@@ -173,8 +182,8 @@ pub fn place(
             return Err(WorkerError::invalid(
                 "account",
                 format!(
-                    "a {} worker runs in the backup account ({backup_account}){}, not in {a:?}",
-                    purpose.as_str(),
+                    "{} worker runs in the backup account ({backup_account}){}, not in {a:?}",
+                    article(purpose.as_str()),
                     if purpose.allows_production_account() {
                         format!(" or the resource's account ({})", resource.scope.account)
                     } else {
@@ -256,6 +265,11 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "resource: a retention worker is placed by a repository, got a volume (x-1)"
+        );
+        let e = place(Purpose::Archive, &src, None, "backup").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "resource: an archive worker is placed by the standard repository, got a volume (x-1)"
         );
         assert_eq!(
             Purpose::Backup.services(),

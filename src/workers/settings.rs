@@ -102,7 +102,10 @@ impl Default for WorkersConfig {
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub file: WorkersConfig,
+    /// Per region: the backup account's network, the image, the profiles.
     pub regions: BTreeMap<String, RegionConfig>,
+    /// Networks declared for another account (`workers.configuration{account = …}`).
+    pub account_networks: BTreeMap<(String, String), RegionConfig>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -121,6 +124,7 @@ impl WorkerSettings {
     pub fn new(file: WorkersConfig) -> WorkerSettings {
         WorkerSettings {
             regions: file.regions.clone(),
+            account_networks: BTreeMap::new(),
             tags: file.tags.clone(),
             file,
         }
@@ -130,15 +134,44 @@ impl WorkerSettings {
         self.regions.get(region).cloned().unwrap_or_default()
     }
 
-    /// `workers.configuration{region, vpc, subnet, security_groups}`.
+    /// The configuration for workers of `account` in `region`: the region's
+    /// image and profiles, and the network declared for that account — for
+    /// the backup account, the region's; for another account, only one
+    /// declared for it (else the default VPC).
+    pub fn for_scope(&self, account: &str, region: &str, backup_account: &str) -> RegionConfig {
+        let mut cfg = self.region(region);
+        if let Some(n) = self
+            .account_networks
+            .get(&(account.to_string(), region.to_string()))
+        {
+            cfg.vpc = n.vpc.clone();
+            cfg.subnet = n.subnet.clone();
+            cfg.security_groups = n.security_groups.clone();
+        } else if account != backup_account {
+            cfg.vpc = None;
+            cfg.subnet = None;
+            cfg.security_groups = Vec::new();
+        }
+        cfg
+    }
+
+    /// `workers.configuration{region, account?, vpc, subnet, security_groups}`;
+    /// `account` is `None` for the backup account.
     pub fn configure(
         &mut self,
+        account: Option<&str>,
         region: &str,
         vpc: Option<String>,
         subnet: Option<String>,
         groups: Vec<String>,
     ) {
-        let r = self.regions.entry(region.to_string()).or_default();
+        let r = match account {
+            None => self.regions.entry(region.to_string()).or_default(),
+            Some(a) => self
+                .account_networks
+                .entry((a.to_string(), region.to_string()))
+                .or_default(),
+        };
         r.vpc = vpc;
         r.subnet = subnet;
         r.security_groups = groups;

@@ -2,6 +2,10 @@
 -- LuaLS annotations for `ec2`: VPCs, subnets and security groups
 -- (src/api/ec2.rs). Every primitive finds what it would create before
 -- creating it, so running a runbook twice creates nothing new.
+-- The estate primitives at the end (`ec2.instances`, `ec2.snapshot`,
+-- `ec2.delete_snapshot`, `ec2.volume`, from src/estate/mod.rs) select what is
+-- protected and make the snapshots and volumes of backups and restores; a
+-- snapshot or volume call creates a new one each time.
 -- Misuse raises a string `file:line: ec2.…: opts.field: message`; an
 -- operational failure raises a `skiff.error` (see globals.lua).
 
@@ -210,3 +214,203 @@ function ec2.subnet(opts) end
 --- @param opts skiff.SecurityGroupOpts
 --- @return skiff.SecurityGroup
 function ec2.security_group(opts) end
+
+-- ─── estate: ec2.instances ──────────────────────────────────────────────────
+
+--- `"vol-…"`, or the table `ec2.volume` returned.
+--- @alias skiff.VolumeRef string|skiff.Volume|skiff.Resource
+
+--- `"snap-…"`, or the table `ec2.snapshot` returned.
+--- @alias skiff.SnapshotRef string|skiff.Snapshot|skiff.Resource
+
+--- @class skiff.InstancesOpts
+---
+--- Tags every instance must have; the value `"*"` matches any value.
+--- (default: `{}`, every instance)
+--- @field tags? table<string, string>
+---
+--- Instance ids to choose from (`"i-…"`); an id that does not exist is an
+--- `aws` error (`InvalidInstanceID.NotFound`).
+--- (default: `{}`, every instance)
+--- @field ids? string[]
+---
+--- Regions to search, each in every account searched. Replaces `region`.
+--- (default: `{ region }`)
+--- @field regions? string[]
+---
+--- Accounts to search (skiff.toml names or `"default"`). Replaces `account`.
+--- (default: `{ account }`)
+--- @field accounts? string[]
+---
+--- The one account to search when `accounts` is not given.
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+---
+--- The one region to search when `regions` is not given.
+--- (default: each account's region, else skiff.toml's `region`, else the ambient region)
+--- @field region? string
+
+--- A volume attached to an instance.
+--- @class skiff.InstanceVolume
+--- @field id string `vol-…`
+--- @field device string Device name, e.g. `"/dev/xvda"`.
+--- @field size integer GiB.
+
+--- @class skiff.Instance
+--- @field kind "instance"
+--- @field id string `i-…`
+--- @field name? string Its `Name` tag.
+--- @field state string `"pending"`, `"running"`, `"stopping"` or `"stopped"`.
+--- @field az string Availability zone.
+--- @field instance_type string
+--- @field tags table<string, string> Every tag.
+--- @field volumes skiff.InstanceVolume[] Attached EBS volumes.
+--- @field size integer Total GiB of `volumes`.
+--- @field region string
+--- @field account string
+
+--- The instances (not terminated) in every account × region searched that
+--- have all of `opts.tags` and, if given, one of `opts.ids`: accounts in the
+--- order listed, then regions, then instance ids. skiff's own workers (tagged
+--- `skiff:worker`) are never listed.
+---
+--- ```lua
+--- for _, i in ipairs(ec2.instances{ tags = { backup = "daily" }, regions = { "us-east-1", "eu-west-1" } }) do
+---   print(i.id, i.region, i.size)
+--- end
+--- ```
+--- @param opts skiff.InstancesOpts
+--- @return skiff.Instance[]
+function ec2.instances(opts) end
+
+-- ─── estate: ec2.snapshot ───────────────────────────────────────────────────
+
+--- @class skiff.SnapshotOpts
+---
+--- The volume to snapshot.
+--- @field volume skiff.VolumeRef
+---
+--- The snapshot's description.
+--- (default: `"skiff snapshot of <volume id>"`)
+--- @field description? string
+---
+--- Tags of the snapshot, besides `skiff:managed = "true"` (which these may override).
+--- (default: `{}`)
+--- @field tags? table<string, string>
+---
+--- Seconds to wait for the snapshot to complete before raising a `"timeout"` error.
+--- (default: `3600`)
+--- @field timeout? integer
+---
+--- Account in which an id-string `volume` is looked up (a table carries its own).
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+---
+--- Region in which an id-string `volume` is looked up (a table carries its own).
+--- (default: the account's region, else skiff.toml's `region`, else the ambient region)
+--- @field region? string
+
+--- @class skiff.Snapshot
+--- @field kind "snapshot"
+--- @field id string `snap-…`
+--- @field volume_id string The volume it was taken of.
+--- @field size integer GiB (the volume's size).
+--- @field state string `"completed"` once returned.
+--- @field region string
+--- @field account string
+
+--- Snapshots a volume and waits until the snapshot is completed. Each call
+--- makes a new snapshot.
+---
+--- ```lua
+--- local s = ec2.snapshot{ volume = i.volumes[1].id, region = i.region, account = i.account }
+--- ```
+--- @param opts skiff.SnapshotOpts
+--- @return skiff.Snapshot
+function ec2.snapshot(opts) end
+
+-- ─── estate: ec2.delete_snapshot ────────────────────────────────────────────
+
+--- @class skiff.DeleteSnapshotOpts
+---
+--- The snapshot to delete.
+--- @field snapshot skiff.SnapshotRef
+---
+--- Account in which an id-string `snapshot` is looked up (a table carries its own).
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+---
+--- Region in which an id-string `snapshot` is looked up (a table carries its own).
+--- (default: the account's region, else skiff.toml's `region`, else the ambient region)
+--- @field region? string
+
+--- Deletes a snapshot. A snapshot that is already gone is not an error.
+---
+--- ```lua
+--- ec2.delete_snapshot{ snapshot = s }
+--- ```
+--- @param opts skiff.DeleteSnapshotOpts
+--- @return true
+function ec2.delete_snapshot(opts) end
+
+-- ─── estate: ec2.volume ─────────────────────────────────────────────────────
+
+--- @alias skiff.VolumeType "gp3"|"gp2"|"io1"|"io2"|"st1"|"sc1"|"standard"
+
+--- @class skiff.VolumeOpts
+---
+--- The snapshot to create the volume from. Either this or `size` is required.
+--- (default: none, an empty volume)
+--- @field snapshot? skiff.SnapshotRef
+---
+--- Size in GiB, 1 to 65536; with a `snapshot`, at least the snapshot's size.
+--- (default: the snapshot's size)
+--- @field size? integer
+---
+--- Availability zone, of the volume's region.
+--- (default: the region's zone `a`, e.g. `"us-east-1a"`)
+--- @field az? string
+---
+--- EBS volume type. (skiff passes no IOPS, so `"io1"` and `"io2"` are refused by AWS.)
+--- (default: `"gp3"`)
+--- @field type? skiff.VolumeType|string
+---
+--- Tags of the volume, besides `skiff:managed = "true"` (which these may override).
+--- (default: `{}`)
+--- Provisioned IOPS; required for io1 and io2, optional for gp3.
+--- @field iops? integer
+---
+--- @field tags? table<string, string>
+---
+--- Seconds to wait for the volume to become available before raising a `"timeout"` error.
+--- (default: `1800`)
+--- @field timeout? integer
+---
+--- Account of the volume and of an id-string `snapshot` (a snapshot table carries its own).
+--- (default: `default_account` in skiff.toml, else `"default"`)
+--- @field account? string
+---
+--- Region of the volume and of an id-string `snapshot` (a snapshot table carries its own).
+--- (default: the account's region, else skiff.toml's `region`, else the ambient region)
+--- @field region? string
+
+--- @class skiff.Volume
+--- @field kind "volume"
+--- @field id string `vol-…`
+--- @field size integer GiB.
+--- @field az string Availability zone.
+--- @field snapshot_id? string The snapshot it was created from; nil for an empty volume.
+--- @field state string `"available"` once returned.
+--- @field region string
+--- @field account string
+
+--- Creates a volume, from a snapshot or empty, and waits until it is
+--- available. Each call makes a new volume; a snapshot's volume is in the
+--- snapshot's account and region.
+---
+--- ```lua
+--- local v = ec2.volume{ snapshot = s, az = "eu-west-1b" }
+--- ```
+--- @param opts skiff.VolumeOpts
+--- @return skiff.Volume
+function ec2.volume(opts) end

@@ -148,6 +148,15 @@ impl Emulator {
     }
 }
 
+/// The skiff binary under test: `SKIFF_BIN` when set (a copy of this
+/// build, for when several checkouts share one target dir and each rebuild
+/// replaces `target/debug/skiff`), else cargo's.
+pub fn skiff_bin() -> PathBuf {
+    std::env::var_os("SKIFF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_skiff")))
+}
+
 /// A folder with a `skiff.toml`, where a test writes scripts and runs skiff
 /// with the credentials of its own default account.
 pub struct Workspace {
@@ -217,7 +226,7 @@ impl Workspace {
     }
 
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
+        let mut c = tokio::process::Command::new(skiff_bin());
         c.args(args)
             .current_dir(self.dir.path())
             .env_clear()

@@ -10,6 +10,7 @@ mod images;
 mod mover_emu;
 mod network;
 mod repo_cli;
+mod serve;
 mod specs;
 mod volume;
 mod workers;

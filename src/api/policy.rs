@@ -1,0 +1,1030 @@
+//! `policy{}` and `repository{}`: declarations a script makes for `skiff
+//! serve`. Each is checked when it is made (unknown options, a bad cron
+//! expression, an unknown repository name, a duplicate name) and raised at
+//! the line that wrote it; the VM keeps what was declared for the engine,
+//! which also runs policies through [`prepare_run`].
+
+use std::sync::Arc;
+
+use mlua::{Function, Lua, MultiValue, Table, Value};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::opts::{self, List, Tags};
+use super::{ApiError, ApiResult, Context, Registrar};
+use crate::host::Vm;
+use crate::serve::policy::{
+    check_location, check_name, is_location, Archive, ArchivePoints, Password, Policy, Repository,
+    Retention, Selection, WorkerChoice, STORAGE_CLASSES,
+};
+use crate::serve::schedule::{self, DayArg, Schedule};
+
+const P: &str = "policy";
+const R: &str = "repository";
+
+/// Registry key of the table of declared policies (name → policy table).
+const POLICY_TABLES: &str = "skiff.policies";
+
+/// What a VM's script declared, in order.
+#[derive(Default)]
+pub struct Declarations {
+    pub policies: Vec<Policy>,
+    pub repositories: Vec<Repository>,
+    /// Set once the script has loaded: declarations belong at load time.
+    pub sealed: bool,
+}
+
+/// The policies and repositories a VM declared.
+pub fn declarations(vm: &Vm) -> (Vec<Policy>, Vec<Repository>) {
+    match vm.lua().app_data_ref::<Declarations>() {
+        Some(d) => (d.policies.clone(), d.repositories.clone()),
+        None => (Vec::new(), Vec::new()),
+    }
+}
+
+/// Refuses further declarations (the script has loaded; runs may not declare).
+pub fn seal(vm: &Vm) {
+    if let Some(mut d) = vm.lua().app_data_mut::<Declarations>() {
+        d.sealed = true;
+    }
+}
+
+/// `file:line` of the script that called the primitive.
+fn caller(lua: &Lua) -> String {
+    for level in 1..16 {
+        let found = lua.inspect_stack(level, |d| {
+            let src = d.source();
+            if src.what == "C" {
+                return None;
+            }
+            match (src.short_src, d.current_line()) {
+                (Some(s), Some(l)) if !s.contains(&crate::host::INTERNAL_CHUNK[1..]) => {
+                    Some(format!("{s}:{l}"))
+                }
+                _ => None,
+            }
+        });
+        match found {
+            None => break,
+            Some(Some(w)) => return w,
+            Some(None) => continue,
+        }
+    }
+    String::new()
+}
+
+/// A count option: an integer ≥ 0.
+#[derive(Debug, Clone, Copy, Default)]
+struct Count(u32);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer ≥ 0")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Count, E> {
+                u32::try_from(n)
+                    .map(Count)
+                    .map_err(|_| E::custom(format!("expected an integer ≥ 0, got {n}")))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Count, E> {
+                u32::try_from(n)
+                    .map(Count)
+                    .map_err(|_| E::custom(format!("{n} is too large")))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Count, E> {
+                if n.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&n) {
+                    Ok(Count(n as u32))
+                } else {
+                    Err(E::custom(format!("expected an integer ≥ 0, got {n}")))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One value or a list of them (`daily = "02:00"` or `daily = {"02:00", "14:00"}`).
+struct OneOrMany<T> {
+    items: Vec<T>,
+    listed: bool,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(OneOrMany {
+                    items,
+                    listed: true,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                Ok(OneOrMany {
+                    items: vec![T::deserialize(de::value::MapAccessDeserializer::new(m))?],
+                    listed: false,
+                })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(OneOrMany {
+                    items: vec![T::deserialize(de::value::StrDeserializer::new(s))?],
+                    listed: false,
+                })
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(OneOrMany {
+                    items: vec![T::deserialize(de::value::I64Deserializer::new(n))?],
+                    listed: false,
+                })
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+                Ok(OneOrMany {
+                    items: vec![T::deserialize(de::value::F64Deserializer::new(n))?],
+                    listed: false,
+                })
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(OneOrMany {
+                    items: vec![T::deserialize(de::value::BoolDeserializer::new(b))?],
+                    listed: false,
+                })
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A day or month: a number or a name.
+struct DayOpt(DayArg);
+
+impl<'de> Deserialize<'de> for DayOpt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DayOpt;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a name")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<DayOpt, E> {
+                Ok(DayOpt(DayArg::Number(n)))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<DayOpt, E> {
+                Ok(DayOpt(DayArg::Number(n.min(i64::MAX as u64) as i64)))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<DayOpt, E> {
+                if n.fract() == 0.0 && n.abs() < 1e15 {
+                    Ok(DayOpt(DayArg::Number(n as i64)))
+                } else {
+                    Err(E::custom(format!("expected a whole number, got {n}")))
+                }
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<DayOpt, E> {
+                Ok(DayOpt(DayArg::Name(s.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeeklyOpts {
+    day: OneOrMany<DayOpt>,
+    at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MonthlyOpts {
+    day: OneOrMany<DayOpt>,
+    at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct YearlyOpts {
+    month: DayOpt,
+    day: DayOpt,
+    at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleTableOpts {
+    daily: Option<OneOrMany<String>>,
+    weekly: Option<OneOrMany<WeeklyOpts>>,
+    monthly: Option<OneOrMany<MonthlyOpts>>,
+    yearly: Option<OneOrMany<YearlyOpts>>,
+}
+
+/// `schedule`: a cron expression or a table of runs.
+enum ScheduleArg {
+    Cron(String),
+    Table(ScheduleTableOpts),
+}
+
+impl<'de> Deserialize<'de> for ScheduleArg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ScheduleArg;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a cron expression or a table {daily = …, weekly = …, monthly = …, yearly = …}",
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ScheduleArg, E> {
+                Ok(ScheduleArg::Cron(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<ScheduleArg, A::Error> {
+                Ok(ScheduleArg::Table(ScheduleTableOpts::deserialize(
+                    de::value::MapAccessDeserializer::new(m),
+                )?))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ScheduleArg {
+    fn build(self) -> Result<Schedule, (String, String)> {
+        match self {
+            ScheduleArg::Cron(s) => Schedule::cron(&s).map_err(|e| (String::new(), e)),
+            ScheduleArg::Table(t) => {
+                let mut table = schedule::Table::default();
+                if let Some(d) = t.daily {
+                    if d.listed {
+                        table.listed.push("daily");
+                    }
+                    table.daily = d.items;
+                }
+                if let Some(w) = t.weekly {
+                    if w.listed {
+                        table.listed.push("weekly");
+                    }
+                    table.weekly = w
+                        .items
+                        .into_iter()
+                        .map(|w| schedule::Weekly {
+                            day: w.day.items.into_iter().map(|d| d.0).collect(),
+                            at: w.at,
+                        })
+                        .collect();
+                }
+                if let Some(m) = t.monthly {
+                    if m.listed {
+                        table.listed.push("monthly");
+                    }
+                    table.monthly = m
+                        .items
+                        .into_iter()
+                        .map(|m| schedule::Monthly {
+                            day: m.day.items.into_iter().map(|d| d.0).collect(),
+                            at: m.at,
+                        })
+                        .collect();
+                }
+                if let Some(y) = t.yearly {
+                    if y.listed {
+                        table.listed.push("yearly");
+                    }
+                    table.yearly = y
+                        .items
+                        .into_iter()
+                        .map(|y| schedule::Yearly {
+                            month: y.month.0,
+                            day: y.day.0,
+                            at: y.at,
+                        })
+                        .collect();
+                }
+                Schedule::table(&table)
+            }
+        }
+    }
+}
+
+/// Where a repository password comes from: `{env = …}`, `{file = …}` or
+/// `{ssm = …, account?, region?}`.
+struct PasswordOpt(Password);
+
+impl<'de> Deserialize<'de> for PasswordOpt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PasswordOpt;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table {env = …}, {file = …} or {ssm = …}")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<PasswordOpt, E> {
+                Err(E::custom("expected where to read the password ({env = \"VAR\"}, {file = \"…\"} or {ssm = \"/name\"}), not the password itself"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<PasswordOpt, A::Error> {
+                let (mut account, mut region) = (None, None);
+                let mut sources = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "env" => sources.push(("env", m.next_value::<String>()?)),
+                        "file" => sources.push(("file", m.next_value::<String>()?)),
+                        "ssm" => sources.push(("ssm", m.next_value::<String>()?)),
+                        "account" => account = Some(m.next_value::<String>()?),
+                        "region" => region = Some(m.next_value::<String>()?),
+                        _ => {
+                            return Err(de::Error::unknown_field(
+                                &k,
+                                &["env", "file", "ssm", "account", "region"],
+                            ))
+                        }
+                    }
+                }
+                if sources.len() != 1 {
+                    return Err(de::Error::custom(if sources.is_empty() {
+                        "give one of env, file or ssm"
+                    } else {
+                        "give only one of env, file or ssm"
+                    }));
+                }
+                let (kind, v) = sources.remove(0);
+                if kind != "ssm" && (account.is_some() || region.is_some()) {
+                    return Err(de::Error::custom(
+                        "account and region apply to an ssm password only",
+                    ));
+                }
+                if v.is_empty() {
+                    return Err(de::Error::custom(format!(
+                        "{kind}: expected a non-empty string"
+                    )));
+                }
+                Ok(PasswordOpt(match kind {
+                    "env" => Password::Env { env: v },
+                    "file" => Password::File { file: v },
+                    _ => Password::Ssm {
+                        ssm: v,
+                        account,
+                        region,
+                    },
+                }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepositoryOpts {
+    name: String,
+    location: String,
+    region: Option<String>,
+    account: Option<String>,
+    password: Option<PasswordOpt>,
+}
+
+/// A policy's `repository`: a declared name, a location, or the table
+/// `repository{}` returned (or an inline `{location = …, region = …}`).
+enum RepoArg {
+    Text(String),
+    Table {
+        name: Option<String>,
+        location: Option<String>,
+        region: Option<String>,
+        account: Option<String>,
+        password: Option<PasswordOpt>,
+    },
+}
+
+impl<'de> Deserialize<'de> for RepoArg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RepoArg;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a repository name, a location, or a table from repository{}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RepoArg, E> {
+                Ok(RepoArg::Text(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RepoArg, A::Error> {
+                let (mut name, mut location, mut region, mut account, mut password) =
+                    (None, None, None, None, None);
+                let (mut kind, mut unknown) = (None::<String>, None::<String>);
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "kind" => kind = Some(m.next_value()?),
+                        "name" => name = Some(m.next_value()?),
+                        "location" => location = Some(m.next_value()?),
+                        "region" => region = Some(m.next_value()?),
+                        "account" => account = Some(m.next_value()?),
+                        "password" => password = Some(m.next_value()?),
+                        _ => {
+                            m.next_value::<de::IgnoredAny>()?;
+                            unknown.get_or_insert(k);
+                        }
+                    }
+                }
+                // A table of another kind (a VPC, a worker) is named as such first.
+                if let Some(kind) = kind.filter(|k| k != "repository") {
+                    return Err(de::Error::custom(format!(
+                        "expected a repository, got a {kind}"
+                    )));
+                }
+                if let Some(k) = unknown {
+                    return Err(de::Error::unknown_field(
+                        &k,
+                        &["name", "location", "region", "account", "password"],
+                    ));
+                }
+                if name.is_none() && location.is_none() {
+                    return Err(de::Error::custom(
+                        "a repository table needs a name (declared with repository{}) or a location",
+                    ));
+                }
+                Ok(RepoArg::Table {
+                    name,
+                    location,
+                    region,
+                    account,
+                    password,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectOpts {
+    #[serde(default)]
+    tags: Tags,
+    #[serde(default)]
+    ids: List<String>,
+    #[serde(default)]
+    regions: List<String>,
+    #[serde(default)]
+    accounts: List<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionOpts {
+    keep_last: Option<Count>,
+    keep_daily: Option<Count>,
+    keep_weekly: Option<Count>,
+    keep_monthly: Option<Count>,
+    keep_yearly: Option<Count>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveOpts {
+    repository: RepoArg,
+    storage_class: String,
+    points: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerOpts {
+    account: Option<String>,
+    private: Option<bool>,
+    profile: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyOpts {
+    name: String,
+    schedule: ScheduleArg,
+    select: SelectOpts,
+    repository: RepoArg,
+    retention: RetentionOpts,
+    archive: Option<ArchiveOpts>,
+    worker: Option<WorkerOpts>,
+    enabled: Option<bool>,
+    /// Taken out before parsing (a function); listed here so messages name it.
+    #[allow(dead_code)]
+    run: Option<de::IgnoredAny>,
+}
+
+fn check_account(ctx: &Context, prim: &str, field: &str, name: &str) -> Result<(), ApiError> {
+    let config = ctx.cloud.config();
+    if name == crate::cloud::DEFAULT_ACCOUNT || config.accounts.contains_key(name) {
+        return Ok(());
+    }
+    let known = if config.accounts.is_empty() {
+        "skiff.toml declares no [accounts]".to_string()
+    } else {
+        format!(
+            "skiff.toml declares {}",
+            config
+                .accounts
+                .keys()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Err(ApiError::field(
+        prim,
+        field,
+        format!("unknown account {name:?} ({known})"),
+    ))
+}
+
+fn check_region(ctx: &Context, prim: &str, field: &str, region: &str) -> Result<(), ApiError> {
+    match ctx.cloud.scope(None, Some(region)) {
+        Err(e @ crate::cloud::ScopeError::BadRegion(_)) => Err(ApiError::field(prim, field, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Resolves a repository argument against the repositories declared so far.
+fn resolve_repo(
+    ctx: &Context,
+    declared: &[Repository],
+    field: &str,
+    arg: RepoArg,
+) -> Result<Repository, ApiError> {
+    let by_name = |name: &str| -> Result<Repository, ApiError> {
+        if let Some(r) = declared.iter().find(|r| r.name.as_deref() == Some(name)) {
+            return Ok(r.clone());
+        }
+        let known = if declared.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (declared: {})",
+                declared
+                    .iter()
+                    .filter_map(|r| r.name.as_deref())
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        Err(ApiError::field(
+            P,
+            field,
+            format!(
+                "unknown repository {name:?}{known}; declare it first with repository{{name = {name:?}, location = …}} or give a location (/path or s3://bucket/prefix)"
+            ),
+        ))
+    };
+    match arg {
+        RepoArg::Text(s) if is_location(&s) => {
+            check_location(&s).map_err(|m| ApiError::field(P, field, m))?;
+            Ok(Repository::at(&s))
+        }
+        RepoArg::Text(s) => by_name(&s),
+        RepoArg::Table { name: Some(n), .. } => by_name(&n),
+        RepoArg::Table {
+            name: None,
+            location,
+            region,
+            account,
+            password,
+        } => {
+            let location = location.unwrap_or_default();
+            check_location(&location)
+                .map_err(|m| ApiError::field(P, &format!("{field}.location"), m))?;
+            if let Some(r) = &region {
+                check_region(ctx, P, &format!("{field}.region"), r)?;
+            }
+            if let Some(a) = &account {
+                check_account(ctx, P, &format!("{field}.account"), a)?;
+            }
+            Ok(Repository {
+                region,
+                account,
+                password: password.map(|p| p.0),
+                ..Repository::at(&location)
+            })
+        }
+    }
+}
+
+fn declare_repository(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
+    let v = args.into_iter().next().unwrap_or(Value::Nil);
+    let o: RepositoryOpts = opts::parse(R, v)?;
+    check_name(&o.name).map_err(|m| ApiError::field(R, "name", m))?;
+    check_location(&o.location).map_err(|m| ApiError::field(R, "location", m))?;
+    if let Some(r) = &o.region {
+        check_region(ctx, R, "region", r)?;
+    }
+    if let Some(a) = &o.account {
+        check_account(ctx, R, "account", a)?;
+    }
+    if let Some(PasswordOpt(Password::Ssm {
+        account: Some(a), ..
+    })) = &o.password
+    {
+        check_account(ctx, R, "password.account", a)?;
+    }
+    let at = caller(lua);
+    let repo = Repository {
+        kind: "repository",
+        name: Some(o.name.clone()),
+        location: o.location,
+        region: o.region,
+        account: o.account,
+        password: o.password.map(|p| p.0),
+        declared_at: Some(at),
+    };
+    {
+        let mut d = declarations_mut(lua, R)?;
+        if let Some(first) = d
+            .repositories
+            .iter()
+            .find(|r| r.name.as_deref() == Some(&o.name))
+        {
+            return Err(ApiError::field(
+                R,
+                "name",
+                format!(
+                    "a repository named {:?} is already declared at {}",
+                    o.name,
+                    first.declared_at.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+        d.repositories.push(repo.clone());
+    }
+    super::to_lua(lua, &repo)
+}
+
+fn declarations_mut<'a>(
+    lua: &'a Lua,
+    prim: &str,
+) -> Result<mlua::AppDataRefMut<'a, Declarations>, ApiError> {
+    let d = lua
+        .app_data_mut::<Declarations>()
+        .ok_or_else(|| ApiError::fail("internal", prim, "no declarations in this VM"))?;
+    if d.sealed {
+        return Err(ApiError::usage(
+            prim,
+            "declarations belong at the top level of a policy script, not inside a run",
+        ));
+    }
+    Ok(d)
+}
+
+fn declare_policy(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
+    let v = args.into_iter().next().unwrap_or(Value::Nil);
+    let run = opts::take_function(P, &v, "run")?;
+    let schedule_given: Value = match &v {
+        Value::Table(t) => t.get("schedule").unwrap_or(Value::Nil),
+        _ => Value::Nil,
+    };
+    let o: PolicyOpts = opts::parse(P, v)?;
+    check_name(&o.name).map_err(|m| ApiError::field(P, "name", m))?;
+    let schedule = o.schedule.build().map_err(|(field, m)| {
+        let f = if field.is_empty() {
+            "schedule".to_string()
+        } else {
+            format!("schedule.{field}")
+        };
+        ApiError::field(P, &f, m)
+    })?;
+
+    let s = o.select;
+    if s.tags.is_empty() && s.ids.is_empty() {
+        return Err(ApiError::field(
+            P,
+            "select",
+            "selects nothing; give tags = {…} and/or ids = {…}",
+        ));
+    }
+    for (i, id) in s.ids.iter().enumerate() {
+        if !(id.starts_with("i-") || id.starts_with("vol-")) {
+            return Err(ApiError::field(
+                P,
+                &format!("select.ids[{}]", i + 1),
+                format!("expected an instance (i-…) or volume (vol-…) id, got {id:?}"),
+            ));
+        }
+    }
+    for (i, r) in s.regions.iter().enumerate() {
+        check_region(ctx, P, &format!("select.regions[{}]", i + 1), r)?;
+    }
+    for (i, a) in s.accounts.iter().enumerate() {
+        check_account(ctx, P, &format!("select.accounts[{}]", i + 1), a)?;
+    }
+    let select = Selection {
+        tags: s.tags,
+        ids: s.ids.0,
+        regions: s.regions.0,
+        accounts: s.accounts.0,
+    };
+
+    let r = o.retention;
+    let retention = Retention {
+        keep_last: r.keep_last.unwrap_or_default().0,
+        keep_daily: r.keep_daily.unwrap_or_default().0,
+        keep_weekly: r.keep_weekly.unwrap_or_default().0,
+        keep_monthly: r.keep_monthly.unwrap_or_default().0,
+        keep_yearly: r.keep_yearly.unwrap_or_default().0,
+    };
+    if retention.keeps_nothing() {
+        return Err(ApiError::field(
+            P,
+            "retention",
+            "keeps nothing; set at least one of keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly",
+        ));
+    }
+
+    let worker = match o.worker {
+        None => WorkerChoice::default(),
+        Some(w) => {
+            if let Some(a) = &w.account {
+                check_account(ctx, P, "worker.account", a)?;
+            }
+            if let Some(p) = &w.profile {
+                if !aws_sdk_ec2::types::InstanceType::values().contains(&p.as_str()) {
+                    return Err(ApiError::field(
+                        P,
+                        "worker.profile",
+                        format!("unknown instance type {p:?}"),
+                    ));
+                }
+            }
+            WorkerChoice {
+                account: w.account,
+                private: w.private,
+                profile: w.profile,
+            }
+        }
+    };
+
+    let at = caller(lua);
+    let mut d = declarations_mut(lua, P)?;
+    let repository = resolve_repo(ctx, &d.repositories, "repository", o.repository)?;
+    let archive = match o.archive {
+        None => None,
+        Some(a) => {
+            let repo = resolve_repo(ctx, &d.repositories, "archive.repository", a.repository)?;
+            if repo.location == repository.location {
+                return Err(ApiError::field(
+                    P,
+                    "archive.repository",
+                    format!(
+                        "the archive repository must differ from the policy's repository ({})",
+                        repository.location
+                    ),
+                ));
+            }
+            if !STORAGE_CLASSES.contains(&a.storage_class.as_str()) {
+                return Err(ApiError::field(
+                    P,
+                    "archive.storage_class",
+                    format!(
+                        "expected one of {}, got {:?}",
+                        STORAGE_CLASSES.join(", "),
+                        a.storage_class
+                    ),
+                ));
+            }
+            let points = ArchivePoints::parse(a.points.as_deref().unwrap_or("monthly"))
+                .map_err(|m| ApiError::field(P, "archive.points", m))?;
+            Some(Archive {
+                repository: repo,
+                storage_class: a.storage_class,
+                points,
+            })
+        }
+    };
+    if let Some(first) = d.policies.iter().find(|p| p.name == o.name) {
+        return Err(ApiError::field(
+            P,
+            "name",
+            format!(
+                "a policy named {:?} is already declared at {}",
+                o.name, first.declared_at
+            ),
+        ));
+    }
+    let policy = Policy {
+        name: o.name,
+        schedule,
+        select,
+        repository,
+        retention,
+        archive,
+        worker,
+        enabled: o.enabled.unwrap_or(true),
+        custom_run: run.is_some(),
+        declared_at: at,
+    };
+    d.policies.push(policy.clone());
+    drop(d);
+    let t = policy_table(lua, &policy, schedule_given, run)
+        .map_err(|e| ApiError::fail("internal", P, e.to_string()))?;
+    let all: Table = match lua.named_registry_value::<Value>(POLICY_TABLES) {
+        Ok(Value::Table(t)) => t,
+        _ => {
+            let t = lua
+                .create_table()
+                .map_err(|e| ApiError::fail("internal", P, e.to_string()))?;
+            lua.set_named_registry_value(POLICY_TABLES, &t)
+                .map_err(|e| ApiError::fail("internal", P, e.to_string()))?;
+            t
+        }
+    };
+    all.set(policy.name.as_str(), &t)
+        .map_err(|e| ApiError::fail("internal", P, e.to_string()))?;
+    Ok(Value::Table(t))
+}
+
+/// The table `policy{}` returns, and runs receive as `ctx.policy`.
+fn policy_table(
+    lua: &Lua,
+    p: &Policy,
+    schedule_given: Value,
+    run: Option<Function>,
+) -> mlua::Result<Table> {
+    #[derive(serde::Serialize)]
+    struct View<'a> {
+        kind: &'static str,
+        name: &'a str,
+        crons: Vec<&'a str>,
+        select: &'a Selection,
+        repository: &'a Repository,
+        retention: &'a Retention,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        archive: Option<&'a Archive>,
+        worker: &'a WorkerChoice,
+        enabled: bool,
+        declared_at: &'a str,
+    }
+    let view = View {
+        kind: "policy",
+        name: &p.name,
+        crons: p.schedule.entries.iter().map(|e| e.cron()).collect(),
+        select: &p.select,
+        repository: &p.repository,
+        retention: &p.retention,
+        archive: p.archive.as_ref(),
+        worker: &p.worker,
+        enabled: p.enabled,
+        declared_at: &p.declared_at,
+    };
+    let Value::Table(t) = super::to_lua(lua, &view).map_err(|e| match e {
+        ApiError::Fail(f) => mlua::Error::runtime(f.message),
+        ApiError::Usage(m) => mlua::Error::runtime(m),
+    })?
+    else {
+        return Err(mlua::Error::runtime("policy view is not a table"));
+    };
+    t.set("schedule", schedule_given)?;
+    if let Some(f) = run {
+        t.set("run", f)?;
+    }
+    Ok(t)
+}
+
+/// What a run is told about itself (`ctx` in `run = function(ctx) … end`).
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub run_id: i64,
+    pub job: String,
+    pub trigger: String,
+    pub scheduled: chrono::DateTime<chrono::Utc>,
+    pub version: i64,
+}
+
+/// Something a run reports while it runs.
+#[derive(Debug, Clone)]
+pub enum RunNote {
+    Log(String),
+    Progress(serde_json::Value),
+}
+
+/// What a finished run reported in its result table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunTotals {
+    pub points: Option<i64>,
+    pub bytes: Option<i64>,
+}
+
+/// The function to call for a run of `policy` and its arguments: the
+/// policy's own `run(ctx)`, else `require("skiff.policy_run")(policy, ctx)`.
+pub fn prepare_run(
+    vm: &Vm,
+    policy: &str,
+    info: &RunInfo,
+    notes: Arc<dyn Fn(RunNote) + Send + Sync>,
+) -> mlua::Result<(Function, MultiValue)> {
+    let lua = vm.lua();
+    let all: Table = lua.named_registry_value(POLICY_TABLES)?;
+    let table: Table = all.get(policy).map_err(|_| {
+        mlua::Error::runtime(format!("policy {policy:?} is not declared in this VM"))
+    })?;
+    let ctx = lua.create_table()?;
+    ctx.set("run", info.run_id)?;
+    ctx.set("policy", &table)?;
+    ctx.set("job", info.job.as_str())?;
+    ctx.set("trigger", info.trigger.as_str())?;
+    ctx.set(
+        "scheduled",
+        info.scheduled
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )?;
+    ctx.set(
+        "scheduled_at",
+        info.scheduled.timestamp_millis() as f64 / 1000.0,
+    )?;
+    ctx.set("version", info.version)?;
+    let n = notes.clone();
+    ctx.set(
+        "log",
+        lua.create_function(move |lua, args: MultiValue| {
+            let tostring: Function = lua.globals().get("tostring")?;
+            let mut parts = Vec::new();
+            for v in args {
+                parts.push(match v {
+                    Value::Table(_) => crate::host::pretty::pretty(&v),
+                    other => tostring.call::<String>(other)?,
+                });
+            }
+            n(RunNote::Log(parts.join(" ")));
+            Ok(())
+        })?,
+    )?;
+    let n = notes;
+    ctx.set(
+        "progress",
+        lua.create_function(move |lua, v: Value| {
+            use mlua::LuaSerdeExt;
+            let json: serde_json::Value = lua.from_value(v).map_err(|e| {
+                mlua::Error::runtime(format!(
+                    "ctx.progress: expected a table of plain values: {e}"
+                ))
+            })?;
+            n(RunNote::Progress(json));
+            Ok(())
+        })?,
+    )?;
+    match table.get::<Value>("run")? {
+        Value::Function(f) => Ok((f, MultiValue::from_vec(vec![Value::Table(ctx)]))),
+        _ => {
+            let require: Function = lua.globals().get("require")?;
+            let f: Function = require.call("skiff.policy_run")?;
+            Ok((
+                f,
+                MultiValue::from_vec(vec![Value::Table(table), Value::Table(ctx)]),
+            ))
+        }
+    }
+}
+
+/// Reads `points` and `bytes` from a run's result table, if it returned one.
+pub fn run_totals(values: &MultiValue) -> Result<RunTotals, String> {
+    let Some(first) = values.iter().next() else {
+        return Ok(RunTotals::default());
+    };
+    let t = match first {
+        Value::Nil => return Ok(RunTotals::default()),
+        Value::Table(t) => t,
+        other => {
+            return Err(format!(
+                "a run returns nil or a table {{points = …, bytes = …}}, not a {}",
+                other.type_name()
+            ))
+        }
+    };
+    let int = |k: &str| -> Result<Option<i64>, String> {
+        match t.get::<Value>(k).unwrap_or(Value::Nil) {
+            Value::Nil => Ok(None),
+            Value::Integer(i) if i >= 0 => Ok(Some(i)),
+            Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(Some(n as i64)),
+            other => Err(format!(
+                "the run's result.{k}: expected an integer ≥ 0, got {}",
+                crate::host::pretty::pretty(&other)
+            )),
+        }
+    };
+    Ok(RunTotals {
+        points: int("points")?,
+        bytes: int("bytes")?,
+    })
+}
+
+pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
+    lua.set_app_data(Declarations::default());
+    let g = lua.globals();
+    g.set("policy", reg.sync_fn(declare_policy)?)?;
+    g.set("repository", reg.sync_fn(declare_repository)?)?;
+    Ok(())
+}

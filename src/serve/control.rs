@@ -1,0 +1,451 @@
+//! The control socket of a running `skiff serve`: a Unix socket in the state
+//! dir (`serve.sock`) speaking JSON lines, used by `skiff repl --attach`,
+//! `skiff policies` and anything else that wants live state.
+//!
+//! Each request is one JSON object on one line, `{"id": …, "op": …, …}`; each
+//! answer is one line `{"id": …, "ok": true, "result": …}` or `{"id": …,
+//! "ok": false, "error": "…"}`, in order. After `subscribe`, the connection
+//! carries event lines `{"event": …, …}` until it closes. The operations and
+//! events are documented in docs/serve.md.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::history::{History, Outcome, RunRecord, Trigger};
+
+pub const SOCKET_FILE: &str = "serve.sock";
+
+/// A request line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub id: Value,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// The engine: pid, folder, start time, counts.
+    Status,
+    /// Loaded policies and files (the `skiff policies` view).
+    Policies,
+    /// Start a run of a policy now.
+    Run { policy: String },
+    /// History, newest first.
+    Runs {
+        policy: Option<String>,
+        limit: Option<usize>,
+    },
+    /// One run's record.
+    RunInfo { run: i64 },
+    /// Answers when the run has ended (or after `timeout` seconds, with its record as it is).
+    Wait { run: i64, timeout: Option<f64> },
+    /// Runs in progress with their recent log lines; then events on this connection.
+    Subscribe,
+}
+
+/// What the engine broadcasts to subscribers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run: i64,
+        policy: String,
+        file: String,
+        version: i64,
+        trigger: Trigger,
+        scheduled: DateTime<Utc>,
+        started: DateTime<Utc>,
+        job: String,
+    },
+    RunLog {
+        run: i64,
+        policy: String,
+        line: String,
+        at: DateTime<Utc>,
+    },
+    RunProgress {
+        run: i64,
+        policy: String,
+        progress: Value,
+        at: DateTime<Utc>,
+    },
+    RunFinished {
+        run: i64,
+        policy: String,
+        outcome: Outcome,
+        started: DateTime<Utc>,
+        ended: DateTime<Utc>,
+        points: Option<i64>,
+        bytes: Option<i64>,
+        error: Option<String>,
+    },
+    RunSkipped {
+        run: i64,
+        policy: String,
+        scheduled: DateTime<Utc>,
+        reason: String,
+    },
+    /// A file loaded and its new version is active.
+    Loaded {
+        file: String,
+        version: i64,
+        policies: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// A file failed to load; `keeping` is the version still active, if any.
+    LoadFailed {
+        file: String,
+        error: String,
+        keeping: Option<i64>,
+        at: DateTime<Utc>,
+    },
+    /// A file was deleted: its policies stopped.
+    Removed { file: String, policies: Vec<String> },
+    /// Ctrl-C or SIGTERM: no new runs; running ones end.
+    Stopping,
+}
+
+/// A policy as `skiff policies` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub file: String,
+    pub declared_at: String,
+    pub version: i64,
+    pub schedule: String,
+    pub enabled: bool,
+    pub next_run: Option<DateTime<Utc>>,
+    /// The run in progress, if any.
+    pub running: Option<i64>,
+    pub last: Option<RunRecord>,
+}
+
+/// A policy file as `skiff policies` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileStatus {
+    pub file: String,
+    /// The active version (0: none ever loaded).
+    pub version: i64,
+    pub digest: String,
+    pub loaded_at: Option<DateTime<Utc>>,
+    /// Why the file on disk does not load (the active version, if any, stays).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoliciesView {
+    /// From a running engine (else from the history's last-known state).
+    pub live: bool,
+    pub policies: Vec<PolicyStatus>,
+    pub files: Vec<FileStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub pid: u32,
+    pub dir: String,
+    pub state_dir: String,
+    pub started: DateTime<Utc>,
+    pub files: usize,
+    pub policies: usize,
+    pub running: Vec<RunningView>,
+    pub stopping: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunningView {
+    pub run: i64,
+    pub policy: String,
+    pub version: i64,
+    pub trigger: Trigger,
+    pub started: DateTime<Utc>,
+    /// The last lines the run logged (at most 100).
+    pub lines: Vec<String>,
+    pub progress: Option<Value>,
+}
+
+/// A request the engine itself answers.
+pub enum Command {
+    Status(oneshot::Sender<StatusView>),
+    Policies(oneshot::Sender<PoliciesView>),
+    Run(String, oneshot::Sender<Result<i64, String>>),
+}
+
+/// What connection handlers need.
+#[derive(Clone)]
+pub struct Hub {
+    pub commands: mpsc::Sender<Command>,
+    pub events: broadcast::Sender<Event>,
+    pub history: Arc<History>,
+}
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_FILE)
+}
+
+/// Binds the control socket, refusing if another engine answers on it.
+pub async fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(state_dir);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another skiff serve answers on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    // Whoever can connect can start runs: the owner only.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections until the listener is dropped (the task aborted).
+pub async fn serve(listener: UnixListener, hub: Hub) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let hub = hub.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, hub).await {
+                        tracing::debug!("control connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("control socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn write_line(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    v: &impl Serialize,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+async fn connection(stream: UnixStream, hub: Hub) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let id = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or(Value::Null);
+                write_line(
+                    &mut w,
+                    &json!({"id": id, "ok": false, "error": format!("bad request: {e}")}),
+                )
+                .await?;
+                continue;
+            }
+        };
+        if matches!(req.op, Op::Subscribe) {
+            // Subscribe before taking the snapshot, so no event falls between.
+            let mut rx = hub.events.subscribe();
+            let (tx, snap) = oneshot::channel();
+            let _ = hub.commands.send(Command::Status(tx)).await;
+            let running = snap.await.map(|s| s.running).unwrap_or_default();
+            write_line(
+                &mut w,
+                &json!({"id": req.id, "ok": true, "result": {"running": running}}),
+            )
+            .await?;
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => write_line(&mut w, &ev).await?,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        write_line(&mut w, &json!({"event": "lagged", "missed": n})).await?
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+        let answer = answer(&hub, req.op).await;
+        let out = match answer {
+            Ok(result) => json!({"id": req.id, "ok": true, "result": result}),
+            Err(error) => json!({"id": req.id, "ok": false, "error": error}),
+        };
+        write_line(&mut w, &out).await?;
+    }
+    Ok(())
+}
+
+async fn answer(hub: &Hub, op: Op) -> Result<Value, String> {
+    let gone = || "skiff serve is stopping".to_string();
+    match op {
+        Op::Status => {
+            let (tx, rx) = oneshot::channel();
+            hub.commands
+                .send(Command::Status(tx))
+                .await
+                .map_err(|_| gone())?;
+            Ok(to_json(&rx.await.map_err(|_| gone())?))
+        }
+        Op::Policies => {
+            let (tx, rx) = oneshot::channel();
+            hub.commands
+                .send(Command::Policies(tx))
+                .await
+                .map_err(|_| gone())?;
+            Ok(to_json(&rx.await.map_err(|_| gone())?))
+        }
+        Op::Run { policy } => {
+            let (tx, rx) = oneshot::channel();
+            hub.commands
+                .send(Command::Run(policy.clone(), tx))
+                .await
+                .map_err(|_| gone())?;
+            let run = rx.await.map_err(|_| gone())??;
+            Ok(json!({"run": run, "policy": policy}))
+        }
+        Op::Runs { policy, limit } => {
+            let h = hub.history.clone();
+            let runs = blocking(move || {
+                h.runs(policy.as_deref(), limit.unwrap_or(20))
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            Ok(to_json(&runs))
+        }
+        Op::RunInfo { run } => {
+            let h = hub.history.clone();
+            let r = blocking(move || h.run(run).map_err(|e| e.to_string())).await?;
+            r.map(|r| to_json(&r))
+                .ok_or_else(|| format!("no run {run} in the history"))
+        }
+        Op::Wait { run, timeout } => {
+            let mut rx = hub.events.subscribe();
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_secs_f64(timeout.unwrap_or(3600.0).clamp(0.0, 86_400.0 * 7.0));
+            loop {
+                let h = hub.history.clone();
+                let rec = blocking(move || h.run(run).map_err(|e| e.to_string()))
+                    .await?
+                    .ok_or_else(|| format!("no run {run} in the history"))?;
+                if rec.outcome != Outcome::Running {
+                    return Ok(to_json(&rec));
+                }
+                // Woken by the run's end, any other event, or a periodic recheck.
+                let wake = tokio::time::sleep_until(
+                    deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)),
+                );
+                tokio::select! {
+                    ev = rx.recv() => {
+                        if let Err(broadcast::error::RecvError::Closed) = ev {
+                            return Err(gone());
+                        }
+                    }
+                    _ = wake => {}
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let h = hub.history.clone();
+                    let rec = blocking(move || h.run(run).map_err(|e| e.to_string())).await?;
+                    return Ok(rec.map(|r| to_json(&r)).unwrap_or(Value::Null));
+                }
+            }
+        }
+        Op::Subscribe => unreachable!("handled by the connection"),
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// A client of the control socket.
+pub struct Client {
+    reader: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to the engine using `state_dir`; `None` when none is running.
+    pub async fn connect(state_dir: &Path) -> Option<Client> {
+        let stream = UnixStream::connect(socket_path(state_dir)).await.ok()?;
+        let (r, w) = stream.into_split();
+        Some(Client {
+            reader: BufReader::new(r).lines(),
+            writer: w,
+            next_id: 1,
+        })
+    }
+
+    /// Sends one request and reads its answer.
+    pub async fn request(&mut self, op: Op) -> Result<Value, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        write_line(&mut self.writer, &Request { id: json!(id), op })
+            .await
+            .map_err(|e| format!("skiff serve: {e}"))?;
+        loop {
+            let line = self
+                .reader
+                .next_line()
+                .await
+                .map_err(|e| format!("skiff serve: {e}"))?
+                .ok_or_else(|| "skiff serve closed the connection".to_string())?;
+            let v: Value = serde_json::from_str(&line)
+                .map_err(|e| format!("skiff serve sent a bad line: {e}"))?;
+            if v.get("id") != Some(&json!(id)) {
+                continue;
+            }
+            return if v.get("ok") == Some(&Value::Bool(true)) {
+                Ok(v.get("result").cloned().unwrap_or(Value::Null))
+            } else {
+                Err(v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
+                    .to_string())
+            };
+        }
+    }
+
+    /// Subscribes: returns the runs in progress; then [`Client::next_event`].
+    pub async fn subscribe(&mut self) -> Result<Vec<RunningView>, String> {
+        let v = self.request(Op::Subscribe).await?;
+        serde_json::from_value(v.get("running").cloned().unwrap_or(json!([])))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next event line after [`Client::subscribe`]; `None` when the engine is gone.
+    pub async fn next_event(&mut self) -> Option<Value> {
+        let line = self.reader.next_line().await.ok()??;
+        serde_json::from_str(&line).ok()
+    }
+}

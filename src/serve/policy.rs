@@ -1,0 +1,241 @@
+//! What a policy declares, as typed values: what to protect (`select`),
+//! when (`schedule`), where to (`repository`), how long (`retention`), what
+//! goes to cold storage (`archive`), and where its workers run (`worker`).
+//! Built from Lua by `src/api/policy.rs`; scheduled by the engine.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::schedule::Schedule;
+
+/// A declared policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub schedule: Schedule,
+    pub select: Selection,
+    pub repository: Repository,
+    pub retention: Retention,
+    pub archive: Option<Archive>,
+    pub worker: WorkerChoice,
+    pub enabled: bool,
+    /// The policy brings its own `run = function(ctx) … end`.
+    pub custom_run: bool,
+    /// `file:line` of the `policy{}` call.
+    pub declared_at: String,
+}
+
+/// The resources a policy protects: those matching all the given tags, plus
+/// the given ids, in the given regions and accounts (default: the defaults).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Selection {
+    pub tags: BTreeMap<String, String>,
+    pub ids: Vec<String>,
+    pub regions: Vec<String>,
+    pub accounts: Vec<String>,
+}
+
+/// A repository: declared by name with `repository{}`, or a bare location.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Repository {
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub location: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Password>,
+    /// `file:line` of the `repository{}` call, for declared ones.
+    #[serde(skip)]
+    pub declared_at: Option<String>,
+}
+
+impl Repository {
+    pub fn at(location: &str) -> Repository {
+        Repository {
+            kind: "repository",
+            name: None,
+            location: location.to_string(),
+            region: None,
+            account: None,
+            password: None,
+            declared_at: None,
+        }
+    }
+
+    /// The name if declared, else the location.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.location)
+    }
+}
+
+/// Where a repository's password is read from; never the password itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Password {
+    Env {
+        env: String,
+    },
+    File {
+        file: String,
+    },
+    Ssm {
+        ssm: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        account: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+    },
+}
+
+/// Grandfather-father-son retention: the newest `keep_last` points, and the
+/// newest point of each of the last `keep_daily` days (weeks, months, years).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+}
+
+impl Retention {
+    pub fn keeps_nothing(&self) -> bool {
+        *self == Retention::default()
+    }
+}
+
+/// Copies of selected points in another repository with a colder storage class.
+#[derive(Debug, Clone, Serialize)]
+pub struct Archive {
+    pub repository: Repository,
+    pub storage_class: String,
+    pub points: ArchivePoints,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchivePoints {
+    Weekly,
+    Monthly,
+    Yearly,
+    All,
+}
+
+impl ArchivePoints {
+    pub fn parse(s: &str) -> Result<ArchivePoints, String> {
+        Ok(match s {
+            "weekly" => ArchivePoints::Weekly,
+            "monthly" => ArchivePoints::Monthly,
+            "yearly" => ArchivePoints::Yearly,
+            "all" => ArchivePoints::All,
+            other => {
+                return Err(format!(
+                    "expected \"weekly\", \"monthly\", \"yearly\" or \"all\", got {other:?}"
+                ))
+            }
+        })
+    }
+}
+
+/// S3 storage classes an archive repository may use.
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+];
+
+/// Where the policy's backup workers run (placement rules apply otherwise).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerChoice {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+/// A policy or repository name: letters, digits, `_`, `-`, `.`; up to 64.
+pub fn check_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a name of letters, digits, '_', '-' or '.' (starting with a letter or digit, at most 64), got {s:?}"
+        ))
+    }
+}
+
+/// Whether a repository argument is a location rather than a name.
+pub fn is_location(s: &str) -> bool {
+    s.starts_with('/') || s.starts_with("./") || s.starts_with("../") || s.contains("://")
+}
+
+/// Checks a repository location: a directory path or `s3://bucket/prefix`.
+pub fn check_location(s: &str) -> Result<(), String> {
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let bucket = rest.split('/').next().unwrap_or_default();
+        let valid = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(format!(
+                "invalid S3 bucket name {bucket:?} in {s:?}: expected s3://BUCKET/PREFIX with a bucket of 3-63 lowercase letters, digits, '-' or '.'"
+            ));
+        }
+        return Ok(());
+    }
+    if s.contains("://") {
+        return Err(format!(
+            "unsupported repository location {s:?}: expected a directory (/path, ./path) or s3://BUCKET/PREFIX"
+        ));
+    }
+    if is_location(s) {
+        return Ok(());
+    }
+    Err(format!(
+        "expected a location (/path, ./path or s3://BUCKET/PREFIX), got {s:?}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_locations() {
+        assert!(check_name("nightly-db.v2").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name(&"x".repeat(65)).is_err());
+        assert!(check_location("/srv/repo").is_ok());
+        assert!(check_location("./repo").is_ok());
+        assert!(check_location("s3://my-bucket/skiff").is_ok());
+        assert!(check_location("s3://My_Bucket/x")
+            .unwrap_err()
+            .contains("invalid S3 bucket name \"My_Bucket\""));
+        assert!(check_location("gs://b/x")
+            .unwrap_err()
+            .contains("unsupported"));
+        assert!(check_location("main")
+            .unwrap_err()
+            .contains("expected a location"));
+        assert!(is_location("s3://b/p") && is_location("/x") && !is_location("main"));
+    }
+}

@@ -1,0 +1,955 @@
+//! `skiff serve` as operators run it: the real binary on a folder of policy
+//! files in a temporary workspace, edited while it runs; its history and
+//! live state read back through `skiff runs`, `skiff policies` and
+//! `skiff repl --attach`; workers checked in the emulator. Policies bring
+//! their own `run = function(ctx) … end` doing observable work, so nothing
+//! here depends on the data mover. One test drives the engine in-process
+//! through `skiff::serve::run`.
+
+use std::future::Future;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::Workspace;
+use crate::workers::{running, skiff_queues, workers_in};
+
+const WORKERS_TOML: &str = "[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n";
+
+/// Polls `f` until it gives a value, or fails the test after `secs`.
+async fn until<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// A running `skiff serve policies --state-dir state`; stopped (SIGTERM, then
+/// SIGKILL) when dropped, so a failing test leaves nothing running.
+struct Serve {
+    child: tokio::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    async fn start(ws: &Workspace, extra: &[&str]) -> Serve {
+        std::fs::create_dir_all(ws.path("policies")).unwrap();
+        let log = ws.path(&format!("serve-{}.log", rand_suffix()));
+        let mut args = vec!["serve", "policies", "--state-dir", "state"];
+        args.extend_from_slice(extra);
+        let child = ws
+            .command(&args)
+            .env("SKIFF_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start skiff serve");
+        let mut s = Serve { child, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while live_policies(ws).await.is_none() {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("skiff serve exited ({status}):\n{}", s.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "skiff serve did not answer:\n{}",
+                s.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().expect("serve runs") as i32
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; the exit code.
+    async fn stop(mut self) -> (i32, String) {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("serve stops within 60 s after SIGTERM")
+            .unwrap();
+        (status.code().unwrap_or(-1), self.log_text())
+    }
+
+    /// SIGKILL: nothing of skiff's own cleanup runs.
+    async fn kill9(mut self) {
+        self.child.kill().await.unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let (Ok(None), Some(pid)) = (self.child.try_wait(), self.child.id()) {
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            for _ in 0..150 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use rand::Rng;
+    rand::rng().random()
+}
+
+/// `skiff policies --json` when it comes from a running engine.
+async fn live_policies(ws: &Workspace) -> Option<Value> {
+    let out = ws
+        .skiff(&["policies", "--json", "--state-dir", "state"])
+        .await;
+    let v: Value = serde_json::from_str(&out.stdout).ok()?;
+    (v["live"] == Value::Bool(true)).then_some(v)
+}
+
+fn policy_in<'a>(view: &'a Value, name: &str) -> Option<&'a Value> {
+    view["policies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+}
+
+fn file_in<'a>(view: &'a Value, file: &str) -> Option<&'a Value> {
+    view["files"].as_array()?.iter().find(|f| f["file"] == file)
+}
+
+/// The history of a policy, oldest first.
+async fn runs_of(ws: &Workspace, policy: &str) -> Vec<Value> {
+    let out = ws
+        .skiff(&[
+            "runs",
+            "--json",
+            "--limit",
+            "100000",
+            "--policy",
+            policy,
+            "--state-dir",
+            "state",
+        ])
+        .await;
+    out.ok();
+    let mut runs: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    runs.reverse();
+    runs
+}
+
+fn time_of(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("a time: {v}")))
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// A policy file whose run writes `marker version trigger` to `out` (one line per run).
+fn writer_policy(name: &str, schedule: &str, marker: &str, out: &str) -> String {
+    format!(
+        r#"policy{{
+  name = "{name}",
+  schedule = "{schedule}",
+  select = {{ tags = {{ app = "db" }} }},
+  repository = "/srv/skiff",
+  retention = {{ keep_last = 3 }},
+  run = function(ctx)
+    local f = assert(io.open("{out}", "a"))
+    f:write("{marker} ", ctx.version, " ", ctx.trigger, "\n")
+    f:close()
+    ctx.log("wrote {marker}")
+    return {{ points = 1, bytes = 10 }}
+  end,
+}}
+"#
+    )
+}
+
+fn last_line(ws: &Workspace, file: &str) -> Option<String> {
+    std::fs::read_to_string(ws.path(file))
+        .ok()?
+        .lines()
+        .last()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn edits_valid_then_broken_then_fixed_while_serving() {
+    let ws = Workspace::new("").await;
+    ws.write(
+        "policies/a.lua",
+        &writer_policy("reload", "* * * * * *", "one", "out.txt"),
+    );
+    let serve = Serve::start(&ws, &[]).await;
+    until("version 1 to run", 20, || async {
+        (last_line(&ws, "out.txt")? == "one 1 schedule").then_some(())
+    })
+    .await;
+
+    // A valid edit: a new version, its runs say so.
+    ws.write(
+        "policies/a.lua",
+        &writer_policy("reload", "* * * * * *", "two", "out.txt"),
+    );
+    until("version 2 to run", 20, || async {
+        (last_line(&ws, "out.txt")? == "two 2 schedule").then_some(())
+    })
+    .await;
+
+    // A broken edit (a bad cron expression): reported at the line of the
+    // policy{} call, and version 2 keeps running.
+    ws.write(
+        "policies/a.lua",
+        &writer_policy("reload", "* * * *", "three", "out.txt"),
+    );
+    let view = until("the load error to be reported", 20, || async {
+        let v = live_policies(&ws).await?;
+        file_in(&v, "policies/a.lua")?["error"].as_str()?;
+        Some(v)
+    })
+    .await;
+    let file = file_in(&view, "policies/a.lua").unwrap();
+    assert!(
+        file["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("policies/a.lua:1: policy: opts.schedule: invalid cron expression \"* * * *\": 4 fields"),
+        "{view:#}"
+    );
+    assert_eq!(file["version"], 2, "version 2 stays active: {view:#}");
+    assert_eq!(policy_in(&view, "reload").unwrap()["version"], 2);
+    let broken_at = chrono::Utc::now();
+    until(
+        "version 2 to keep running after the broken edit",
+        20,
+        || async {
+            let runs = runs_of(&ws, "reload").await;
+            runs.iter()
+                .any(|r| {
+                    time_of(&r["started"]) > broken_at
+                        && r["version"] == 2
+                        && r["outcome"] == "success"
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!std::fs::read_to_string(ws.path("out.txt"))
+        .unwrap()
+        .contains("three"));
+    let text = ws.skiff(&["policies", "--state-dir", "state"]).await;
+    text.ok();
+    assert!(text.stdout.contains("load errors:"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("policies/a.lua (keeping version 2):"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains("policies/a.lua:1: policy: opts.schedule: invalid cron expression"),
+        "{}",
+        text.stdout
+    );
+
+    // Fixed: version 3, no error.
+    ws.write(
+        "policies/a.lua",
+        &writer_policy("reload", "* * * * * *", "four", "out.txt"),
+    );
+    until("version 3 to run", 20, || async {
+        (last_line(&ws, "out.txt")? == "four 3 schedule").then_some(())
+    })
+    .await;
+    let view = live_policies(&ws).await.unwrap();
+    assert_eq!(
+        file_in(&view, "policies/a.lua").unwrap()["error"],
+        Value::Null
+    );
+    assert_eq!(file_in(&view, "policies/a.lua").unwrap()["version"], 3);
+
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("(keeping version 2 of policies/a.lua)"),
+        "the broken edit is in the log: {log}"
+    );
+}
+
+#[tokio::test]
+async fn a_change_to_a_required_module_reloads_the_policy_file() {
+    let ws = Workspace::new("").await;
+    ws.write("policies/lib/marker.lua", "return \"alpha\"\n");
+    ws.write(
+        "policies/a.lua",
+        r#"local marker = require("lib.marker")
+policy{
+  name = "uses-module", schedule = "* * * * * *", select = { ids = { "i-0abc" } },
+  repository = "/srv/skiff", retention = { keep_last = 1 },
+  run = function(ctx)
+    local f = assert(io.open("module.txt", "w")); f:write(marker, " ", ctx.version); f:close()
+  end,
+}
+"#,
+    );
+    let serve = Serve::start(&ws, &[]).await;
+    until("the module's first value", 20, || async {
+        (std::fs::read_to_string(ws.path("module.txt")).ok()? == "alpha 1").then_some(())
+    })
+    .await;
+    ws.write("policies/lib/marker.lua", "return \"beta\"\n");
+    until("the module's new value under version 2", 20, || async {
+        (std::fs::read_to_string(ws.path("module.txt")).ok()? == "beta 2").then_some(())
+    })
+    .await;
+    // A module that does not compile: the policy file keeps version 2 and
+    // says where the module is broken; fixing the module reloads it.
+    ws.write("policies/lib/marker.lua", "return \"gamma\n");
+    let view = until("the module's error", 20, || async {
+        let v = live_policies(&ws).await?;
+        file_in(&v, "policies/a.lua")?["error"].as_str()?;
+        Some(v)
+    })
+    .await;
+    let err = file_in(&view, "policies/a.lua").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("policies/lib/marker.lua:1:"), "{err}");
+    assert_eq!(file_in(&view, "policies/a.lua").unwrap()["version"], 2);
+    ws.write("policies/lib/marker.lua", "return \"delta\"\n");
+    until("the fixed module under version 3", 20, || async {
+        (std::fs::read_to_string(ws.path("module.txt")).ok()? == "delta 3").then_some(())
+    })
+    .await;
+    assert_eq!(serve.stop().await.0, 0);
+}
+
+#[tokio::test]
+async fn schedules_fire_on_time_and_a_run_never_overlaps_itself() {
+    let ws = Workspace::new("").await;
+    ws.write(
+        "policies/fast.lua",
+        &writer_policy("fast", "*/2 * * * * *", "fast", "fast.txt"),
+    );
+    ws.write(
+        "policies/slow.lua",
+        r#"policy{
+  name = "slow", schedule = "* * * * * *", select = { tags = { app = "db" } },
+  repository = "/srv/skiff", retention = { keep_last = 1 },
+  run = function(ctx) ctx.log("working"); time.sleep(2.5); return { points = 1 } end,
+}
+"#,
+    );
+    let serve = Serve::start(&ws, &[]).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "{log}");
+
+    let fast = runs_of(&ws, "fast").await;
+    let fired: Vec<&Value> = fast.iter().filter(|r| r["trigger"] == "schedule").collect();
+    assert!(fired.len() >= 3, "every 2 s for 9 s: {fast:#?}");
+    for r in &fired {
+        assert_eq!(r["outcome"], "success", "{r:#}");
+        let scheduled = time_of(&r["scheduled"]);
+        assert_eq!(scheduled.timestamp() % 2, 0, "on even seconds: {r:#}");
+        assert_eq!(scheduled.timestamp_subsec_millis(), 0);
+        let delay = time_of(&r["started"]) - scheduled;
+        assert!(
+            delay >= chrono::Duration::zero() && delay < chrono::Duration::seconds(1),
+            "started within 1 s of its time: {r:#}"
+        );
+    }
+    for pair in fired.windows(2) {
+        assert_eq!(
+            (time_of(&pair[1]["scheduled"]) - time_of(&pair[0]["scheduled"])).num_seconds(),
+            2,
+            "no fire missed or doubled: {fast:#?}"
+        );
+    }
+
+    let slow = runs_of(&ws, "slow").await;
+    let ran: Vec<&Value> = slow.iter().filter(|r| r["outcome"] != "skipped").collect();
+    let skipped: Vec<&Value> = slow.iter().filter(|r| r["outcome"] == "skipped").collect();
+    assert!(ran.len() >= 2 && skipped.len() >= 2, "{slow:#?}");
+    for s in &skipped {
+        assert!(
+            s["error"].as_str().unwrap().contains("was still running"),
+            "{s:#}"
+        );
+    }
+    // Runs that ran never overlapped each other.
+    for pair in ran.windows(2) {
+        if pair[0]["ended"].is_null() {
+            continue;
+        }
+        assert!(
+            time_of(&pair[1]["started"]) >= time_of(&pair[0]["ended"]),
+            "overlapping runs: {slow:#?}"
+        );
+    }
+    // All succeeded but the one in progress at SIGTERM, if one was.
+    for (i, r) in ran.iter().enumerate() {
+        let last = i + 1 == ran.len();
+        assert!(
+            r["outcome"] == "success" || (last && r["outcome"] == "cancelled"),
+            "{slow:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_edited_schedule_retires_the_old_one_and_a_running_run_keeps_its_version() {
+    let ws = Workspace::new("").await;
+    let slow = |schedule: &str, marker: &str| {
+        format!(
+            r#"policy{{
+  name = "swap", schedule = "{schedule}", select = {{ tags = {{ app = "db" }} }},
+  repository = "/srv/skiff", retention = {{ keep_last = 1 }},
+  run = function(ctx)
+    ctx.log("begin {marker}")
+    time.sleep(2)
+    local f = assert(io.open("swap.txt", "a")); f:write("{marker} ", ctx.version, "\n"); f:close()
+  end,
+}}
+"#
+        )
+    };
+    ws.write("policies/swap.lua", &slow("*/3 * * * * *", "old"));
+    let serve = Serve::start(&ws, &[]).await;
+    // Edit while the first run is in progress.
+    until("the first run to start", 20, || async {
+        let view = live_policies(&ws).await?;
+        policy_in(&view, "swap")?["running"].as_i64()
+    })
+    .await;
+    ws.write("policies/swap.lua", &slow("@yearly", "new"));
+    until("version 2", 20, || async {
+        let view = live_policies(&ws).await?;
+        (policy_in(&view, "swap")?["version"] == 2).then_some(())
+    })
+    .await;
+    let swapped = chrono::Utc::now();
+    // The run in progress finishes, under version 1, with version 1's code.
+    until("the first run to finish", 20, || async {
+        (std::fs::read_to_string(ws.path("swap.txt")).ok()? == "old 1\n").then_some(())
+    })
+    .await;
+    // Nothing the old schedule (every 3 s) set fires after the swap.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let runs = runs_of(&ws, "swap").await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["version"], 1);
+    assert_eq!(runs[0]["outcome"], "success");
+    assert!(time_of(&runs[0]["started"]) < swapped);
+    let view = live_policies(&ws).await.unwrap();
+    let next = time_of(&policy_in(&view, "swap").unwrap()["next_run"]);
+    assert_eq!(next.format("%m-%d %H:%M:%S").to_string(), "01-01 00:00:00");
+    assert_eq!(serve.stop().await.0, 0);
+}
+
+#[tokio::test]
+async fn files_come_and_go_and_names_stay_unique_across_files() {
+    let ws = Workspace::new("").await;
+    ws.write(
+        "policies/a.lua",
+        &writer_policy("from-a", "* * * * * *", "a", "a.txt"),
+    );
+    let serve = Serve::start(&ws, &[]).await;
+    until("a's policy to run", 20, || async {
+        last_line(&ws, "a.txt").map(|_| ())
+    })
+    .await;
+    // A new file starts.
+    ws.write(
+        "policies/b.lua",
+        &writer_policy("from-b", "* * * * * *", "b", "b.txt"),
+    );
+    until("b's policy to run", 20, || async {
+        last_line(&ws, "b.txt").map(|_| ())
+    })
+    .await;
+    // A third file declaring a name a.lua has is refused, naming both places.
+    ws.write(
+        "policies/c.lua",
+        &writer_policy("from-a", "* * * * * *", "c", "c.txt"),
+    );
+    let view = until("c.lua's error", 20, || async {
+        let v = live_policies(&ws).await?;
+        file_in(&v, "policies/c.lua")?["error"].as_str()?;
+        Some(v)
+    })
+    .await;
+    assert_eq!(
+        file_in(&view, "policies/c.lua").unwrap()["error"],
+        "policies/c.lua:1: policy: opts.name: a policy named \"from-a\" is already declared at policies/a.lua:1"
+    );
+    assert_eq!(file_in(&view, "policies/c.lua").unwrap()["version"], 0);
+    // A deleted file's policies stop.
+    std::fs::remove_file(ws.path("policies/b.lua")).unwrap();
+    until("b's policy to be gone", 20, || async {
+        let v = live_policies(&ws).await?;
+        policy_in(&v, "from-b").is_none().then_some(())
+    })
+    .await;
+    let gone = chrono::Utc::now();
+    // Deleting a.lua frees the name c.lua wanted: c.lua, retried, now loads.
+    assert!(!ws.path("c.txt").exists(), "the refused file never ran");
+    std::fs::remove_file(ws.path("policies/a.lua")).unwrap();
+    until("c.lua to take the name over", 20, || async {
+        let v = live_policies(&ws).await?;
+        (policy_in(&v, "from-a")?["declared_at"] == "policies/c.lua:1"
+            && file_in(&v, "policies/a.lua").is_none())
+        .then_some(())
+    })
+    .await;
+    until("c's policy to run", 20, || async {
+        last_line(&ws, "c.txt").map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: Vec<Value> = runs_of(&ws, "from-b")
+        .await
+        .into_iter()
+        .filter(|r| time_of(&r["started"]) > gone)
+        .collect();
+    assert!(after.is_empty(), "a removed policy ran: {after:#?}");
+    let (code, _) = serve.stop().await;
+    assert_eq!(code, 0);
+    let from_a = runs_of(&ws, "from-a").await;
+    assert_eq!(from_a.first().unwrap()["file"], "policies/a.lua");
+    assert_eq!(from_a.last().unwrap()["file"], "policies/c.lua");
+}
+
+/// Whether a local `skiff agent` process stands in for this instance.
+fn agent_alive(instance_id: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .any(|c| c.contains(" agent ") && c.contains(instance_id))
+}
+
+/// A policy whose run, while `hold.flag` exists, deploys a worker and holds it.
+const HOLD: &str = r#"policy{
+  name = "hold", schedule = "*/3 * * * * *", select = { tags = { app = "db" } },
+  repository = "/srv/skiff", retention = { keep_last = 1 },
+  run = function(ctx)
+    local flag = io.open("hold.flag")
+    if flag then
+      flag:close()
+      local w = deploy_worker{ purpose = "restore", resource = { region = "us-east-1" } }
+      ctx.log("deployed", w.instance_id)
+      while true do time.sleep(0.5) end
+    end
+    ctx.log("quick run")
+    return { points = 0 }
+  end,
+}
+"#;
+
+#[tokio::test]
+async fn sigterm_cancels_running_runs_and_removes_their_workers() {
+    let ws = Workspace::new(WORKERS_TOML).await;
+    ws.write("hold.flag", "");
+    ws.write("policies/hold.lua", HOLD);
+    let serve = Serve::start(&ws, &[]).await;
+    until("the run's worker to run", 60, || async {
+        (running(&workers_in(&ws.account, "us-east-1").await).len() == 1).then_some(())
+    })
+    .await;
+    until("the run to log its worker", 30, || async {
+        serve.log_text().contains("deployed i-").then_some(())
+    })
+    .await;
+    let instance = running(&workers_in(&ws.account, "us-east-1").await)[0]
+        .instance_id
+        .clone();
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        running(&workers_in(&ws.account, "us-east-1").await).is_empty(),
+        "the cancelled run's worker is gone\n{log}"
+    );
+    assert!(!agent_alive(&instance), "its local agent is gone too");
+    assert!(skiff_queues(&ws.account, "us-east-1").await.is_empty());
+    let runs = runs_of(&ws, "hold").await;
+    let held: Vec<&Value> = runs.iter().filter(|r| r["outcome"] != "skipped").collect();
+    assert_eq!(held.len(), 1, "{runs:#?}");
+    assert_eq!(held[0]["outcome"], "cancelled");
+    assert_eq!(held[0]["error"], "cancelled: skiff serve was stopping");
+    assert!(log.contains("stopping: no new runs"), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_launch_removes_the_worker_being_launched() {
+    let ws = Workspace::new(WORKERS_TOML).await;
+    ws.write("hold.flag", "");
+    ws.write("policies/hold.lua", HOLD);
+    let serve = Serve::start(&ws, &[]).await;
+    // Stop as soon as the instance exists: its agent is not ready yet, so the
+    // worker is not yet handed to the run.
+    let instance = until("the instance to be launched", 60, || async {
+        workers_in(&ws.account, "us-east-1")
+            .await
+            .first()
+            .map(|w| w.instance_id.clone())
+    })
+    .await;
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "{log}");
+    let all = workers_in(&ws.account, "us-east-1").await;
+    assert!(running(&all).is_empty(), "{all:?}\n{log}");
+    assert!(
+        skiff_queues(&ws.account, "us-east-1").await.is_empty(),
+        "{log}"
+    );
+    assert!(!agent_alive(&instance), "no local agent left");
+}
+
+#[tokio::test]
+async fn after_kill_9_a_restart_runs_the_missed_run_once_and_reaps_the_workers_left() {
+    let ws = Workspace::new(WORKERS_TOML).await;
+    ws.write("hold.flag", "");
+    ws.write("policies/hold.lua", HOLD);
+    let serve = Serve::start(&ws, &[]).await;
+    until("the run's worker to run", 60, || async {
+        (running(&workers_in(&ws.account, "us-east-1").await).len() == 1).then_some(())
+    })
+    .await;
+    let orphan = running(&workers_in(&ws.account, "us-east-1").await)[0]
+        .instance_id
+        .clone();
+    serve.kill9().await;
+    let killed_at = chrono::Utc::now();
+    assert_eq!(
+        running(&workers_in(&ws.account, "us-east-1").await).len(),
+        1,
+        "kill -9 leaves the worker"
+    );
+    std::fs::remove_file(ws.path("hold.flag")).unwrap();
+    // Let the schedule (every 3 s) fire at least twice while skiff is down.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+
+    let serve = Serve::start(&ws, &[]).await;
+    until("the reaper to remove the orphaned worker", 60, || async {
+        running(&workers_in(&ws.account, "us-east-1").await)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    until("its queues to go", 30, || async {
+        skiff_queues(&ws.account, "us-east-1")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    // The killed serve's local agent (the emulator's stand-in for the
+    // instance) sees its queue gone and exits.
+    until("the orphaned local agent to exit", 60, || async {
+        (!agent_alive(&orphan)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "{log}");
+    let runs = runs_of(&ws, "hold").await;
+    let killed: Vec<&Value> = runs
+        .iter()
+        .filter(|r| time_of(&r["scheduled"]) < killed_at && r["outcome"] != "skipped")
+        .collect();
+    assert_eq!(killed.len(), 1, "{runs:#?}");
+    assert_eq!(killed[0]["outcome"], "failed");
+    assert!(
+        killed[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("skiff stopped while this run was in progress"),
+        "{runs:#?}"
+    );
+    let missed: Vec<&Value> = runs.iter().filter(|r| r["trigger"] == "missed").collect();
+    assert_eq!(missed.len(), 1, "one catch-up run: {runs:#?}");
+    assert_eq!(missed[0]["outcome"], "success");
+    let scheduled = time_of(&missed[0]["scheduled"]);
+    assert!(
+        scheduled > killed_at,
+        "it stands for a time skiff was down: {runs:#?}"
+    );
+    assert!(log.contains("reaper: "), "{log}");
+    assert!(log.contains("running it once now"), "{log}");
+}
+
+#[tokio::test]
+async fn attach_lists_triggers_and_follows_a_run() {
+    let ws = Workspace::new("").await;
+    ws.write(
+        "policies/manual.lua",
+        r#"policy{
+  name = "manual", schedule = "@yearly", select = { tags = { app = "db" } },
+  repository = "/srv/skiff", retention = { keep_last = 1 },
+  run = function(ctx)
+    ctx.log("step one of", ctx.policy.name)
+    ctx.progress{ done = 1, total = 2 }
+    time.sleep(0.3)
+    ctx.log("step two")
+    return { points = 2, bytes = 3 * 1024 * 1024 }
+  end,
+}
+policy{
+  name = "by-default", schedule = "@yearly", select = { ids = { "i-0abc" } },
+  repository = "/srv/skiff", retention = { keep_last = 1 },
+}
+"#,
+    );
+    let serve = Serve::start(&ws, &[]).await;
+    let mut attach = ws
+        .command(&["repl", "--attach", "--state-dir", "state"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = attach.stdin.take().unwrap();
+        stdin
+            .write_all(
+                br#"for _, p in ipairs(policies()) do print("policy", p.name, p.schedule, p.next_run) end
+r = run("manual")
+print("started", r.run, r.policy)
+done = wait(r)
+print("outcome", done.outcome, done.points, done.bytes, done.trigger)
+print("history", #runs("manual"), runs{ limit = 1 }[1].id == r.run)
+d = wait(run("by-default"))
+print("default", d.outcome)
+print(pcall(run, "nope"))
+"#,
+            )
+            .await
+            .unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), attach.wait_with_output())
+        .await
+        .expect("attach ends at the end of its input")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("attached to skiff serve (pid "), "{stdout}");
+    assert!(
+        stdout.contains("policy\tby-default\t@yearly\t")
+            && stdout.contains("policy\tmanual\t@yearly\t"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("started\t1\tmanual"), "{stdout}");
+    assert!(
+        stdout.contains("[manual #1] started (manual, scheduled "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[manual #1] step one of manual"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[manual #1] progress {\"done\":1,\"total\":2}"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[manual #1] step two"), "{stdout}");
+    assert!(
+        stdout.contains("outcome\tsuccess\t2\t3145728\tmanual"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("history\t1\ttrue"), "{stdout}");
+    // A policy without its own run uses the default, which needs the data mover.
+    assert!(stdout.contains("default\tfailed"), "{stdout}");
+    assert!(
+        stdout.contains("[by-default #2] failed after ")
+            && stdout.contains("default runs need the data mover"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "false\trun: no policy named \"nope\" is loaded (loaded: by-default, manual)"
+        ),
+        "{stdout}"
+    );
+
+    let runs = ws.skiff(&["runs", "--state-dir", "state"]).await;
+    runs.ok();
+    let lines: Vec<&str> = runs.stdout.lines().collect();
+    assert!(lines[0].starts_with("RUN  POLICY"), "{}", runs.stdout);
+    assert!(
+        lines[1].starts_with("2    by-default  manual"),
+        "{}",
+        runs.stdout
+    );
+    assert!(lines[1].contains("failed"), "{}", runs.stdout);
+    assert!(lines[1].contains("policy \"by-default\": default runs need the data mover"));
+    assert!(
+        lines[2].starts_with("1    manual      manual"),
+        "{}",
+        runs.stdout
+    );
+    assert!(
+        lines[2].contains("  success  2       3.0 MiB  1"),
+        "{}",
+        runs.stdout
+    );
+    let only = ws
+        .skiff(&["runs", "--policy", "manual", "--state-dir", "state"])
+        .await;
+    assert_eq!(only.stdout.lines().count(), 2, "{}", only.stdout);
+
+    let table = ws.skiff(&["policies", "--state-dir", "state"]).await;
+    table.ok();
+    let rows: Vec<&str> = table.stdout.lines().collect();
+    assert!(
+        rows[0].starts_with("POLICY      SCHEDULE (UTC)  NEXT RUN (UTC)"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        rows[1].starts_with("by-default  @yearly         "),
+        "{}",
+        table.stdout
+    );
+    assert!(rows[1].contains("  idle   failed "), "{}", table.stdout);
+    assert!(
+        rows[2].contains("success") && rows[2].ends_with("policies/manual.lua:1"),
+        "{}",
+        table.stdout
+    );
+
+    assert_eq!(serve.stop().await.0, 0);
+    // Stopped: the last known state, said to be such.
+    let table = ws.skiff(&["policies", "--state-dir", "state"]).await;
+    assert!(
+        table
+            .stdout
+            .starts_with("(skiff serve is not running; the last known state)"),
+        "{}",
+        table.stdout
+    );
+    let attach = ws
+        .skiff(&["repl", "--attach", "--state-dir", "state"])
+        .await;
+    attach.failed();
+    assert!(
+        attach
+            .stderr
+            .contains("no skiff serve is running with the state dir state"),
+        "{}",
+        attach.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_second_serve_on_the_same_state_dir_is_refused() {
+    let ws = Workspace::new("").await;
+    ws.write(
+        "policies/a.lua",
+        &writer_policy("only", "@yearly", "x", "x.txt"),
+    );
+    let serve = Serve::start(&ws, &[]).await;
+    let second = ws
+        .skiff(&["serve", "policies", "--state-dir", "state"])
+        .await;
+    second.failed();
+    assert!(
+        second.stderr.contains(&format!(
+            "another skiff serve (pid {}) uses the state dir state",
+            serve.pid()
+        )),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(serve.stop().await.0, 0);
+}
+
+/// The engine as a library: `serve::run(config, dir, shutdown)` in-process.
+#[tokio::test]
+async fn the_engine_runs_in_process_until_its_shutdown_future_resolves() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let out = dir.path().join("ticks.txt");
+    std::fs::write(
+        policies.join("tick.lua"),
+        format!(
+            r#"policy{{ name = "tick", schedule = "* * * * * *", select = {{ ids = {{ "i-1" }} }},
+  repository = "/srv/skiff", retention = {{ keep_last = 1 }},
+  run = function(ctx) local f = assert(io.open({out:?}, "a")); f:write(ctx.run, "\n"); f:close() end }}
+"#
+        ),
+    )
+    .unwrap();
+    let config = Arc::new(skiff::config::Config::default());
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .build();
+    let cloud = Arc::new(skiff::cloud::Cloud::with_base(sdk, config.clone()));
+    let mut cfg = skiff::serve::ServeConfig::new(
+        config,
+        cloud,
+        skiff::host::VmOptions {
+            search_dirs: vec![policies.clone()],
+            ..Default::default()
+        },
+        dir.path().join("state"),
+    );
+    cfg.reap = false;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = tokio::spawn({
+        let policies = policies.clone();
+        async move {
+            skiff::serve::run(cfg, &policies, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    until("three runs", 20, || async {
+        let text = std::fs::read_to_string(&out).ok()?;
+        (text.lines().count() >= 3).then_some(())
+    })
+    .await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), engine)
+        .await
+        .expect("the engine returns after shutdown")
+        .unwrap()
+        .expect("a clean stop");
+    let history = skiff::serve::history::History::open(&dir.path().join("state")).unwrap();
+    let runs = history.runs(Some("tick"), 100).unwrap();
+    assert!(runs.len() >= 3);
+    assert!(runs
+        .iter()
+        .all(|r| r.outcome != skiff::serve::history::Outcome::Running));
+    assert!(
+        !dir.path().join("state/serve.sock").exists(),
+        "socket removed"
+    );
+}
