@@ -7,3 +7,7 @@ it restores. They are applied when this package is imported.
 from . import ebs
 
 ebs.apply()
+
+from . import volumes
+
+volumes.apply()
