@@ -11,6 +11,7 @@ pub mod estate;
 pub mod host;
 pub mod mover;
 pub mod network;
+pub mod ops;
 pub mod repo;
 pub mod serve;
 pub mod workers;

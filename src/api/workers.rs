@@ -339,7 +339,7 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         .map_err(|e| ApiError::fail("internal", P, e.to_string()))
 }
 
-fn handle_of(prim: &str, v: &Value) -> Result<Arc<Worker>, ApiError> {
+pub fn handle_of(prim: &str, v: &Value) -> Result<Arc<Worker>, ApiError> {
     let not_a_worker = || ApiError::usage(prim, "expected a worker from deploy_worker");
     let Value::Table(t) = v else {
         return Err(not_a_worker());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use super::{ScriptOpts, Session};
-use crate::workers::agent::{self, AgentArgs, BasicOps};
+use crate::workers::agent::{self, AgentArgs, AgentOps};
 use crate::workers::reaper;
 
 #[derive(Args, Debug)]
@@ -40,9 +40,15 @@ pub async fn agent_main(a: AgentCmd) -> anyhow::Result<i32> {
         reply_queue: a.reply_queue,
         region: a.region,
     };
-    let exec = Arc::new(BasicOps {
+    // The worker acts with its own role in its own region: the account `default`.
+    let config = crate::config::Config {
+        region: Some(args.region.clone()),
+        ..Default::default()
+    };
+    let exec = Arc::new(AgentOps {
         worker_id: a.worker_id,
         instance_id: a.instance_id,
+        cloud: Arc::new(crate::cloud::Cloud::with_base(sdk, Arc::new(config))),
     });
     agent::run(sqs, args, exec).await?;
     Ok(0)

@@ -50,32 +50,65 @@ fn failure(kind: &str, op: &str, message: impl Into<String>) -> Failure {
     }
 }
 
-/// The operations every agent knows without a data mover: `ping`.
-pub struct BasicOps {
+/// What an agent runs: `ping`, and every operation of `crate::ops` a
+/// worker may run, acting in its own account and region.
+pub struct AgentOps {
     pub worker_id: String,
     pub instance_id: String,
+    pub cloud: Arc<crate::cloud::Cloud>,
 }
 
-impl Executor for BasicOps {
+impl Executor for AgentOps {
     fn run<'a>(
         &'a self,
         task: &'a Task,
-        _progress: Arc<Progress>,
+        progress: Arc<Progress>,
     ) -> BoxFuture<'a, Result<Value, Failure>> {
         Box::pin(async move {
-            match task.op.as_str() {
-                "ping" => Ok(serde_json::json!({
+            if task.op == "ping" {
+                return Ok(serde_json::json!({
                     "pong": true,
                     "worker_id": self.worker_id,
                     "instance_id": self.instance_id,
                     "version": env!("CARGO_PKG_VERSION"),
-                })),
-                other => Err(failure(
-                    "usage",
-                    other,
-                    format!("this agent does not know the operation {other:?}"),
-                )),
+                }));
             }
+            if !crate::ops::WORKER_OPS.contains(&task.op.as_str()) {
+                return Err(failure(
+                    "usage",
+                    &task.op,
+                    format!("this agent does not know the operation {:?}", task.op),
+                ));
+            }
+            let mut report = |p: &crate::mover::Progress| -> Result<(), String> {
+                progress.bytes.store(p.bytes_done, Ordering::Relaxed);
+                progress.blocks.store(p.blocks_done, Ordering::Relaxed);
+                Ok(())
+            };
+            crate::ops::run(
+                &self.cloud,
+                &task.op,
+                task.args.clone(),
+                Some(&task.task_id),
+                Some(&mut report),
+            )
+            .await
+            .map_err(|e| match e {
+                crate::ops::OpError::Usage(m) => failure("usage", &task.op, m),
+                crate::ops::OpError::Fail {
+                    kind,
+                    op,
+                    code,
+                    message,
+                    retryable,
+                } => Failure {
+                    kind,
+                    op,
+                    code,
+                    message,
+                    retryable,
+                },
+            })
         })
     }
 }
