@@ -114,6 +114,9 @@ pub struct MoverSettings {
     /// Threads hashing, compressing and sealing (default: one per core).
     pub cpu_threads: usize,
     pub ebs: EbsSettings,
+    /// How long a copy into a repository waits for another writer's lease
+    /// (default 0: fail at once, naming the holder).
+    pub lease_wait: std::time::Duration,
 }
 
 impl Default for MoverSettings {
@@ -122,6 +125,7 @@ impl Default for MoverSettings {
             window: 48,
             cpu_threads: pool::CpuPool::default_threads(),
             ebs: EbsSettings::default(),
+            lease_wait: std::time::Duration::ZERO,
         }
     }
 }

@@ -216,12 +216,13 @@ impl RepoSink {
         blocks: u64,
         parent_map: Option<&Point>,
         pool: CpuPool,
+        lease_wait: std::time::Duration,
     ) -> Result<RepoSink> {
         let parent = match parent_map {
             Some(p) => Some(MapReader::new(repo.clone(), p)?),
             None => None,
         };
-        let writer = Writer::start(repo.clone(), "skiff copy").await?;
+        let writer = Writer::start_waiting(repo.clone(), "skiff copy", lease_wait).await?;
         Ok(RepoSink {
             preparer: RepoPreparer {
                 claims: writer.claims(),

@@ -71,13 +71,19 @@ fn mover_error(prim: &str, e: MoverError) -> OpError {
     match e {
         MoverError::Invalid(m) => usage(prim, m),
         MoverError::Repo(RepoError::Invalid(m)) => usage(prim, m),
-        other => OpError::Fail {
-            kind: other.kind().to_string(),
-            op: other.op().to_string(),
-            code: other.code().map(str::to_string),
-            retryable: other.retryable(),
-            message: other.to_string(),
-        },
+        other => {
+            let op = other.op().to_string();
+            let text = other.to_string();
+            // The message without the operation its Display starts with.
+            let message = text.strip_prefix(&format!("{op}: ")).unwrap_or(&text).to_string();
+            OpError::Fail {
+                kind: other.kind().to_string(),
+                op,
+                code: other.code().map(str::to_string),
+                retryable: other.retryable(),
+                message,
+            }
+        }
     }
 }
 
@@ -210,6 +216,9 @@ pub struct CopyOpts {
     #[serde(default)]
     overwrite: bool,
     description: Option<String>,
+    /// Seconds to wait for another writer of the target repository (default 0).
+    #[serde(default)]
+    wait: u64,
     account: Option<String>,
     region: Option<String>,
 }
@@ -452,7 +461,10 @@ pub async fn copy_volume(
         tags,
         overwrite: o.overwrite,
         description: o.description,
-        settings: opener.settings.clone(),
+        settings: MoverSettings {
+            lease_wait: std::time::Duration::from_secs(o.wait),
+            ..opener.settings.clone()
+        },
     };
     let result = mover::copy(source, target, &copy_opts, progress)
         .await
@@ -661,59 +673,39 @@ pub async fn run(
     }
 }
 
-/// Where an operation's AWS resources live, for checking it suits a worker:
-/// (field, account, region) of every location that needs AWS.
-fn scopes_of(
-    op: &str,
-    args: &serde_json::Value,
-) -> Result<Vec<(String, Option<String>, Option<String>)>, OpError> {
-    let get =
-        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+/// What an AWS location of a task is: EBS snapshots are read and written only
+/// in the worker's own account and region; S3 repositories and SSM
+/// parameters may be in another region of its account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Ebs,
+    Elsewhere,
+}
+
+/// (field, account, region, reach) of every location of a task that needs AWS.
+fn scopes_of(op: &str, args: &serde_json::Value) -> Result<Vec<(String, Option<String>, Option<String>, Reach)>, OpError> {
+    let get = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     let (acc, reg) = (get(args, "account"), get(args, "region"));
     let mut out = Vec::new();
-    let loc = |f: &str| -> Option<(String, Option<String>, Option<String>, String)> {
-        let v = args.get(f)?;
-        match v {
-            serde_json::Value::String(s) => Some((f.to_string(), None, None, s.clone())),
-            serde_json::Value::Object(_) => Some((
-                f.to_string(),
-                get(v, "account"),
-                get(v, "region"),
-                get(v, "location")?,
-            )),
-            _ => None,
+    if op == "copy_volume" {
+        for f in ["from", "to"] {
+            let Some(v) = args.get(f) else { continue };
+            let (text, a, r) = match v {
+                serde_json::Value::String(s) => (s.clone(), None, None),
+                _ => (get(v, "location").unwrap_or_default(), get(v, "account"), get(v, "region")),
+            };
+            let loc = parse_location(op, f, &text)?;
+            if loc.needs_aws() {
+                let reach = if matches!(loc, Location::Ebs(_)) { Reach::Ebs } else { Reach::Elsewhere };
+                out.push((f.to_string(), a.or(acc.clone()), r.or(reg.clone()), reach));
+            }
         }
-    };
-    let fields: &[&str] = if op == "copy_volume" {
-        &["from", "to"]
-    } else {
-        &["location"]
-    };
-    for f in fields {
-        let entry = if op == "copy_volume" {
-            loc(f)
-        } else {
-            get(args, f).map(|s| (f.to_string(), None, None, s))
-        };
-        let Some((name, a, r, text)) = entry else {
-            continue;
-        };
-        let needs = if op == "copy_volume" {
-            parse_location(op, &name, &text)?.needs_aws()
-        } else {
-            text.starts_with("s3://") || text.starts_with("repo:s3://")
-        };
-        if needs {
-            out.push((name, a.or(acc.clone()), r.or(reg.clone())));
-        }
+    } else if get(args, "location").is_some_and(|l| l.starts_with("s3://") || l.starts_with("repo:s3://")) {
+        out.push(("location".to_string(), acc.clone(), reg.clone(), Reach::Elsewhere));
     }
     if let Some(p) = args.get("password") {
         if p.get("ssm").is_some() {
-            out.push((
-                "password".into(),
-                get(p, "account").or(acc.clone()),
-                get(p, "region").or(reg.clone()),
-            ));
+            out.push(("password".into(), get(p, "account").or(acc.clone()), get(p, "region").or(reg.clone()), Reach::Elsewhere));
         } else if p.is_object() {
             return Err(field(
                 op,
@@ -726,22 +718,11 @@ fn scopes_of(
 }
 
 /// Prepares an operation's options for a worker in `worker`: checks them as
-/// the worker will, refuses data outside the worker's account and region,
-/// and removes account and region names (the worker acts with its own role).
-pub fn for_worker(
-    cloud: &Cloud,
-    op: &str,
-    mut args: serde_json::Value,
-    worker: &Scope,
-) -> Result<serde_json::Value, OpError> {
+/// the worker will, refuses data it cannot reach, and replaces account names
+/// (the worker acts with its own role) by explicit regions.
+pub fn for_worker(cloud: &Cloud, op: &str, mut args: serde_json::Value, worker: &Scope) -> Result<serde_json::Value, OpError> {
     if !WORKER_OPS.contains(&op) {
-        return Err(usage(
-            op,
-            format!(
-                "cannot run on a worker; workers run {}",
-                WORKER_OPS.join(", ")
-            ),
-        ));
+        return Err(usage(op, format!("cannot run on a worker; workers run {}", WORKER_OPS.join(", "))));
     }
     // Refuse bad options here, before anything is sent.
     match op {
@@ -751,41 +732,39 @@ pub fn for_worker(
         "repo.forget" => parse_json::<ForgetOpts>(op, args.clone()).map(|_| ())?,
         _ => parse_json::<PruneOpts>(op, args.clone()).map(|_| ())?,
     }
-    for (f, a, r) in scopes_of(op, &args)? {
-        let s = cloud
-            .scope(a.as_deref(), r.as_deref())
-            .map_err(|e| field(op, &f, e))?;
-        if s.region != worker.region {
-            return Err(field(
-                op,
-                &f,
-                format!(
-                    "is in {}, but the worker is in {}; deploy the worker where the data is",
-                    s.region, worker.region
-                ),
-            ));
-        }
+    let mut regions = Vec::new();
+    for (f, a, r, reach) in scopes_of(op, &args)? {
+        let s = cloud.scope(a.as_deref(), r.as_deref()).map_err(|e| field(op, &f, e))?;
         if s.account != worker.account {
+            return Err(field(op, &f, format!("is in account {}, but the worker acts in account {}", s.account, worker.account)));
+        }
+        if reach == Reach::Ebs && s.region != worker.region {
             return Err(field(
                 op,
                 &f,
-                format!(
-                    "is in account {}, but the worker acts in account {}",
-                    s.account, worker.account
-                ),
+                format!("is in {}, but the worker is in {}; deploy the worker where the snapshot is", s.region, worker.region),
             ));
         }
+        regions.push((f, s.region));
     }
-    fn strip(v: &mut serde_json::Value) {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("account");
-            o.remove("region");
-        }
-    }
-    strip(&mut args);
-    for f in ["from", "to", "password"] {
-        if let Some(v) = args.get_mut(f) {
-            strip(v);
+    let obj = args.as_object_mut().expect("checked to be options");
+    obj.remove("account");
+    obj.remove("region");
+    for (f, region) in regions {
+        let entry = if f == "location" {
+            obj.insert("region".into(), serde_json::Value::String(region));
+            continue;
+        } else {
+            obj.get_mut(&f)
+        };
+        if let Some(v) = entry {
+            if let serde_json::Value::String(text) = v.clone() {
+                *v = serde_json::json!({ "location": text });
+            }
+            if let Some(o) = v.as_object_mut() {
+                o.remove("account");
+                o.insert("region".into(), serde_json::Value::String(region));
+            }
         }
     }
     Ok(args)

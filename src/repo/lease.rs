@@ -95,6 +95,26 @@ enum Found {
 }
 
 impl Lease {
+    /// Takes the lease, waiting up to `wait` for its holder to let go (a
+    /// zero wait fails at once, naming the holder).
+    pub async fn acquire_waiting(repo: &Repo, purpose: &str, wait: Duration) -> Result<Lease> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut told = false;
+        loop {
+            match Self::acquire(repo, purpose).await {
+                Err(RepoError::Locked { holder, .. }) if tokio::time::Instant::now() < deadline => {
+                    if !told {
+                        tracing::info!("{}: waiting for {holder} to finish", repo.url());
+                        told = true;
+                    }
+                    let jitter = rand::random::<u64>() % 500;
+                    tokio::time::sleep(Duration::from_millis(500 + jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Takes the repository's lease for `purpose`, or fails naming the holder and expiry.
     pub async fn acquire(repo: &Repo, purpose: &str) -> Result<Lease> {
         let backend = repo.backend().clone();

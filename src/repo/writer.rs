@@ -54,7 +54,12 @@ pub struct Writer {
 impl Writer {
     /// Takes the lease and indexes what an interrupted writer left behind.
     pub async fn start(repo: Arc<Repo>, purpose: &str) -> Result<Writer> {
-        let lease = Lease::acquire(&repo, purpose).await?;
+        Self::start_waiting(repo, purpose, std::time::Duration::ZERO).await
+    }
+
+    /// As `start`, waiting up to `wait` for another writer to finish.
+    pub async fn start_waiting(repo: Arc<Repo>, purpose: &str, wait: std::time::Duration) -> Result<Writer> {
+        let lease = Lease::acquire_waiting(&repo, purpose, wait).await?;
         repo.persist_recovered().await?;
         Ok(Writer {
             claims: Claims {
