@@ -285,7 +285,8 @@ async fn copy_inner(
             } else {
                 None
             };
-            let s = RepoSink::start(repo.clone(), blocks, map, pool.clone(), settings.lease_wait).await?;
+            let s = RepoSink::start(repo.clone(), blocks, map, pool.clone(), settings.lease_wait)
+                .await?;
             (Sink::Repo(s), format!("repo:{}", repo.url()))
         }
     };

@@ -75,7 +75,10 @@ fn mover_error(prim: &str, e: MoverError) -> OpError {
             let op = other.op().to_string();
             let text = other.to_string();
             // The message without the operation its Display starts with.
-            let message = text.strip_prefix(&format!("{op}: ")).unwrap_or(&text).to_string();
+            let message = text
+                .strip_prefix(&format!("{op}: "))
+                .unwrap_or(&text)
+                .to_string();
             OpError::Fail {
                 kind: other.kind().to_string(),
                 op,
@@ -683,8 +686,12 @@ enum Reach {
 }
 
 /// (field, account, region, reach) of every location of a task that needs AWS.
-fn scopes_of(op: &str, args: &serde_json::Value) -> Result<Vec<(String, Option<String>, Option<String>, Reach)>, OpError> {
-    let get = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+fn scopes_of(
+    op: &str,
+    args: &serde_json::Value,
+) -> Result<Vec<(String, Option<String>, Option<String>, Reach)>, OpError> {
+    let get =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     let (acc, reg) = (get(args, "account"), get(args, "region"));
     let mut out = Vec::new();
     if op == "copy_volume" {
@@ -692,20 +699,40 @@ fn scopes_of(op: &str, args: &serde_json::Value) -> Result<Vec<(String, Option<S
             let Some(v) = args.get(f) else { continue };
             let (text, a, r) = match v {
                 serde_json::Value::String(s) => (s.clone(), None, None),
-                _ => (get(v, "location").unwrap_or_default(), get(v, "account"), get(v, "region")),
+                _ => (
+                    get(v, "location").unwrap_or_default(),
+                    get(v, "account"),
+                    get(v, "region"),
+                ),
             };
             let loc = parse_location(op, f, &text)?;
             if loc.needs_aws() {
-                let reach = if matches!(loc, Location::Ebs(_)) { Reach::Ebs } else { Reach::Elsewhere };
+                let reach = if matches!(loc, Location::Ebs(_)) {
+                    Reach::Ebs
+                } else {
+                    Reach::Elsewhere
+                };
                 out.push((f.to_string(), a.or(acc.clone()), r.or(reg.clone()), reach));
             }
         }
-    } else if get(args, "location").is_some_and(|l| l.starts_with("s3://") || l.starts_with("repo:s3://")) {
-        out.push(("location".to_string(), acc.clone(), reg.clone(), Reach::Elsewhere));
+    } else if get(args, "location")
+        .is_some_and(|l| l.starts_with("s3://") || l.starts_with("repo:s3://"))
+    {
+        out.push((
+            "location".to_string(),
+            acc.clone(),
+            reg.clone(),
+            Reach::Elsewhere,
+        ));
     }
     if let Some(p) = args.get("password") {
         if p.get("ssm").is_some() {
-            out.push(("password".into(), get(p, "account").or(acc.clone()), get(p, "region").or(reg.clone()), Reach::Elsewhere));
+            out.push((
+                "password".into(),
+                get(p, "account").or(acc.clone()),
+                get(p, "region").or(reg.clone()),
+                Reach::Elsewhere,
+            ));
         } else if p.is_object() {
             return Err(field(
                 op,
@@ -720,9 +747,20 @@ fn scopes_of(op: &str, args: &serde_json::Value) -> Result<Vec<(String, Option<S
 /// Prepares an operation's options for a worker in `worker`: checks them as
 /// the worker will, refuses data it cannot reach, and replaces account names
 /// (the worker acts with its own role) by explicit regions.
-pub fn for_worker(cloud: &Cloud, op: &str, mut args: serde_json::Value, worker: &Scope) -> Result<serde_json::Value, OpError> {
+pub fn for_worker(
+    cloud: &Cloud,
+    op: &str,
+    mut args: serde_json::Value,
+    worker: &Scope,
+) -> Result<serde_json::Value, OpError> {
     if !WORKER_OPS.contains(&op) {
-        return Err(usage(op, format!("cannot run on a worker; workers run {}", WORKER_OPS.join(", "))));
+        return Err(usage(
+            op,
+            format!(
+                "cannot run on a worker; workers run {}",
+                WORKER_OPS.join(", ")
+            ),
+        ));
     }
     // Refuse bad options here, before anything is sent.
     match op {
@@ -734,15 +772,35 @@ pub fn for_worker(cloud: &Cloud, op: &str, mut args: serde_json::Value, worker: 
     }
     let mut regions = Vec::new();
     for (f, a, r, reach) in scopes_of(op, &args)? {
-        let s = cloud.scope(a.as_deref(), r.as_deref()).map_err(|e| field(op, &f, e))?;
+        // What names no account is the worker's own (its instance role);
+        // the repository password is read in the worker's region unless named.
+        let a = a.or_else(|| Some(worker.account.clone()));
+        let r = if f == "password" {
+            r.or_else(|| Some(worker.region.clone()))
+        } else {
+            r
+        };
+        let s = cloud
+            .scope(a.as_deref(), r.as_deref())
+            .map_err(|e| field(op, &f, e))?;
         if s.account != worker.account {
-            return Err(field(op, &f, format!("is in account {}, but the worker acts in account {}", s.account, worker.account)));
+            return Err(field(
+                op,
+                &f,
+                format!(
+                    "is in account {}, but the worker acts in account {}",
+                    s.account, worker.account
+                ),
+            ));
         }
         if reach == Reach::Ebs && s.region != worker.region {
             return Err(field(
                 op,
                 &f,
-                format!("is in {}, but the worker is in {}; deploy the worker where the snapshot is", s.region, worker.region),
+                format!(
+                    "is in {}, but the worker is in {}; deploy the worker where the snapshot is",
+                    s.region, worker.region
+                ),
             ));
         }
         regions.push((f, s.region));

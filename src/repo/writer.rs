@@ -58,7 +58,11 @@ impl Writer {
     }
 
     /// As `start`, waiting up to `wait` for another writer to finish.
-    pub async fn start_waiting(repo: Arc<Repo>, purpose: &str, wait: std::time::Duration) -> Result<Writer> {
+    pub async fn start_waiting(
+        repo: Arc<Repo>,
+        purpose: &str,
+        wait: std::time::Duration,
+    ) -> Result<Writer> {
         let lease = Lease::acquire_waiting(&repo, purpose, wait).await?;
         repo.persist_recovered().await?;
         Ok(Writer {

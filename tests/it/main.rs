@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod backup;
 mod examples;
 mod host;
 mod images;

@@ -37,6 +37,21 @@ pub async fn account() -> Account {
 }
 
 impl Account {
+    /// The same account as the harness's (for fault control).
+    pub fn from_harness(a: &crate::harness::Account) -> Account {
+        Account {
+            credentials: Credentials::new(
+                &a.access_key,
+                &a.secret_key,
+                Some(a.session_token.clone()),
+                None,
+                "tests",
+            ),
+            sdk: emulator().sdk(a, "us-east-1"),
+            id: a.id.clone(),
+        }
+    }
+
     pub fn sdk(&self) -> SdkConfig {
         self.sdk.clone()
     }
