@@ -196,6 +196,7 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<i32> {
         tags,
         overwrite: a.overwrite,
         description: a.description.clone(),
+        time: None,
         settings: opener.settings.clone(),
     };
     let bar = std::io::stderr().is_terminal().then(|| {

@@ -20,7 +20,12 @@ pub struct RepoArgs {
 #[derive(Subcommand, Debug)]
 pub enum RepoCommand {
     /// Create a repository (a directory, or s3://BUCKET/PREFIX).
-    Init { location: String },
+    Init {
+        location: String,
+        /// S3 storage class of the data (an archive repository), e.g. DEEP_ARCHIVE.
+        #[arg(long)]
+        storage_class: Option<String>,
+    },
     /// List restore points, oldest first.
     Points {
         location: String,
@@ -95,7 +100,17 @@ async fn open(access: &AccessOpts, location: &str) -> anyhow::Result<Arc<Repo>> 
 
 pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
     match a.command {
-        RepoCommand::Init { location } => {
+        RepoCommand::Init {
+            location,
+            storage_class,
+        } => {
+            if let Some(c) = &storage_class {
+                anyhow::ensure!(
+                    crate::ops::STORAGE_CLASSES.contains(&c.as_str()),
+                    "--storage-class: expected one of {}, got {c:?}",
+                    crate::ops::STORAGE_CLASSES.join(", ")
+                );
+            }
             let u = url(&location)?;
             let aws = a.access.aws(matches!(u, RepoUrl::S3 { .. })).await?;
             let opener = a.access.opener(aws.clone()).await?;
@@ -104,11 +119,12 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                 Some(x) => Some(x.cloud.s3(&x.scope).await),
                 None => None,
             };
-            let repo = Repo::init(
+            let repo = Repo::init_with_class(
                 crate::repo::backend_for(&u, s3)?,
                 &u.to_string(),
                 &password,
                 Default::default(),
+                storage_class,
             )
             .await?;
             println!("created repository {} ({})", u, repo.config().id);

@@ -60,6 +60,9 @@ pub struct CopyOptions {
     /// Replace an existing target file.
     pub overwrite: bool,
     pub description: Option<String>,
+    /// The point's time (RFC 3339), when it is not now: importing an older
+    /// image under the date it was taken.
+    pub time: Option<String>,
     pub settings: MoverSettings,
 }
 
@@ -209,7 +212,7 @@ async fn copy_inner(
     mut progress: Option<ProgressFn<'_>>,
 ) -> Result<CopyResult> {
     let started = Instant::now();
-    let started_at = format::now_rfc3339();
+    let started_at = opts.time.clone().unwrap_or_else(format::now_rfc3339);
     let settings = &opts.settings;
     let pool = source
         .pool()

@@ -33,6 +33,17 @@ pub const WORKER_OPS: &[&str] = &[
     "repo.prune",
 ];
 
+/// S3 storage classes a repository's data may use.
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+];
+
 /// The tag that ties a restore point to the task that wrote it, so a task
 /// delivered again returns that point instead of writing another.
 pub const TASK_TAG: &str = "skiff:task";
@@ -222,6 +233,8 @@ pub struct CopyOpts {
     /// Seconds to wait for another writer of the target repository (default 0).
     #[serde(default)]
     wait: u64,
+    /// The new point's time (RFC 3339 UTC), when it is not now.
+    time: Option<String>,
     account: Option<String>,
     region: Option<String>,
 }
@@ -307,6 +320,8 @@ pub struct InitOpts {
     password: Option<PasswordArg>,
     account: Option<String>,
     region: Option<String>,
+    /// S3 storage class for data packs (an archive repository), e.g. "DEEP_ARCHIVE".
+    pub storage_class: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -426,6 +441,15 @@ pub async fn copy_volume(
         o.to.region.as_deref().or(reg),
     )?;
     let parent = parent_choice(P, o.parent)?;
+    let time = match o.time {
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .map_err(|e| field(P, "time", format!("{t:?} is not an RFC 3339 time: {e}")))?
+                .with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+        None => None,
+    };
     let opener = opener(cloud, P, o.password, acc, reg)?;
     let mut tags = o.tags;
     if let Some(t) = task {
@@ -464,6 +488,7 @@ pub async fn copy_volume(
         tags,
         overwrite: o.overwrite,
         description: o.description,
+        time,
         settings: MoverSettings {
             lease_wait: std::time::Duration::from_secs(o.wait),
             ..opener.settings.clone()
@@ -524,10 +549,27 @@ pub async fn repo_init(cloud: &Arc<Cloud>, o: InitOpts) -> Result<serde_json::Va
     };
     let password = op.password().await.map_err(|e| mover_error(P, e))?;
     let backend = crate::repo::backend_for(&url, s3).map_err(|e| repo_error(P, e))?;
-    let repo = crate::repo::Repo::init(backend, &url.to_string(), &password, Default::default())
-        .await
-        .map_err(|e| repo_error(P, e))?;
-    Ok(serde_json::json!({ "location": url.to_string(), "id": repo.config().id }))
+    if let Some(c) = &o.storage_class {
+        if !STORAGE_CLASSES.contains(&c.as_str()) {
+            return Err(field(
+                P,
+                "storage_class",
+                format!("expected one of {}, got {c:?}", STORAGE_CLASSES.join(", ")),
+            ));
+        }
+    }
+    let repo = crate::repo::Repo::init_with_class(
+        backend,
+        &url.to_string(),
+        &password,
+        Default::default(),
+        o.storage_class,
+    )
+    .await
+    .map_err(|e| repo_error(P, e))?;
+    Ok(
+        serde_json::json!({ "location": url.to_string(), "id": repo.config().id, "storage_class": repo.config().storage_class }),
+    )
 }
 
 pub async fn repo_points(cloud: &Arc<Cloud>, o: PointsOpts) -> Result<serde_json::Value, OpError> {

@@ -108,6 +108,7 @@ impl Backend {
                 client,
                 bucket,
                 prefix,
+                data_class: std::sync::OnceLock::new(),
             })),
         }
     }
@@ -116,6 +117,17 @@ impl Backend {
     pub fn memory() -> Backend {
         Backend {
             inner: Arc::new(Inner::Memory(Mutex::new(BTreeMap::new()))),
+        }
+    }
+
+    pub fn is_s3(&self) -> bool {
+        matches!(&*self.inner, Inner::S3(_))
+    }
+
+    /// Data packs (`data/…`) are written in this S3 storage class from now on.
+    pub fn set_data_storage_class(&self, class: &str) {
+        if let Inner::S3(s) = &*self.inner {
+            let _ = s.data_class.set(class.to_string());
         }
     }
 
@@ -730,6 +742,8 @@ struct S3 {
     client: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// Storage class of data packs, from the repository's config.
+    data_class: std::sync::OnceLock<String>,
 }
 
 fn is_precondition_failed<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> bool
@@ -774,7 +788,7 @@ impl S3 {
             }
             req = req.range(format!("bytes={off}-{}", off + len - 1));
         }
-        let out = match req.send().await {
+        let out = match req.clone().send().await {
             Ok(o) => o,
             Err(e) => {
                 let e = AwsError::from_sdk("s3:GetObject", e);
@@ -785,7 +799,15 @@ impl S3 {
                         self.key(name)
                     )));
                 }
-                return Err(e.into());
+                if e.code_is("InvalidObjectState") {
+                    // An archived pack: bring a copy back, then read it.
+                    self.rehydrate(name).await?;
+                    req.send()
+                        .await
+                        .map_err(|e| RepoError::from(AwsError::from_sdk("s3:GetObject", e)))?
+                } else {
+                    return Err(e.into());
+                }
             }
         };
         let body = out.body.collect().await.map_err(|e| {
@@ -798,6 +820,78 @@ impl S3 {
             })
         })?;
         Ok(body.into_bytes())
+    }
+
+    /// Restores an object of an archive storage class (GLACIER, DEEP_ARCHIVE)
+    /// for a day and waits until its copy is readable. On AWS this takes
+    /// minutes to hours; progress is logged.
+    async fn rehydrate(&self, name: &str) -> Result<()> {
+        let key = self.key(name);
+        let request = aws_sdk_s3::types::RestoreRequest::builder()
+            .days(1)
+            .glacier_job_parameters(
+                aws_sdk_s3::types::GlacierJobParameters::builder()
+                    .tier(aws_sdk_s3::types::Tier::Standard)
+                    .build()
+                    .expect("tier is set"),
+            )
+            .build();
+        match self
+            .client
+            .restore_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .restore_request(request)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                let e = AwsError::from_sdk("s3:RestoreObject", e);
+                // Already being restored: wait for it like for ours.
+                if !e.code_is("RestoreAlreadyInProgress") {
+                    return Err(e.into());
+                }
+            }
+        }
+        tracing::info!(
+            "s3://{}/{key}: restoring from the archive tier",
+            self.bucket
+        );
+        let started = std::time::Instant::now();
+        loop {
+            let head = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| RepoError::from(AwsError::from_sdk("s3:HeadObject", e)))?;
+            if head
+                .restore()
+                .is_some_and(|r| r.contains("ongoing-request=\"false\""))
+            {
+                return Ok(());
+            }
+            if started.elapsed() > std::time::Duration::from_secs(48 * 3600) {
+                return Err(RepoError::Aws(AwsError {
+                    op: "s3:RestoreObject",
+                    code: None,
+                    message: format!("{key} was not restored within 48 hours"),
+                    retryable: true,
+                    status: None,
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(
+                if started.elapsed().as_secs() < 60 {
+                    2
+                } else {
+                    60
+                },
+            ))
+            .await;
+        }
     }
 
     async fn get_with_etag(&self, name: &str) -> Result<Option<(Bytes, LeaseTag)>> {
@@ -838,6 +932,9 @@ impl S3 {
             .bucket(&self.bucket)
             .key(self.key(name))
             .body(ByteStream::from(data));
+        if let Some(class) = self.data_class.get().filter(|_| name.starts_with("data/")) {
+            req = req.storage_class(aws_sdk_s3::types::StorageClass::from(class.as_str()));
+        }
         match cond {
             Condition::None => {}
             Condition::Absent => req = req.if_none_match("*"),

@@ -257,6 +257,10 @@ pub struct RepoConfig {
     pub id_hash: String,
     pub compression: String,
     pub created: String,
+    /// S3 storage class of data packs (archive repositories: GLACIER,
+    /// DEEP_ARCHIVE…); metadata stays in STANDARD so it reads at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
 }
 
 /// `keys/<id>`: the master key, wrapped by a key derived from one password.

@@ -128,6 +128,24 @@ impl Repo {
         password: &[u8],
         kdf: KdfParams,
     ) -> Result<Repo> {
+        Self::init_with_class(backend, url, password, kdf, None).await
+    }
+
+    /// As `init`, storing data packs in `storage_class` (S3 only).
+    pub async fn init_with_class(
+        backend: Backend,
+        url: &str,
+        password: &[u8],
+        kdf: KdfParams,
+        storage_class: Option<String>,
+    ) -> Result<Repo> {
+        if let Some(c) = &storage_class {
+            if !backend.is_s3() {
+                return Err(RepoError::Invalid(format!(
+                    "storage class {c} needs an S3 repository (s3://bucket/prefix)"
+                )));
+            }
+        }
         if password.is_empty() {
             return Err(RepoError::Invalid("the password is empty".into()));
         }
@@ -179,6 +197,7 @@ impl Repo {
             id_hash: ID_HASH.into(),
             compression: "zstd".into(),
             created: format::now_rfc3339(),
+            storage_class,
         };
         let sealed = master.seal(
             CONFIG_AAD,
@@ -194,6 +213,9 @@ impl Repo {
     }
 
     fn assemble(backend: Backend, url: &str, key: Key, config: RepoConfig) -> Repo {
+        if let Some(c) = &config.storage_class {
+            backend.set_data_storage_class(c);
+        }
         Repo {
             backend,
             url: url.to_string(),

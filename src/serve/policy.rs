@@ -143,15 +143,7 @@ impl ArchivePoints {
 }
 
 /// S3 storage classes an archive repository may use.
-pub const STORAGE_CLASSES: &[&str] = &[
-    "STANDARD",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER_IR",
-    "GLACIER",
-    "DEEP_ARCHIVE",
-];
+pub use crate::ops::STORAGE_CLASSES;
 
 /// Where the policy's backup workers run (placement rules apply otherwise).
 #[derive(Debug, Clone, Default, Serialize)]

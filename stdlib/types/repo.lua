@@ -14,6 +14,17 @@
 --- @field account? string
 --- (default: the account's region, else skiff.toml's, else AWS_REGION)
 --- @field region? string
+--- Run on this worker (from `deploy_worker`) instead of here; the password
+--- must then come from `{ssm = "/name"}`. (default: run here)
+--- @field worker? skiff.Worker
+
+--- @class skiff.RepoInitOpts : skiff.RepoOpts
+--- S3 storage class of the data packs (an archive repository): STANDARD,
+--- STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING, GLACIER_IR, GLACIER or
+--- DEEP_ARCHIVE. Metadata stays STANDARD so listing and forgetting need no
+--- restore; reading an archived pack first asks S3 to restore it.
+--- (default: the bucket's default)
+--- @field storage_class? string
 
 --- @class skiff.RepoPointsOpts : skiff.RepoOpts
 --- Only this volume's points. (default: every volume)
@@ -103,8 +114,8 @@ repo = {}
 
 --- Creates a repository (a random master key wrapped by the password with
 --- Argon2id); refuses a location that already holds one (`kind = "conflict"`).
---- @param opts skiff.RepoOpts
---- @return {location: string, id: string}
+--- @param opts skiff.RepoInitOpts
+--- @return {location: string, id: string, storage_class?: string}
 function repo.init(opts) end
 
 --- Restore points, oldest first.

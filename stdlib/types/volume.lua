@@ -86,6 +86,21 @@
 --- Region for locations that do not name their own.
 --- (default: the account's region, else skiff.toml's, else AWS_REGION)
 --- @field region? string
+---
+--- Seconds to wait for another writer's lease on the target repository
+--- before failing with `kind = "locked"`. (default: `0`)
+--- @field wait? integer
+---
+--- The new point's time (RFC 3339), when it is not now: importing an image
+--- under the date it was taken. Retention reads this time.
+--- (default: now)
+--- @field time? string
+---
+--- Run the copy on this worker (from `deploy_worker`) through its task
+--- queue instead of here. EBS locations must be in the worker's account and
+--- region; the password must come from `{ssm = "/name"}`, which the worker
+--- reads through its instance role. (default: run here)
+--- @field worker? skiff.Worker
 
 --- @class skiff.CopyProgress
 --- @field bytes_total integer   the volume's size
