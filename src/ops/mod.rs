@@ -27,6 +27,7 @@ type Tags = BTreeMap<String, String>;
 /// Operations a worker can run.
 pub const WORKER_OPS: &[&str] = &[
     "copy_volume",
+    "repo.init",
     "repo.points",
     "repo.check",
     "repo.forget",
@@ -105,12 +106,15 @@ fn repo_error(prim: &str, e: RepoError) -> OpError {
     mover_error(prim, MoverError::Repo(e))
 }
 
-/// A location: `"file:…"`, or `{location = "…", account = …, region = …}`.
+/// A location: `"file:…"`, or `{location = "…", account = …, region = …,
+/// password = …}` (a repository's own password source, when the two
+/// repositories of a copy have different ones).
 #[derive(Debug, Clone)]
 pub struct LocArg {
     location: String,
     account: Option<String>,
     region: Option<String>,
+    password: Option<PasswordArg>,
 }
 
 impl<'de> Deserialize<'de> for LocArg {
@@ -126,19 +130,22 @@ impl<'de> Deserialize<'de> for LocArg {
                     location: s.to_string(),
                     account: None,
                     region: None,
+                    password: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<LocArg, A::Error> {
-                let (mut location, mut account, mut region) = (None, None, None);
+                let (mut location, mut account, mut region, mut password) =
+                    (None, None, None, None);
                 while let Some(k) = m.next_key::<String>()? {
                     match k.as_str() {
                         "location" => location = Some(m.next_value()?),
                         "account" => account = Some(m.next_value()?),
                         "region" => region = Some(m.next_value()?),
+                        "password" => password = Some(m.next_value()?),
                         _ => {
                             return Err(de::Error::unknown_field(
                                 &k,
-                                &["location", "account", "region"],
+                                &["location", "account", "region", "password"],
                             ))
                         }
                     }
@@ -148,6 +155,7 @@ impl<'de> Deserialize<'de> for LocArg {
                     location,
                     account,
                     region,
+                    password,
                 })
             }
         }
@@ -360,8 +368,14 @@ pub struct ForgetOpts {
     #[serde(default)]
     keep_yearly: u32,
     volume: Option<String>,
+    /// Only points carrying all these tags.
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
     #[serde(default)]
     dry_run: bool,
+    /// Seconds to wait for another writer of the repository (default 0).
+    #[serde(default)]
+    wait: u64,
     password: Option<PasswordArg>,
     account: Option<String>,
     region: Option<String>,
@@ -374,6 +388,9 @@ pub struct PruneOpts {
     #[serde(default)]
     dry_run: bool,
     repack_threshold: Option<f64>,
+    /// Seconds to wait for another writer of the repository (default 0).
+    #[serde(default)]
+    wait: u64,
     password: Option<PasswordArg>,
     account: Option<String>,
     region: Option<String>,
@@ -450,12 +467,20 @@ pub async fn copy_volume(
         ),
         None => None,
     };
-    let opener = opener(cloud, P, o.password, acc, reg)?;
+    // Each repository's own password source, else the copy's.
+    let from_opener = opener(
+        cloud,
+        P,
+        o.from.password.or_else(|| o.password.clone()),
+        acc,
+        reg,
+    )?;
+    let to_opener = opener(cloud, P, o.to.password.or(o.password), acc, reg)?;
     let mut tags = o.tags;
     if let Some(t) = task {
         tags.insert(TASK_TAG.to_string(), t.to_string());
         if let Location::Repo { repo: url, .. } = &to {
-            let repo = opener
+            let repo = to_opener
                 .repo(url, to_aws.as_ref())
                 .await
                 .map_err(|e| mover_error(P, e))?;
@@ -474,11 +499,11 @@ pub async fn copy_volume(
             }
         }
     }
-    let source = opener
+    let source = from_opener
         .source(&from, from_aws.as_ref(), o.volume.as_deref())
         .await
         .map_err(|e| mover_error(P, e))?;
-    let target = opener
+    let target = to_opener
         .target(&to, to_aws.as_ref())
         .await
         .map_err(|e| mover_error(P, e))?;
@@ -491,7 +516,7 @@ pub async fn copy_volume(
         time,
         settings: MoverSettings {
             lease_wait: std::time::Duration::from_secs(o.wait),
-            ..opener.settings.clone()
+            ..to_opener.settings.clone()
         },
     };
     let result = mover::copy(source, target, &copy_opts, progress)
@@ -632,7 +657,12 @@ pub async fn repo_forget(cloud: &Arc<Cloud>, o: ForgetOpts) -> Result<serde_json
         o.region.as_deref(),
     )
     .await?;
-    let decisions = forget::forget(&repo, &keep, o.volume.as_deref(), o.dry_run)
+    let only = forget::Only {
+        volume: o.volume,
+        tags: o.tags,
+    };
+    let wait = std::time::Duration::from_secs(o.wait);
+    let decisions = forget::forget_only(&repo, &keep, &only, o.dry_run, wait)
         .await
         .map_err(|e| repo_error(P, e))?;
     #[derive(Serialize)]
@@ -666,6 +696,7 @@ pub async fn repo_prune(cloud: &Arc<Cloud>, o: PruneOpts) -> Result<serde_json::
     const P: &str = "repo.prune";
     let mut po = PruneOptions {
         dry_run: o.dry_run,
+        wait: std::time::Duration::from_secs(o.wait),
         ..Default::default()
     };
     if let Some(t) = o.repack_threshold {
@@ -767,10 +798,20 @@ fn scopes_of(
             Reach::Elsewhere,
         ));
     }
-    if let Some(p) = args.get("password") {
+    let mut passwords = vec![("password".to_string(), args.get("password"))];
+    for f in ["from", "to"] {
+        if op == "copy_volume" {
+            passwords.push((
+                format!("{f}.password"),
+                args.get(f).and_then(|v| v.get("password")),
+            ));
+        }
+    }
+    for (name, p) in passwords {
+        let Some(p) = p else { continue };
         if p.get("ssm").is_some() {
             out.push((
-                "password".into(),
+                name,
                 get(p, "account").or(acc.clone()),
                 get(p, "region").or(reg.clone()),
                 Reach::Elsewhere,
@@ -778,7 +819,7 @@ fn scopes_of(
         } else if p.is_object() {
             return Err(field(
                 op,
-                "password",
+                &name,
                 "a worker reads the repository password from SSM Parameter Store ({ssm = \"/name\"}) through its instance role; env and file sources stay on this machine",
             ));
         }
@@ -807,6 +848,7 @@ pub fn for_worker(
     // Refuse bad options here, before anything is sent.
     match op {
         "copy_volume" => parse_json::<CopyOpts>(op, args.clone()).map(|_| ())?,
+        "repo.init" => parse_json::<InitOpts>(op, args.clone()).map(|_| ())?,
         "repo.points" => parse_json::<PointsOpts>(op, args.clone()).map(|_| ())?,
         "repo.check" => parse_json::<CheckOpts>(op, args.clone()).map(|_| ())?,
         "repo.forget" => parse_json::<ForgetOpts>(op, args.clone()).map(|_| ())?,
@@ -817,7 +859,7 @@ pub fn for_worker(
         // What names no account is the worker's own (its instance role);
         // the repository password is read in the worker's region unless named.
         let a = a.or_else(|| Some(worker.account.clone()));
-        let r = if f == "password" {
+        let r = if f.ends_with("password") {
             r.or_else(|| Some(worker.region.clone()))
         } else {
             r
@@ -854,6 +896,8 @@ pub fn for_worker(
         let entry = if f == "location" {
             obj.insert("region".into(), serde_json::Value::String(region));
             continue;
+        } else if let Some((loc, inner)) = f.split_once('.') {
+            obj.get_mut(loc).and_then(|l| l.get_mut(inner))
         } else {
             obj.get_mut(&f)
         };

@@ -245,11 +245,21 @@ impl Backend {
     /// O_DIRECT where the file system allows it (the page cache gains nothing
     /// from packs, and filling it costs more CPU than the whole upload).
     pub async fn put_pack(&self, name: &str, data: AlignedBuf) -> Result<()> {
+        self.put_pack_in(name, data, true).await
+    }
+
+    /// As `put_pack`; `archive = false` keeps the pack out of the repository's
+    /// archive storage class (block-map packs, read by every incremental).
+    pub async fn put_pack_in(&self, name: &str, data: AlignedBuf, archive: bool) -> Result<()> {
         match &*self.inner {
             Inner::Local(l) => {
                 let (root, name) = (l.root.clone(), name.to_string());
                 blocking(move || Local::write_pack(&root, &name, &data)).await
             }
+            Inner::S3(s) => s
+                .put_in(name, data.into_bytes(), Condition::None, archive)
+                .await
+                .map(|_| ()),
             _ => self.put(name, data.into_bytes()).await,
         }
     }
@@ -926,13 +936,28 @@ impl S3 {
     }
 
     async fn put(&self, name: &str, data: Bytes, cond: Condition) -> Result<bool> {
+        self.put_in(name, data, cond, true).await
+    }
+
+    /// `archive`: a data pack may take the repository's storage class.
+    async fn put_in(
+        &self,
+        name: &str,
+        data: Bytes,
+        cond: Condition,
+        archive: bool,
+    ) -> Result<bool> {
         let mut req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.key(name))
             .body(ByteStream::from(data));
-        if let Some(class) = self.data_class.get().filter(|_| name.starts_with("data/")) {
+        if let Some(class) = self
+            .data_class
+            .get()
+            .filter(|_| archive && name.starts_with("data/"))
+        {
             req = req.storage_class(aws_sdk_s3::types::StorageClass::from(class.as_str()));
         }
         match cond {

@@ -113,6 +113,39 @@ pub async fn forget(
     volume: Option<&str>,
     dry_run: bool,
 ) -> Result<Vec<Decision>> {
+    let only = Only {
+        volume: volume.map(str::to_string),
+        ..Default::default()
+    };
+    forget_only(repo, keep, &only, dry_run, std::time::Duration::ZERO).await
+}
+
+/// Which points a forget considers; the others are neither kept nor removed.
+#[derive(Debug, Clone, Default)]
+pub struct Only {
+    /// Only this volume's points.
+    pub volume: Option<String>,
+    /// Only points carrying every one of these tags (a policy's own points
+    /// in a repository that several policies share).
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+impl Only {
+    fn admits(&self, p: &Point) -> bool {
+        self.volume.as_ref().is_none_or(|v| &p.volume == v)
+            && self.tags.iter().all(|(k, v)| p.tags.get(k) == Some(v))
+    }
+}
+
+/// As `forget`, over the points `only` admits, waiting up to `wait` for
+/// another writer's lease.
+pub async fn forget_only(
+    repo: &Repo,
+    keep: &KeepOptions,
+    only: &Only,
+    dry_run: bool,
+    wait: std::time::Duration,
+) -> Result<Vec<Decision>> {
     if keep.is_empty() {
         return Err(RepoError::Invalid(
             "no keep rule given (keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly): refusing to forget every point".into(),
@@ -121,13 +154,11 @@ pub async fn forget(
     let lease = if dry_run {
         None
     } else {
-        Some(Lease::acquire(repo, "skiff forget").await?)
+        Some(Lease::acquire_waiting(repo, "skiff forget", wait).await?)
     };
     let run = async {
         let mut points = repo.points().await?;
-        if let Some(v) = volume {
-            points.retain(|p| p.volume == v);
-        }
+        points.retain(|p| only.admits(p));
         let decisions = select(&points, keep)?;
         if let Some(lease) = &lease {
             lease.ensure().await?;

@@ -26,6 +26,8 @@ pub struct PruneOptions {
     /// unused (default 0.05, so prune frees space without rewriting packs
     /// for a few dead bytes).
     pub repack_threshold: f64,
+    /// How long to wait for another writer's lease (default: fail at once).
+    pub wait: std::time::Duration,
 }
 
 impl Default for PruneOptions {
@@ -33,6 +35,7 @@ impl Default for PruneOptions {
         PruneOptions {
             dry_run: false,
             repack_threshold: 0.05,
+            wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -99,7 +102,7 @@ pub async fn prune(repo: &Arc<Repo>, opts: &PruneOptions) -> Result<PruneReport>
     let writer = if opts.dry_run {
         None
     } else {
-        Some(Writer::start(repo.clone(), "skiff prune").await?)
+        Some(Writer::start_waiting(repo.clone(), "skiff prune", opts.wait).await?)
     };
     match run(repo, opts, writer).await {
         Ok(r) => Ok(r),

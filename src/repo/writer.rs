@@ -44,7 +44,12 @@ pub struct Writer {
     repo: Arc<Repo>,
     lease: Option<Lease>,
     claims: Claims,
+    /// Block data.
     pack: PackBuilder,
+    /// Block-map nodes, in packs of their own: an archive repository keeps
+    /// these in S3 STANDARD so an incremental can read its parent's map
+    /// without restoring anything from the archive tier.
+    nodes: PackBuilder,
     uploads: JoinSet<Result<IndexedPack>>,
     /// Durable packs no index file lists yet.
     unlisted: Vec<IndexedPack>,
@@ -71,6 +76,7 @@ impl Writer {
                 claimed: Arc::new(Mutex::new(HashSet::new())),
             },
             pack: PackBuilder::new(pack_capacity(&repo)),
+            nodes: PackBuilder::new(NODE_PACK_CAPACITY),
             uploads: JoinSet::new(),
             unlisted: Vec::new(),
             lease: Some(lease),
@@ -101,14 +107,25 @@ impl Writer {
         raw_len: u32,
         sealed: &[u8],
     ) -> Result<()> {
-        if !self.pack.fits(sealed.len()) {
-            self.flush().await?;
+        let nodes = kind == BlobKind::Node;
+        let (builder, limit) = if nodes {
+            (&mut self.nodes, NODE_PACK_CAPACITY - (1 << 20))
+        } else {
+            (&mut self.pack, self.repo.settings.pack_size)
+        };
+        if !builder.fits(sealed.len()) {
+            self.flush_one(nodes).await?;
         }
-        self.pack.add_raw(kind, id, flags, raw_len, sealed);
+        let builder = if nodes {
+            &mut self.nodes
+        } else {
+            &mut self.pack
+        };
+        builder.add_raw(kind, id, flags, raw_len, sealed);
         self.stats.blobs += 1;
         self.stats.bytes_stored += sealed.len() as u64;
-        if self.pack.len() >= self.repo.settings.pack_size {
-            self.flush().await?;
+        if builder.len() >= limit {
+            self.flush_one(nodes).await?;
         }
         Ok(())
     }
@@ -128,15 +145,23 @@ impl Writer {
         self.add(&blob).await
     }
 
-    /// Closes the current pack and starts its upload (waiting for a slot).
+    /// Closes the current packs and starts their uploads (waiting for a slot).
     pub async fn flush(&mut self) -> Result<()> {
-        if self.pack.is_empty() {
+        self.flush_one(false).await?;
+        self.flush_one(true).await
+    }
+
+    /// Closes the data pack (or, with `nodes`, the node pack) and starts its upload.
+    async fn flush_one(&mut self, nodes: bool) -> Result<()> {
+        let (builder, capacity) = if nodes {
+            (&mut self.nodes, NODE_PACK_CAPACITY)
+        } else {
+            (&mut self.pack, self.repo.settings.pack_size + (1 << 20))
+        };
+        if builder.is_empty() {
             return Ok(());
         }
-        let full = std::mem::replace(
-            &mut self.pack,
-            PackBuilder::new(self.repo.settings.pack_size + (1 << 20)),
-        );
+        let full = std::mem::replace(builder, PackBuilder::new(capacity));
         while self.uploads.len() >= self.repo.settings.pack_uploads.max(1) {
             self.reap_one().await?;
         }
@@ -147,7 +172,7 @@ impl Writer {
                 .await
                 .map_err(|e| RepoError::Invalid(e.to_string()))?;
             backend
-                .put_pack(&pack::pack_name(&indexed.pack), bytes)
+                .put_pack_in(&pack::pack_name(&indexed.pack), bytes, !nodes)
                 .await?;
             Ok(indexed)
         });
@@ -208,6 +233,7 @@ impl Writer {
     /// reuses it), the lease is released. Best effort: the original error matters more.
     pub async fn abandon(mut self) {
         self.pack = PackBuilder::new(crate::repo::buf::ALIGN);
+        self.nodes = PackBuilder::new(crate::repo::buf::ALIGN);
         while let Some(done) = self.uploads.join_next().await {
             if let Ok(Ok(indexed)) = done {
                 self.repo.add_to_index(&indexed);
@@ -259,6 +285,9 @@ impl Writer {
 }
 
 /// A pack's buffer: the target size, room for a last blob past it, and its header.
+/// Node packs: a node holds at most FANOUT ids, so one always fits.
+const NODE_PACK_CAPACITY: usize = 4 << 20;
+
 fn pack_capacity(repo: &Repo) -> usize {
     repo.settings.pack_size + (2 << 20)
 }

@@ -49,12 +49,19 @@
 --- @field keep_yearly? integer
 --- Only this volume's points. (default: every volume)
 --- @field volume? string
+--- Only points carrying every one of these tags, e.g. `{policy = "db"}` for
+--- one policy's points in a shared repository. (default: `{}`, every point)
+--- @field tags? table<string, string>
 --- Report, change nothing. (default: `false`)
 --- @field dry_run? boolean
+--- Seconds to wait for another writer's lease. (default: `0`, fail at once)
+--- @field wait? integer
 
 --- @class skiff.RepoPruneOpts : skiff.RepoOpts
 --- Report, change nothing. (default: `false`)
 --- @field dry_run? boolean
+--- Seconds to wait for another writer's lease. (default: `0`, fail at once)
+--- @field wait? integer
 --- Repack a partly used pack when at least this fraction of its bytes is unused. (default: `0.05`)
 --- @field repack_threshold? number
 

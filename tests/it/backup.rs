@@ -19,7 +19,7 @@ fn python() -> std::path::PathBuf {
 }
 
 /// Runs tools/demo_seed.py acting in `account`.
-async fn seed_tool(account: &Account, args: &[&str]) -> serde_json::Value {
+pub async fn seed_tool(account: &Account, args: &[&str]) -> serde_json::Value {
     let out = tokio::process::Command::new(python())
         .arg(project_root().join("tools/demo_seed.py"))
         .args(args)

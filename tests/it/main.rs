@@ -10,6 +10,7 @@ mod host;
 mod images;
 mod mover_emu;
 mod network;
+mod policy_run;
 mod repo_cli;
 mod serve;
 mod specs;

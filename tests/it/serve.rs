@@ -781,11 +781,12 @@ print(pcall(run, "nope"))
         "{stdout}"
     );
     assert!(stdout.contains("history\t1\ttrue"), "{stdout}");
-    // A policy without its own run uses the default, which needs the data mover.
+    // A policy without its own run uses the default, whose workers read the
+    // repository password from SSM: an environment variable is refused.
     assert!(stdout.contains("default\tfailed"), "{stdout}");
     assert!(
         stdout.contains("[by-default #2] failed after ")
-            && stdout.contains("default runs need the data mover"),
+            && stdout.contains("read the policy's repository's password from SSM Parameter Store"),
         "{stdout}"
     );
     assert!(

@@ -1,0 +1,408 @@
+//! The default run of a policy (stdlib/skiff/policy_run.lua) under `skiff
+//! serve`, against the emulator with the local launcher: seeded instances
+//! backed up by workers, a simulated month of points thinned to exactly the
+//! GFS set by a retention worker, the points chosen for the archive copied by
+//! an archive worker into an S3 repository whose data packs carry the archive
+//! storage class, and an archived point restored bit-exact.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde_json::Value;
+
+use crate::backup::seed_tool;
+use crate::harness::{emulator, Workspace};
+use crate::workers::{running, skiff_queues, workers_in};
+
+const TOML: &str = "[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n";
+const PASSWORD: &str = "{ ssm = '/skiff/repository-password' }";
+
+fn s3(ws: &Workspace) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&emulator().sdk(&ws.account, "us-east-1"))
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// Runs Lua in `skiff run` (this machine, not a worker) and returns its
+/// last line of output parsed as JSON.
+async fn lua_json(ws: &Workspace, script: &str) -> Value {
+    let name = format!("step-{}.lua", rand::random::<u32>());
+    let out = ws.run_lua(&name, script, &[]).await;
+    out.ok();
+    serde_json::from_str(out.stdout.lines().last().unwrap_or("null")).unwrap_or_else(|e| {
+        panic!("{e}: {}", out.stdout);
+    })
+}
+
+/// Starts `skiff serve`, triggers `policy` through `skiff repl --attach`,
+/// waits for the run and stops serve; the run as the attach printed it and
+/// serve's log.
+async fn run_once(ws: &Workspace, policy: &str) -> (Value, String) {
+    let log = ws.path(&format!("serve-{}.log", rand::random::<u32>()));
+    let mut serve = ws
+        .command(&["serve", "policies", "--state-dir", "state"])
+        .env("SKIFF_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "d = wait(run({policy:?}))\nprint('RUN', d.outcome, d.points or 0, d.bytes or 0, d.error or '')\n"
+    );
+    let mut attached = None;
+    for _ in 0..100 {
+        let mut attach = ws
+            .command(&["repl", "--attach", "--state-dir", "state"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = attach.stdin.take().unwrap();
+            stdin.write_all(script.as_bytes()).await.unwrap();
+        }
+        let out = tokio::time::timeout(Duration::from_secs(300), attach.wait_with_output())
+            .await
+            .expect("the run ends within 5 minutes")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RUN\t")) {
+            let f: Vec<&str> = line.splitn(4, '\t').collect();
+            attached = Some(serde_json::json!({
+                "outcome": f[0],
+                "points": f[1].parse::<i64>().unwrap(),
+                "bytes": f[2].parse::<i64>().unwrap(),
+                "error": f[3],
+            }));
+            break;
+        }
+        assert!(
+            !stdout.contains("attached to skiff serve"),
+            "attached, but no run:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // serve is not listening yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unsafe { libc::kill(serve.id().unwrap() as i32, libc::SIGTERM) };
+    tokio::time::timeout(Duration::from_secs(60), serve.wait())
+        .await
+        .expect("serve stops after SIGTERM")
+        .unwrap();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    (attached.unwrap_or_else(|| panic!("no run:\n{log}")), log)
+}
+
+/// The GFS set, computed here independently of skiff: per rule, the newest
+/// point of each of the last N periods that have points.
+fn gfs(times: &[(String, DateTime<Utc>)], rules: &[(&str, usize)]) -> BTreeSet<String> {
+    let mut sorted: Vec<&(String, DateTime<Utc>)> = times.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+    let mut keep = BTreeSet::new();
+    for (rule, n) in rules {
+        let period = |t: &DateTime<Utc>| -> String {
+            match *rule {
+                "daily" => t.format("%Y-%m-%d").to_string(),
+                "weekly" => {
+                    let w = t.iso_week();
+                    format!("{}-W{}", w.year(), w.week())
+                }
+                "monthly" => t.format("%Y-%m").to_string(),
+                _ => t.format("%Y").to_string(),
+            }
+        };
+        let mut seen = Vec::new();
+        for (id, t) in &sorted {
+            let p = period(t);
+            if seen.len() == *n {
+                break;
+            }
+            if !seen.contains(&p) {
+                seen.push(p);
+                keep.insert(id.clone());
+            }
+        }
+    }
+    keep
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn the_default_run_backs_up_archives_and_keeps_exactly_the_gfs_set() {
+    let ws = Workspace::new(TOML).await;
+    let seeded = seed_tool(&ws.account, &["seed", "us-east-1"]).await;
+    let volume = seeded[0]["data_volume"].as_str().unwrap().to_string();
+    let bucket = format!("skiff-archive-{}", rand::random::<u32>());
+    s3(&ws)
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let repo = ws.path("repository");
+    let repo = repo.to_str().unwrap();
+    let archive = format!("s3://{bucket}/cold");
+    ws.write(
+        "policies/nightly.lua",
+        &format!(
+            r#"repository{{ name = "main", location = "{repo}", password = {PASSWORD} }}
+repository{{ name = "cold", location = "{archive}", region = "us-east-1", password = {PASSWORD} }}
+policy{{
+  name = "nightly", schedule = "@yearly", select = {{ tags = {{ backup = "daily" }} }},
+  repository = "main",
+  retention = {{ keep_daily = 5, keep_weekly = 3, keep_monthly = 2 }},
+  archive = {{ repository = "cold", storage_class = "DEEP_ARCHIVE", points = "monthly" }},
+}}
+"#
+        ),
+    );
+    lua_json(
+        &ws,
+        &format!("repo.init{{ location = '{repo}', password = {PASSWORD} }} print('null')"),
+    )
+    .await;
+
+    // The first run: a full backup by a worker, archived as the month's first point.
+    let (first, log) = run_once(&ws, "nightly").await;
+    assert_eq!(first["outcome"], "success", "{first}\n{log}");
+    assert_eq!(first["points"], 2, "one backup, one archive copy: {log}");
+    assert!(log.contains("archive repository s3://"), "{log}");
+    let points = lua_json(
+        &ws,
+        &format!("print(json.encode(repo.points{{ location = '{repo}', password = {PASSWORD} }}))"),
+    )
+    .await;
+    let points = points.as_array().unwrap();
+    assert_eq!(points.len(), 1);
+    let today = points[0].clone();
+    assert_eq!(today["volume"], volume.as_str());
+    assert_eq!(today["tags"]["policy"], "nightly");
+    assert_eq!(today["tags"]["instance"], seeded[0]["instance"]);
+
+    // A simulated month (and a bit) of earlier points of the same volume:
+    // two a day through March 2025, and the last days of February.
+    let mut days = Vec::new();
+    let mut d = NaiveDate::from_ymd_opt(2025, 2, 24).unwrap();
+    while d <= NaiveDate::from_ymd_opt(2025, 3, 31).unwrap() {
+        days.push(d);
+        d = d.succ_opt().unwrap();
+    }
+    // They are imported from an image of the first point.
+    let image = ws.path("volume.img");
+    let image = image.to_str().unwrap();
+    let mut script = format!(
+        "copy_volume{{ from = 'repo:{repo}#{}', to = 'file:{image}', password = {PASSWORD} }}\n",
+        today["id"].as_str().unwrap()
+    );
+    for day in &days {
+        for hour in ["03", "15"] {
+            script.push_str(&format!(
+                "copy_volume{{ from = 'file:{image}', to = 'repo:{repo}', password = {PASSWORD}, volume = '{volume}', tags = {{ policy = 'nightly' }}, time = '{day}T{hour}:00:00Z' }}\n"
+            ));
+        }
+    }
+    // Another policy's point of the same volume is not this policy's to forget.
+    script.push_str(&format!(
+        "copy_volume{{ from = 'file:{image}', to = 'repo:{repo}', password = {PASSWORD}, volume = '{volume}', tags = {{ policy = 'other' }}, time = '2025-01-05T00:00:00Z' }}\nprint('null')\n"
+    ));
+    lua_json(&ws, &script).await;
+
+    // The second run: an incremental, the simulated months' first points
+    // archived, then retention.
+    let (second, log) = run_once(&ws, "nightly").await;
+    assert_eq!(second["outcome"], "success", "{second}\n{log}");
+    // One backup, and the first points of February and March 2025 archived.
+    assert_eq!(second["points"], 3, "{log}");
+    let after = lua_json(
+        &ws,
+        &format!("print(json.encode(repo.points{{ location = '{repo}', password = {PASSWORD} }}))"),
+    )
+    .await;
+    let after = after.as_array().unwrap().clone();
+
+    // Retention kept exactly the GFS set of the policy's points.
+    let mut before: Vec<(String, DateTime<Utc>)> = days
+        .iter()
+        .flat_map(|d| ["03", "15"].map(|h| format!("{d}T{h}:00:00Z")))
+        .map(|t| (t.clone(), time(&Value::String(t))))
+        .collect();
+    before.push(("today".into(), time(&today["time"])));
+    let newest = after
+        .iter()
+        .filter(|p| p["tags"]["run"].as_str().is_some() && p["id"] != today["id"])
+        .max_by_key(|p| time(&p["time"]))
+        .expect("the second run's point");
+    before.push(("second".into(), time(&newest["time"])));
+    let expected = gfs(&before, &[("daily", 5), ("weekly", 3), ("monthly", 2)]);
+    let name_of = |p: &Value| -> String {
+        if p["id"] == today["id"] {
+            "today".into()
+        } else if p["id"] == newest["id"] {
+            "second".into()
+        } else {
+            p["time"].as_str().unwrap().to_string()
+        }
+    };
+    let kept: BTreeSet<String> = after
+        .iter()
+        .filter(|p| p["tags"]["policy"] == "nightly")
+        .map(name_of)
+        .collect();
+    assert_eq!(kept, expected);
+    assert!(
+        after.iter().any(|p| p["tags"]["policy"] == "other"),
+        "another policy's point stays"
+    );
+    // The incremental read only what changed since the first run's snapshot.
+    assert_eq!(newest["parent"], today["id"]);
+
+    // The archive: the first point of each month, its own incremental chain,
+    // every data pack in DEEP_ARCHIVE and the metadata readable at once.
+    let archived = lua_json(
+        &ws,
+        &format!("print(json.encode(repo.points{{ location = '{archive}', region = 'us-east-1', password = {PASSWORD} }}))"),
+    )
+    .await;
+    let archived = archived.as_array().unwrap().clone();
+    let from: BTreeMap<String, String> = archived
+        .iter()
+        .map(|p| {
+            (
+                p["time"].as_str().unwrap().to_string(),
+                p["tags"]["skiff:archived-from"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let times: Vec<&String> = from.keys().collect();
+    assert_eq!(
+        times,
+        vec![
+            "2025-02-24T03:00:00Z",
+            "2025-03-01T03:00:00Z",
+            &time(&today["time"]).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ],
+        "{archived:#?}"
+    );
+    assert!(archived.iter().all(|p| p["volume"] == volume.as_str()));
+    let chain: Vec<&Value> = {
+        let mut a: Vec<&Value> = archived.iter().collect();
+        a.sort_by_key(|p| time(&p["time"]));
+        a
+    };
+    // The first archive copy (the first run's) is full; every later one is
+    // an incremental of the archive's newest point of the volume.
+    for p in &chain {
+        let first = p["tags"]["skiff:archived-from"] == today["id"];
+        assert_eq!(p["parent"].is_null(), first, "{archived:#?}");
+    }
+    let objects = s3(&ws)
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("cold/")
+        .send()
+        .await
+        .unwrap();
+    let mut classes = BTreeMap::new();
+    for o in objects.contents() {
+        let key = o.key().unwrap().strip_prefix("cold/").unwrap();
+        let class = o
+            .storage_class()
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default();
+        let folder = key.split('/').next().unwrap().to_string();
+        if folder == "data" {
+            let size = o.size().unwrap_or(0);
+            // Block data is archived; block-map packs stay readable.
+            let expect = if size > 1 << 20 {
+                "DEEP_ARCHIVE"
+            } else {
+                "STANDARD"
+            };
+            assert_eq!(class, expect, "{key} ({size} bytes)");
+        } else {
+            assert_eq!(class, "STANDARD", "{key}");
+        }
+        *classes.entry(class).or_insert(0) += 1;
+    }
+    assert!(
+        classes.get("DEEP_ARCHIVE").copied().unwrap_or(0) >= 1,
+        "{classes:?}"
+    );
+
+    // The oldest archived point restores bit-exact (its data comes back from
+    // the archive tier first), equal to the image its source was imported from.
+    let restored = ws.path("from-archive.img");
+    let out = ws
+        .run_lua(
+            "restore.lua",
+            &format!(
+                "copy_volume{{ from = {{ location = 'repo:{archive}#{}', region = 'us-east-1' }}, to = 'file:{}', password = {PASSWORD} }}",
+                chain[0]["id"].as_str().unwrap(),
+                restored.display(),
+            ),
+            &[],
+        )
+        .await;
+    out.ok();
+    assert_eq!(
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(image).unwrap(),
+        "the archived point restores bit-exact"
+    );
+
+    // No worker outlived its job; the temporary snapshots are gone.
+    assert!(running(&workers_in(&ws.account, "us-east-1").await).is_empty());
+    assert!(skiff_queues(&ws.account, "us-east-1").await.is_empty());
+    let snaps = ws
+        .ec2("us-east-1")
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    let left: Vec<&str> = snaps
+        .snapshots()
+        .iter()
+        .filter(|s| s.tags().iter().any(|t| t.key() == Some("policy")))
+        .filter_map(|s| s.snapshot_id())
+        .collect();
+    assert!(left.is_empty(), "temporary snapshots left: {left:?}");
+}
+
+#[tokio::test]
+async fn the_default_run_refuses_a_password_workers_cannot_read_and_launches_nothing() {
+    let ws = Workspace::new(TOML).await;
+    seed_tool(&ws.account, &["seed", "us-east-1"]).await;
+    ws.write(
+        "policies/p.lua",
+        r#"policy{
+  name = "envpw", schedule = "@yearly", select = { tags = { backup = "daily" } },
+  repository = "/tmp/skiff-never", retention = { keep_last = 1 },
+}
+"#,
+    );
+    let (run, log) = run_once(&ws, "envpw").await;
+    assert_eq!(run["outcome"], "failed", "{log}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("read the policy's repository's password from SSM Parameter Store"),
+        "{run}"
+    );
+    assert!(workers_in(&ws.account, "us-east-1").await.is_empty());
+}
