@@ -806,7 +806,11 @@ print(pcall(run, "nope"))
         runs.stdout
     );
     assert!(lines[1].contains("failed"), "{}", runs.stdout);
-    assert!(lines[1].contains("policy \"by-default\": default runs need the data mover"));
+    assert!(
+        lines[1].contains("the default run copies on workers"),
+        "{}",
+        runs.stdout
+    );
     assert!(
         lines[2].starts_with("1    manual      manual"),
         "{}",
