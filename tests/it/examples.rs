@@ -317,3 +317,45 @@ async fn private_network_archive_builds_the_scenario_exactly_once() {
         ]
     );
 }
+
+/// The example policy folder loads: `skiff serve examples/policies` sees one
+/// policy, valid, with its schedule and no load error.
+#[tokio::test]
+async fn the_example_policy_folder_loads() {
+    let ws = Workspace::new("").await;
+    let dir = project_root().join("examples/policies");
+    let out = ws
+        .skiff(&["run", dir.join("nightly.lua").to_str().unwrap()])
+        .await;
+    out.ok();
+    let mut serve = ws
+        .command(&["serve", dir.to_str().unwrap(), "--state-dir", "state"])
+        .spawn()
+        .unwrap();
+    let mut view = serde_json::Value::Null;
+    for _ in 0..200 {
+        let out = ws
+            .skiff(&["policies", "--json", "--state-dir", "state"])
+            .await;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out.stdout) {
+            if v["live"] == true {
+                view = v;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    unsafe { libc::kill(serve.id().unwrap() as i32, libc::SIGTERM) };
+    serve.wait().await.unwrap();
+    let policies = view["policies"].as_array().expect("a live view");
+    assert_eq!(policies.len(), 1, "{view:#}");
+    assert_eq!(policies[0]["name"], "nightly");
+    assert!(
+        view["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["error"].is_null()),
+        "{view:#}"
+    );
+}
