@@ -129,7 +129,7 @@ function repository(opts) end
 --- @field archive? skiff.ArchiveOpts
 --- @field worker? skiff.PolicyWorker
 --- @field enabled? boolean (default: `true`) A disabled policy is loaded and checked but never scheduled.
---- @field run? fun(ctx: skiff.RunContext): skiff.RunResult? Replaces the default run (backup, then retention, then archive) with your own.
+--- @field run? fun(ctx: skiff.RunContext): skiff.RunResult? Replaces the default run with your own. The default (stdlib/skiff/policy_run.lua, docs/serve.md) backs up each selected instance on a backup worker, copies the points chosen for the archive on an archive worker, then forgets and prunes the policy's points on a retention worker; it needs repository passwords in SSM (`{ssm = "/name"}`), which workers read.
 
 --- A policy as `policy{}` returns it.
 --- @class skiff.Policy
