@@ -3,7 +3,9 @@
 -- For each instance (in every listed region and account): snapshot its
 -- volumes, deploy a backup worker next to them, copy each snapshot into the
 -- repository — incrementally, against the volume's previous point — then
--- remove the worker and delete the temporary snapshots. Instances are backed
+-- remove the worker and delete the temporary snapshots — all but each
+-- volume's newest, which the next incremental lists changed blocks against
+-- (EBS ListChangedBlocks needs both snapshots). Instances are backed
 -- up in parallel, each by its own worker.
 --
 --   skiff run examples/backup_instances.lua repository=s3://bucket/prefix \
@@ -39,6 +41,10 @@ local results = parallel(instances, function(inst)
   }
   local done = {}
   for _, vol in ipairs(inst.volumes) do
+    -- The snapshot of the volume's newest point: the base the incremental
+    -- asks EBS for changed blocks against. Kept until a newer point exists.
+    local newest = repo.points{ location = repository, password = password, volume = vol.id, worker = w }
+    local base = newest[#newest] and newest[#newest].snapshot
     local snap = ec2.snapshot{
       volume = vol.id, account = inst.account, region = inst.region,
       description = "skiff backup of " .. inst.id .. " " .. vol.device,
@@ -53,9 +59,15 @@ local results = parallel(instances, function(inst)
       wait = 3600,
       worker = w,
     })
-    -- The snapshot was only the consistent copy to read from.
-    ec2.delete_snapshot{ snapshot = snap }
-    if not ok then error(r, 0) end
+    -- After a failed copy the new snapshot goes and the base stays; after a
+    -- good one the new snapshot is the next base and the old base goes.
+    if not ok then
+      ec2.delete_snapshot{ snapshot = snap }
+      error(r, 0)
+    end
+    if base then
+      ec2.delete_snapshot{ snapshot = base, account = inst.account, region = inst.region }
+    end
     table.insert(done, { instance = inst.id, volume = vol.id, device = vol.device, result = r })
   end
   w:remove()

@@ -358,24 +358,28 @@ fn estate_error(prim: &str, e: estate::EstateError) -> ApiError {
     }
 }
 
-async fn instances_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
-    const P: &str = "ec2.instances";
-    let o: InstancesOpts = opts::parse(P, v)?;
+/// The account × region pairs a search covers: `accounts` and `regions`
+/// when given, else the one `account` and `region`; each name checked on its
+/// own so an error names the right field.
+fn search_scopes(
+    ctx: &Context,
+    prim: &str,
+    o: &InstancesOpts,
+) -> Result<Vec<crate::cloud::Scope>, ApiError> {
     if o.account.is_some() && !o.accounts.is_empty() {
         return Err(ApiError::field(
-            P,
+            prim,
             "accounts",
             "give account or accounts, not both",
         ));
     }
     if o.region.is_some() && !o.regions.is_empty() {
         return Err(ApiError::field(
-            P,
+            prim,
             "regions",
             "give region or regions, not both",
         ));
     }
-    // Each name is checked on its own, so an error names the right field.
     let accounts: Vec<Option<String>> = if o.accounts.is_empty() {
         vec![o.account.clone()]
     } else {
@@ -384,33 +388,45 @@ async fn instances_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     for (i, a) in o.accounts.iter().enumerate() {
         ctx.cloud
             .scope(Some(a), Some("us-east-1"))
-            .map_err(|e| ApiError::field(P, &format!("accounts[{}]", i + 1), e))?;
+            .map_err(|e| ApiError::field(prim, &format!("accounts[{}]", i + 1), e))?;
     }
     for (i, r) in o.regions.iter().enumerate() {
         ctx.cloud
             .scope(None, Some(r))
-            .map_err(|e| ApiError::field(P, &format!("regions[{}]", i + 1), e))?;
+            .map_err(|e| ApiError::field(prim, &format!("regions[{}]", i + 1), e))?;
     }
     let regions: Vec<Option<String>> = if o.regions.is_empty() {
         vec![o.region.clone()]
     } else {
         o.regions.iter().cloned().map(Some).collect()
     };
-    for (i, id) in o.ids.iter().enumerate() {
-        if !id.starts_with("i-") {
-            return Err(ApiError::field(
-                P,
-                &format!("ids[{}]", i + 1),
-                format!("expected an instance id (\"i-…\"), got {id:?}"),
-            ));
-        }
-    }
     let mut scopes = Vec::new();
     for a in &accounts {
         for r in &regions {
-            scopes.push(opts::scope(&ctx, P, a.as_deref(), r.as_deref())?);
+            scopes.push(opts::scope(ctx, prim, a.as_deref(), r.as_deref())?);
         }
     }
+    Ok(scopes)
+}
+
+fn check_ids(prim: &str, ids: &[String], prefix: &str, what: &str) -> Result<(), ApiError> {
+    for (i, id) in ids.iter().enumerate() {
+        if !id.starts_with(prefix) {
+            return Err(ApiError::field(
+                prim,
+                &format!("ids[{}]", i + 1),
+                format!("expected {what} (\"{prefix}…\"), got {id:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn instances_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
+    const P: &str = "ec2.instances";
+    let o: InstancesOpts = opts::parse(P, v)?;
+    let scopes = search_scopes(&ctx, P, &o)?;
+    check_ids(P, &o.ids, "i-", "an instance id")?;
     let found = futures::future::try_join_all(
         scopes
             .iter()
@@ -441,6 +457,54 @@ async fn instances_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             size: i.volumes.iter().map(|v| v.size_gib as i64).sum(),
             region: &i.scope.region,
             account: &i.scope.account,
+        })
+        .collect();
+    to_lua(&lua, &out)
+}
+
+#[derive(Serialize)]
+struct FoundVolumeOut<'a> {
+    kind: &'static str,
+    id: &'a str,
+    size: i32,
+    az: &'a str,
+    snapshot_id: Option<&'a str>,
+    state: &'a str,
+    tags: &'a Tags,
+    /// The instance it is attached to, if any.
+    instance: Option<&'a str>,
+    device: Option<&'a str>,
+    region: &'a str,
+    account: &'a str,
+}
+
+async fn volumes_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
+    const P: &str = "ec2.volumes";
+    let o: InstancesOpts = opts::parse(P, v)?;
+    let scopes = search_scopes(&ctx, P, &o)?;
+    check_ids(P, &o.ids, "vol-", "a volume id")?;
+    let found = futures::future::try_join_all(
+        scopes
+            .iter()
+            .map(|s| estate::volumes(&ctx.cloud, s, &o.tags, &o.ids)),
+    )
+    .await
+    .map_err(|e| estate_error(P, e))?;
+    let all: Vec<estate::FoundVolume> = found.into_iter().flatten().collect();
+    let out: Vec<FoundVolumeOut> = all
+        .iter()
+        .map(|f| FoundVolumeOut {
+            kind: "volume",
+            id: &f.volume.id,
+            size: f.volume.size_gib,
+            az: &f.volume.az,
+            snapshot_id: f.volume.snapshot_id.as_deref(),
+            state: &f.volume.state,
+            tags: &f.tags,
+            instance: f.instance.as_deref(),
+            device: f.device.as_deref(),
+            region: &f.volume.scope.region,
+            account: &f.volume.scope.account,
         })
         .collect();
     to_lua(&lua, &out)
@@ -640,6 +704,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
     ec2.set("snapshot", reg.async_fn(snapshot_fn)?)?;
     ec2.set("delete_snapshot", reg.async_fn(delete_snapshot_fn)?)?;
     ec2.set("volume", reg.async_fn(volume_fn)?)?;
+    ec2.set("volumes", reg.async_fn(volumes_fn)?)?;
     ec2.set("vpc", reg.async_fn(vpc_fn)?)?;
     ec2.set("subnet", reg.async_fn(subnet_fn)?)?;
     ec2.set("security_group", reg.async_fn(security_group_fn)?)?;

@@ -266,8 +266,6 @@ pub type Tags = std::collections::BTreeMap<String, String>;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn rewording() {
         use crate::ops::parse::reword;

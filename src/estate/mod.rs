@@ -205,6 +205,84 @@ pub async fn instances(
     Ok(found)
 }
 
+/// A volume of the estate, with its tags and the instance it is attached to.
+#[derive(Debug, Clone)]
+pub struct FoundVolume {
+    pub volume: Volume,
+    pub tags: BTreeMap<String, String>,
+    pub instance: Option<String>,
+    pub device: Option<String>,
+}
+
+/// Volumes in `scope` matching every tag in `tags` (`*` matches any value)
+/// and, if given, one of `ids`. Ids are matched here rather than sent, so an
+/// id that lives in another region of the search is not an error.
+pub async fn volumes(
+    cloud: &Cloud,
+    scope: &Scope,
+    tags: &BTreeMap<String, String>,
+    ids: &[String],
+) -> Result<Vec<FoundVolume>> {
+    let ec2 = cloud.ec2(scope).await;
+    let mut req = ec2.describe_volumes();
+    for (k, v) in tags {
+        req = if v == "*" {
+            req.filters(filter("tag-key", [k.as_str()]))
+        } else {
+            req.filters(filter(&format!("tag:{k}"), [v.as_str()]))
+        };
+    }
+    let mut found = Vec::new();
+    let mut token = None;
+    loop {
+        let page = req
+            .clone()
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ec2:DescribeVolumes", e))?;
+        for v in page.volumes() {
+            let id = v.volume_id().unwrap_or_default().to_string();
+            let t = tag_map(v.tags());
+            if !ids.is_empty() && !ids.contains(&id) {
+                continue;
+            }
+            let matches = tags
+                .iter()
+                .all(|(k, want)| want == "*" && t.contains_key(k) || t.get(k) == Some(want));
+            if !matches {
+                continue;
+            }
+            let attachment = v.attachments().first();
+            found.push(FoundVolume {
+                volume: Volume {
+                    id,
+                    size_gib: v.size().unwrap_or(0),
+                    az: v.availability_zone().unwrap_or_default().to_string(),
+                    snapshot_id: v
+                        .snapshot_id()
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                    state: v
+                        .state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    scope: scope.clone(),
+                },
+                tags: t,
+                instance: attachment.and_then(|a| a.instance_id()).map(str::to_string),
+                device: attachment.and_then(|a| a.device()).map(str::to_string),
+            });
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    found.sort_by(|a, b| a.volume.id.cmp(&b.volume.id));
+    Ok(found)
+}
+
 async fn wait<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,

@@ -2,8 +2,10 @@
 --
 --   1. backup: every selected instance (or selected volume) is snapshotted,
 --      and a backup worker next to it copies each snapshot into the policy's
---      repository, incrementally against the volume's newest point; the
---      snapshot is deleted and the worker removed as soon as it is done;
+--      repository, incrementally against the volume's newest point, reading
+--      only the blocks EBS lists as changed since that point's snapshot; that
+--      older snapshot is then deleted (the newest stays as the next run's
+--      base) and the worker removed as soon as it is done;
 --   2. archive (when the policy has one): an archive worker in the standard
 --      repository's region copies the points the policy selects for archive
 --      (the first point of each week, month or year of each volume, or all)
@@ -22,7 +24,8 @@
 -- VM, with the run's worker pool; returns `{points = n, bytes = n}` (points
 -- written to either repository, bytes they added). A failure of one instance
 -- does not stop the others; the run then fails naming every failure, after
--- archive and retention have run for what succeeded.
+-- archive and retention have run for what succeeded (retention is skipped
+-- when the archive failed, so it cannot forget a point still to archive).
 
 local M = {}
 
@@ -47,9 +50,10 @@ local function has_tags(have, want)
   return true
 end
 
--- The instances the policy selects, each with the volumes to back up:
--- instances matching every tag, plus instances and volumes named by id.
--- Ids found nowhere are returned as problems.
+-- What the policy selects, as backup targets `{resource, id, region,
+-- account, volumes}`: instances matching every tag or named by id (all their
+-- volumes), and volumes named by id (attached or not). Ids found nowhere are
+-- returned as problems.
 function M.select(policy)
   local s = policy.select
   local instances = ec2.instances{ regions = s.regions, accounts = s.accounts }
@@ -62,12 +66,28 @@ function M.select(policy)
     if wanted[inst.id] then found[inst.id] = true end
     local volumes = {}
     for _, v in ipairs(inst.volumes) do
-      if wanted[v.id] then found[v.id] = true end
-      if whole or wanted[v.id] then table.insert(volumes, v) end
+      if whole or wanted[v.id] then
+        found[v.id] = true
+        table.insert(volumes, v)
+      end
     end
     if #volumes > 0 then
-      inst.volumes = volumes
-      table.insert(out, inst)
+      table.insert(out, { resource = inst, id = inst.id, region = inst.region,
+                          account = inst.account, volumes = volumes })
+    end
+  end
+  -- Volumes named by id that no selected instance carries.
+  local loose = {}
+  for _, id in ipairs(s.ids) do
+    if id:sub(1, 4) == "vol-" and not found[id] then table.insert(loose, id) end
+  end
+  if #loose > 0 then
+    for _, v in ipairs(ec2.volumes{ ids = loose, regions = s.regions, accounts = s.accounts }) do
+      found[v.id] = true
+      table.insert(out, {
+        resource = v, id = v.id, region = v.region, account = v.account,
+        volumes = { { id = v.id, device = v.device or "", size = v.size } },
+      })
     end
   end
   local problems = {}
@@ -75,7 +95,7 @@ function M.select(policy)
     if not found[id] then
       table.insert(problems, string.format(
         "select.ids: %s is not %s in the selected regions and accounts", id,
-        id:sub(1, 2) == "i-" and "a running or stopped instance" or "a volume attached to an instance"))
+        id:sub(1, 2) == "i-" and "a running or stopped instance" or "a volume"))
     end
   end
   return out, problems
@@ -101,7 +121,7 @@ end
 
 local function backup_instance(policy, ctx, inst, password)
   local w = deploy_worker{
-    purpose = "backup", resource = inst,
+    purpose = "backup", resource = inst.resource,
     -- EBS direct APIs read a snapshot in the account that owns it.
     account = policy.worker.account or inst.account,
     private = policy.worker.private,
@@ -110,6 +130,11 @@ local function backup_instance(policy, ctx, inst, password)
   }
   local done = {}
   for _, vol in ipairs(inst.volumes) do
+    -- The snapshot of the volume's newest point is the base its next
+    -- incremental reads the changed blocks against (ListChangedBlocks):
+    -- it is kept until a newer point exists, then deleted.
+    local newest = repo.points(at(policy.repository, { password = password, volume = vol.id, worker = w }))
+    local base = newest[#newest] and newest[#newest].snapshot
     local snap = ec2.snapshot{
       volume = vol.id, account = inst.account, region = inst.region,
       description = string.format("skiff policy %s: %s %s", policy.name, inst.id, vol.device),
@@ -121,24 +146,32 @@ local function backup_instance(policy, ctx, inst, password)
       password = password,
       volume = vol.id,
       tags = {
-        policy = policy.name, run = tostring(ctx.run), instance = inst.id,
+        policy = policy.name, run = tostring(ctx.run),
+        instance = inst.resource.kind == "instance" and inst.id or inst.resource.instance,
         device = vol.device, region = inst.region, account = inst.account,
       },
       wait = M.lease_wait,
       worker = w,
     })
-    -- The snapshot was only the consistent copy to read from.
-    local deleted, derr = pcall(ec2.delete_snapshot, { snapshot = snap })
+    -- On failure the new snapshot goes and the base stays; on success the
+    -- new one is the base and the old one goes.
+    local drop = snap.id
+    if ok then drop = base end
+    local deleted, derr = true, nil
+    if drop and not (ok and drop == snap.id) then
+      deleted, derr = pcall(ec2.delete_snapshot, { snapshot = drop, account = inst.account, region = inst.region })
+    end
     if not ok then
       pcall(w.remove, w)
       error(r, 0)
     end
     if not deleted then
       log.warn(string.format("policy %s: snapshot %s of %s was not deleted: %s",
-        policy.name, snap.id, vol.id, message(derr)))
+        policy.name, drop, vol.id, message(derr)))
     end
-    ctx.log(string.format("%s %s → point %s (parent %s): %d new, %d deduplicated blocks, %d bytes stored",
-      inst.id, vol.id, r.point, r.parent or "none", r.blocks_new, r.blocks_dedup, r.bytes_stored))
+    ctx.log(string.format("%s %s → point %s (parent %s): read %d of %d blocks, %d new, %d deduplicated, %d bytes stored",
+      inst.id, vol.id, r.point, r.parent or "none", r.blocks_read, r.blocks_total,
+      r.blocks_new, r.blocks_dedup, r.bytes_stored))
     table.insert(done, r)
   end
   w:remove()
@@ -283,7 +316,7 @@ function M.run(policy, ctx)
   local password = password_of(policy.repository, "policy's")
   if policy.archive then password_of(policy.archive.repository, "archive") end
   local instances, problems = M.select(policy)
-  ctx.log(string.format("%d instance(s) selected", #instances))
+  ctx.log(string.format("%d instance(s) and volume(s) selected", #instances))
   local points, bytes, volumes_done = 0, 0, 0
   local results = parallel(instances, function(inst)
     local ok, r = pcall(backup_instance, policy, ctx, inst, password)
@@ -302,6 +335,7 @@ function M.run(policy, ctx)
     end
   end
   ctx.progress{ phase = "backup", volumes = volumes_done, points = points, bytes = bytes }
+  local archived = true
   if policy.archive then
     local ok, copied = pcall(archive, policy, ctx, password)
     if ok then
@@ -310,11 +344,21 @@ function M.run(policy, ctx)
         bytes = bytes + c.bytes_stored
       end
     else
+      archived = false
       table.insert(problems, "archive: " .. message(copied))
     end
   end
-  local ok, err = pcall(retention, policy, ctx, password)
-  if not ok then table.insert(problems, "retention: " .. message(err)) end
+  if volumes_done == 0 then
+    -- The rules keep a set that depends only on the points there are: with
+    -- no new point there is nothing new to forget.
+    ctx.log("retention: no new point, nothing to forget")
+  elseif archived then
+    local ok, err = pcall(retention, policy, ctx, password)
+    if not ok then table.insert(problems, "retention: " .. message(err)) end
+  else
+    -- Retention could forget a point the archive still needs.
+    table.insert(problems, "retention: skipped, as the archive did not complete")
+  end
   ctx.progress{ phase = "done", volumes = volumes_done, points = points, bytes = bytes }
   if #problems > 0 then
     error(string.format("policy %s: %d point(s) written, but: %s",

@@ -229,8 +229,8 @@ function ec2.security_group(opts) end
 --- (default: `{}`, every instance)
 --- @field tags? table<string, string>
 ---
---- Instance ids to choose from (`"i-…"`); an id that does not exist is an
---- `aws` error (`InvalidInstanceID.NotFound`).
+--- Instance ids to choose from (`"i-…"`); an id that does not exist in a
+--- region searched is refused as `opts.ids` (naming the region).
 --- (default: `{}`, every instance)
 --- @field ids? string[]
 ---
@@ -282,6 +282,46 @@ function ec2.security_group(opts) end
 --- @param opts skiff.InstancesOpts
 --- @return skiff.Instance[]
 function ec2.instances(opts) end
+
+-- ─── estate: ec2.volumes ───────────────────────────────────────────────────
+
+--- Options of `ec2.volumes`: those of `ec2.instances`, with volume ids.
+--- @class skiff.VolumesOpts
+--- Tags every volume must have; `"*"` matches any value. (default: `{}`)
+--- @field tags? table<string, string>
+--- Volume ids to choose from (`"vol-…"`); an id found in none of the
+--- regions searched is simply not listed. (default: `{}`, every volume)
+--- @field ids? string[]
+--- @field regions? string[]
+--- @field accounts? string[]
+--- @field account? string
+--- @field region? string
+
+--- @class skiff.FoundVolume
+--- @field kind "volume"
+--- @field id string `vol-…`
+--- @field size integer GiB.
+--- @field az string
+--- @field snapshot_id? string The snapshot it was created from.
+--- @field state string `"available"`, `"in-use"`, …
+--- @field tags table<string, string>
+--- @field instance? string The instance it is attached to.
+--- @field device? string Its device name on that instance.
+--- @field region string
+--- @field account string
+
+--- The EBS volumes in every account × region searched that have all of
+--- `opts.tags` and, if given, one of `opts.ids`, attached or not; by region,
+--- then volume id.
+---
+--- ```lua
+--- for _, v in ipairs(ec2.volumes{ ids = { "vol-0abc" }, regions = { "us-east-1", "eu-west-1" } }) do
+---   print(v.id, v.region, v.instance or "not attached")
+--- end
+--- ```
+--- @param opts skiff.VolumesOpts
+--- @return skiff.FoundVolume[]
+function ec2.volumes(opts) end
 
 -- ─── estate: ec2.snapshot ───────────────────────────────────────────────────
 

@@ -22,6 +22,9 @@
 --- @field account? string
 --- (default: `region` of the call, else the account's, else skiff.toml's, else AWS_REGION)
 --- @field region? string
+--- This repository's own password, when the two repositories of a copy
+--- have different ones. (default: `password` of the call)
+--- @field password? skiff.PasswordSource
 
 --- Where a repository password is read: never the password itself.
 --- Exactly one of `env`, `file`, `ssm`.

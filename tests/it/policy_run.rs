@@ -222,6 +222,10 @@ policy{{
     // archived, then retention.
     let (second, log) = run_once(&ws, "nightly").await;
     assert_eq!(second["outcome"], "success", "{second}\n{log}");
+    // Nothing changed on the volume: EBS lists no changed block since the
+    // first run's snapshot, kept as the base, so nothing is read.
+    assert!(log.contains(" (parent "), "{log}");
+    assert!(log.contains("read 0 of 2048 blocks"), "{log}");
     // One backup, and the first points of February and March 2025 archived.
     assert_eq!(second["points"], 3, "{log}");
     let after = lua_json(
@@ -380,7 +384,11 @@ policy{{
         .filter(|s| s.tags().iter().any(|t| t.key() == Some("policy")))
         .filter_map(|s| s.snapshot_id())
         .collect();
-    assert!(left.is_empty(), "temporary snapshots left: {left:?}");
+    assert_eq!(
+        left,
+        vec![newest["snapshot"].as_str().unwrap()],
+        "only the newest point's snapshot stays, as the next incremental's base"
+    );
 }
 
 #[tokio::test]
@@ -405,4 +413,54 @@ async fn the_default_run_refuses_a_password_workers_cannot_read_and_launches_not
         "{run}"
     );
     assert!(workers_in(&ws.account, "us-east-1").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_volume_selected_by_id_is_backed_up_on_its_own_and_a_missing_id_fails_the_run() {
+    let ws = Workspace::new(TOML).await;
+    let seeded = seed_tool(&ws.account, &["seed", "us-east-1"]).await;
+    let snapshot = seeded[0]["seed_snapshot"].as_str().unwrap();
+    let repo = ws.path("repository");
+    let repo = repo.to_str().unwrap();
+    // A volume attached to nothing, holding the seeded blocks.
+    let volume = lua_json(
+        &ws,
+        &format!(
+            "repo.init{{ location = '{repo}', password = {PASSWORD} }}
+print(json.encode(ec2.volume{{ snapshot = '{snapshot}' }}.id))"
+        ),
+    )
+    .await;
+    let volume = volume.as_str().unwrap();
+    ws.write(
+        "policies/loose.lua",
+        &format!(
+            r#"policy{{
+  name = "loose", schedule = "@yearly",
+  select = {{ ids = {{ "{volume}", "i-0fffffffffffffff0" }} }},
+  repository = {{ location = "{repo}", password = {PASSWORD} }},
+  retention = {{ keep_last = 3 }},
+}}
+"#
+        ),
+    );
+    let (run, log) = run_once(&ws, "loose").await;
+    assert_eq!(run["outcome"], "failed", "{log}");
+    assert_eq!(run["points"], 0, "a failed run records no totals: {run}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("policy loose: 1 point(s) written, but: select.ids: i-0fffffffffffffff0 is not a running or stopped instance"),
+        "{error}"
+    );
+    let points = lua_json(
+        &ws,
+        &format!("print(json.encode(repo.points{{ location = '{repo}', password = {PASSWORD} }}))"),
+    )
+    .await;
+    let points = points.as_array().unwrap();
+    assert_eq!(points.len(), 1, "{points:#?}");
+    assert_eq!(points[0]["volume"], volume);
+    assert_eq!(points[0]["stats"]["blocks_new"], 45, "{points:#?}");
+    assert!(running(&workers_in(&ws.account, "us-east-1").await).is_empty());
+    assert!(skiff_queues(&ws.account, "us-east-1").await.is_empty());
 }

@@ -281,3 +281,33 @@ describe("ec2.instances", function()
       :to_fail_matching("ec2%.instances: opts%.ids: .*i%-0123456789abcdef0.*%(in account default, region us%-east%-1%)")
   end)
 end)
+
+describe("ec2.volumes", function()
+  it("lists volumes by id and by tags, attached or not, across regions", function()
+    local key = spec.unique("vols")
+    local a = ec2.volume{ size = 1, tags = { [key] = "a" } }
+    local b = ec2.volume{ size = 2, region = "us-west-2", tags = { [key] = "b" } }
+    local found = ec2.volumes{ ids = { a.id, b.id }, regions = { "us-east-1", "us-west-2" } }
+    expect(#found):to_equal(2)
+    expect(found[1].kind):to_equal("volume")
+    local by_id = {}
+    for _, v in ipairs(found) do by_id[v.id] = v end
+    expect({ by_id[a.id].region, by_id[a.id].size, by_id[a.id].tags[key] }):to_equal({ "us-east-1", 1, "a" })
+    expect({ by_id[b.id].region, by_id[b.id].size, by_id[b.id].tags[key] }):to_equal({ "us-west-2", 2, "b" })
+    expect(by_id[a.id].instance):to_be_nil()
+    -- An id that is in another region than the one searched is not an error.
+    expect(#ec2.volumes{ ids = { b.id } }):to_equal(0)
+    local tagged = ec2.volumes{ tags = { [key] = "*" }, regions = { "us-east-1", "us-west-2" } }
+    expect(#tagged):to_equal(2)
+    expect(#ec2.volumes{ tags = { [key] = "b" }, regions = { "us-east-1", "us-west-2" } }):to_equal(1)
+  end)
+
+  it("refuses bad options, naming the field", function()
+    expect(function() ec2.volumes{ ids = { "i-123" } } end)
+      :to_fail('ec2.volumes: opts.ids[1]: expected a volume id ("vol-…"), got "i-123"')
+    expect(function() ec2.volumes{ regions = { "mars-1" } } end)
+      :to_fail('ec2.volumes: opts.regions[1]: invalid region "mars-1": expected a name such as "us-east-1"')
+    expect(function() ec2.volumes{ region = "us-east-1", regions = { "us-east-1" } } end)
+      :to_fail("ec2.volumes: opts.regions: give region or regions, not both")
+  end)
+end)

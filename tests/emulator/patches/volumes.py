@@ -79,8 +79,18 @@ def apply():
             snapshot.status = "completed"
         return snapshot
 
+    delete_snapshot = Ec2EbsBackend.delete_snapshot
+
+    def delete_snapshot_everywhere(self, snapshot_id):
+        # AWS: a deleted snapshot is gone for the EBS direct APIs too
+        # (ResourceNotFoundException); moto keeps serving its blocks.
+        result = delete_snapshot(self, snapshot_id)
+        _ebs_backend(self.account_id, self.region_name).snaps.pop(snapshot_id, None)
+        return result
+
     Ec2EbsBackend.create_volume = create_volume_with_data
     Ec2EbsBackend.create_snapshot = create_snapshot_with_data
+    Ec2EbsBackend.delete_snapshot = delete_snapshot_everywhere
     _install_control_endpoint()
 
 
