@@ -99,7 +99,9 @@ impl Opener {
                     Some(id) => r.find_point(id).await?,
                     None => newest_point(&r, volume).await?,
                 };
-                Ok(Source::Repo(RepoSource::new(r, point, self.pool.clone())))
+                let source = RepoSource::new(r, point, self.pool.clone());
+                source.thaw().await?;
+                Ok(Source::Repo(source))
             }
         }
     }

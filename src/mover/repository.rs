@@ -77,6 +77,36 @@ impl RepoSource {
         )
     }
 
+    /// In a repository whose data is in an archive storage class, asks S3 to
+    /// restore every pack the point reads, all at once, and waits until they
+    /// are readable — one restore wait for the whole point instead of one per
+    /// pack as reads reach them. Nothing to do elsewhere.
+    pub async fn thaw(&self) -> Result<()> {
+        let repo = &self.inner.repo;
+        let archived = repo
+            .config()
+            .storage_class
+            .as_deref()
+            .is_some_and(|c| matches!(c, "GLACIER" | "DEEP_ARCHIVE" | "INTELLIGENT_TIERING"));
+        if !archived {
+            return Ok(());
+        }
+        let mut reader = MapReader::new(repo.clone(), &self.inner.point)?;
+        let mut packs = std::collections::BTreeSet::new();
+        for n in 0..reader.leaves() {
+            if let Some(leaf) = reader.leaf(n).await? {
+                for id in leaf.entries.iter().filter(|id| **id != ZERO_ID) {
+                    if let Some((pack, _)) = repo.index().get(id) {
+                        packs.insert(crate::repo::pack::pack_name(&pack));
+                    }
+                }
+            }
+        }
+        let names: Vec<String> = packs.into_iter().collect();
+        repo.backend().thaw(&names).await?;
+        Ok(())
+    }
+
     /// Fetches a block's blob and opens it; a blob that is missing or does not
     /// authenticate fails the copy (nothing wrong is ever written).
     pub async fn read(&self, item: Item) -> Result<(Data, u64)> {

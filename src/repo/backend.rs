@@ -131,6 +131,37 @@ impl Backend {
         }
     }
 
+    /// Makes objects of an archive storage class readable: restore requests
+    /// for all of them first, then one wait. Objects already readable cost a
+    /// HEAD each. Nothing to do outside S3.
+    pub async fn thaw(&self, names: &[String]) -> Result<()> {
+        let Inner::S3(s) = &*self.inner else {
+            return Ok(());
+        };
+        if names.is_empty() {
+            return Ok(());
+        }
+        use futures::stream::{StreamExt, TryStreamExt};
+        let waiting: Vec<String> = futures::stream::iter(names.iter().cloned())
+            .map(|n| async move { Ok::<_, RepoError>(s.request_restore(&n).await?.then_some(n)) })
+            .buffer_unordered(16)
+            .try_filter_map(|n| async move { Ok(n) })
+            .try_collect()
+            .await?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            "s3://{}: restoring {} pack(s) from the archive tier before reading",
+            s.bucket,
+            waiting.len()
+        );
+        for n in &waiting {
+            s.wait_restored(n).await?;
+        }
+        Ok(())
+    }
+
     pub fn is_local(&self) -> bool {
         matches!(&*self.inner, Inner::Local(_))
     }
@@ -836,38 +867,80 @@ impl S3 {
     /// for a day and waits until its copy is readable. On AWS this takes
     /// minutes to hours; progress is logged.
     async fn rehydrate(&self, name: &str) -> Result<()> {
+        if self.request_restore(name).await? {
+            tracing::info!(
+                "s3://{}/{}: restoring from the archive tier",
+                self.bucket,
+                self.key(name)
+            );
+            self.wait_restored(name).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks S3 to restore an archived object; false when it is readable as
+    /// it is (not archived, or already restored).
+    async fn request_restore(&self, name: &str) -> Result<bool> {
         let key = self.key(name);
-        let request = aws_sdk_s3::types::RestoreRequest::builder()
-            .days(1)
-            .glacier_job_parameters(
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| RepoError::from(AwsError::from_sdk("s3:HeadObject", e)))?;
+        let class = head.storage_class().map(|c| c.as_str().to_string());
+        let archived = match class.as_deref() {
+            Some("GLACIER") | Some("DEEP_ARCHIVE") => true,
+            // Only objects in its archive access tiers need a restore.
+            Some("INTELLIGENT_TIERING") => head.archive_status().is_some(),
+            _ => false,
+        };
+        let restored = head
+            .restore()
+            .is_some_and(|r| r.contains("ongoing-request=\"false\""));
+        if !archived || restored {
+            return Ok(false);
+        }
+        if head.restore().is_some() {
+            // A restore is under way already: wait for it like for ours.
+            return Ok(true);
+        }
+        let mut request = aws_sdk_s3::types::RestoreRequest::builder();
+        if class.as_deref() != Some("INTELLIGENT_TIERING") {
+            // Intelligent-Tiering restores take no duration or tier.
+            request = request.days(1).glacier_job_parameters(
                 aws_sdk_s3::types::GlacierJobParameters::builder()
                     .tier(aws_sdk_s3::types::Tier::Standard)
                     .build()
                     .expect("tier is set"),
-            )
-            .build();
+            );
+        }
         match self
             .client
             .restore_object()
             .bucket(&self.bucket)
             .key(&key)
-            .restore_request(request)
+            .restore_request(request.build())
             .send()
             .await
         {
-            Ok(_) => {}
+            Ok(_) => Ok(true),
             Err(e) => {
                 let e = AwsError::from_sdk("s3:RestoreObject", e);
-                // Already being restored: wait for it like for ours.
-                if !e.code_is("RestoreAlreadyInProgress") {
-                    return Err(e.into());
+                if e.code_is("RestoreAlreadyInProgress") {
+                    Ok(true)
+                } else {
+                    Err(e.into())
                 }
             }
         }
-        tracing::info!(
-            "s3://{}/{key}: restoring from the archive tier",
-            self.bucket
-        );
+    }
+
+    /// Waits until a restore of `name` has completed (48 hours at most).
+    async fn wait_restored(&self, name: &str) -> Result<()> {
+        let key = self.key(name);
         let started = std::time::Instant::now();
         loop {
             let head = self
@@ -878,10 +951,10 @@ impl S3 {
                 .send()
                 .await
                 .map_err(|e| RepoError::from(AwsError::from_sdk("s3:HeadObject", e)))?;
-            if head
+            let done = head
                 .restore()
-                .is_some_and(|r| r.contains("ongoing-request=\"false\""))
-            {
+                .is_none_or(|r| r.contains("ongoing-request=\"false\""));
+            if done {
                 return Ok(());
             }
             if started.elapsed() > std::time::Duration::from_secs(48 * 3600) {

@@ -350,18 +350,27 @@ policy{{
     // The oldest archived point restores bit-exact (its data comes back from
     // the archive tier first), equal to the image its source was imported from.
     let restored = ws.path("from-archive.img");
+    ws.write(
+        "restore.lua",
+        &format!(
+            "copy_volume{{ from = {{ location = 'repo:{archive}#{}', region = 'us-east-1' }}, to = 'file:{}', password = {PASSWORD} }}",
+            chain[0]["id"].as_str().unwrap(),
+            restored.display(),
+        ),
+    );
     let out = ws
-        .run_lua(
-            "restore.lua",
-            &format!(
-                "copy_volume{{ from = {{ location = 'repo:{archive}#{}', region = 'us-east-1' }}, to = 'file:{}', password = {PASSWORD} }}",
-                chain[0]["id"].as_str().unwrap(),
-                restored.display(),
-            ),
-            &[],
-        )
-        .await;
-    out.ok();
+        .command(&["run", "restore.lua"])
+        .env("SKIFF_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Every pack the point reads is restored up front, in one wait.
+    assert!(
+        stderr.contains("restoring 1 pack(s) from the archive tier before reading"),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read(&restored).unwrap(),
         std::fs::read(image).unwrap(),
