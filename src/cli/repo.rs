@@ -175,6 +175,12 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                 for p in &report.problems {
                     println!("error: {} {}: {}", p.kind, p.object, p.message);
                 }
+                if report.archived_packs_not_read > 0 {
+                    println!(
+                        "note: {} data pack(s) in the archive tier checked by size only (--read-data restores and reads them)",
+                        report.archived_packs_not_read
+                    );
+                }
                 for u in &report.unindexed_packs {
                     println!("note: pack {u} is not indexed yet (left by an interrupted write; the next writer indexes and reuses it)");
                 }

@@ -93,6 +93,9 @@
 --- @field bytes_verified integer
 --- Packs left by an interrupted write (not an error; the next writer indexes them).
 --- @field unindexed_packs string[]
+--- Data packs of an archive repository checked by size only (reading
+--- their headers would need a restore); `read_data` reads them all.
+--- @field archived_packs_not_read integer
 --- @field problems skiff.CheckProblem[]
 --- @field damaged_packs string[]
 --- Points whose restore would fail.

@@ -346,6 +346,18 @@ policy{{
         classes.get("DEEP_ARCHIVE").copied().unwrap_or(0) >= 1,
         "{classes:?}"
     );
+    // A check of the archive reads no archived data (that would need a
+    // restore) yet finds the repository sound.
+    let check = lua_json(
+        &ws,
+        &format!("print(json.encode(repo.check{{ location = '{archive}', region = 'us-east-1', password = {PASSWORD} }}))"),
+    )
+    .await;
+    assert_eq!(check["ok"], true, "{check:#}");
+    assert_eq!(
+        check["archived_packs_not_read"], classes["DEEP_ARCHIVE"],
+        "{check:#}"
+    );
 
     // The oldest archived point restores bit-exact (its data comes back from
     // the archive tier first), equal to the image its source was imported from.
