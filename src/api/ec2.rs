@@ -422,19 +422,40 @@ fn check_ids(prim: &str, ids: &[String], prefix: &str, what: &str) -> Result<(),
     Ok(())
 }
 
+/// Runs `find` in every account × region `o` names, after checking the
+/// options and that every id starts with `prefix`; all results, in order.
+async fn search<'a, T, F, Fut>(
+    ctx: &'a Context,
+    prim: &str,
+    o: &'a InstancesOpts,
+    prefix: &str,
+    what: &str,
+    find: F,
+) -> Result<Vec<T>, ApiError>
+where
+    F: Fn(&'a crate::cloud::Cloud, crate::cloud::Scope, &'a InstancesOpts) -> Fut,
+    Fut: std::future::Future<Output = estate::Result<Vec<T>>>,
+{
+    let scopes = search_scopes(ctx, prim, o)?;
+    check_ids(prim, &o.ids, prefix, what)?;
+    let found = futures::future::try_join_all(scopes.into_iter().map(|s| find(&ctx.cloud, s, o)))
+        .await
+        .map_err(|e| estate_error(prim, e))?;
+    Ok(found.into_iter().flatten().collect())
+}
+
 async fn instances_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "ec2.instances";
     let o: InstancesOpts = opts::parse(P, v)?;
-    let scopes = search_scopes(&ctx, P, &o)?;
-    check_ids(P, &o.ids, "i-", "an instance id")?;
-    let found = futures::future::try_join_all(
-        scopes
-            .iter()
-            .map(|s| estate::instances(&ctx.cloud, s, &o.tags, &o.ids)),
+    let all = search(
+        &ctx,
+        P,
+        &o,
+        "i-",
+        "an instance id",
+        |cloud, s, o| async move { estate::instances(cloud, &s, &o.tags, &o.ids).await },
     )
-    .await
-    .map_err(|e| estate_error(P, e))?;
-    let all: Vec<estate::Instance> = found.into_iter().flatten().collect();
+    .await?;
     let out: Vec<InstanceOut> = all
         .iter()
         .map(|i| InstanceOut {
@@ -481,16 +502,15 @@ struct FoundVolumeOut<'a> {
 async fn volumes_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "ec2.volumes";
     let o: InstancesOpts = opts::parse(P, v)?;
-    let scopes = search_scopes(&ctx, P, &o)?;
-    check_ids(P, &o.ids, "vol-", "a volume id")?;
-    let found = futures::future::try_join_all(
-        scopes
-            .iter()
-            .map(|s| estate::volumes(&ctx.cloud, s, &o.tags, &o.ids)),
+    let all = search(
+        &ctx,
+        P,
+        &o,
+        "vol-",
+        "a volume id",
+        |cloud, s, o| async move { estate::volumes(cloud, &s, &o.tags, &o.ids).await },
     )
-    .await
-    .map_err(|e| estate_error(P, e))?;
-    let all: Vec<estate::FoundVolume> = found.into_iter().flatten().collect();
+    .await?;
     let out: Vec<FoundVolumeOut> = all
         .iter()
         .map(|f| FoundVolumeOut {

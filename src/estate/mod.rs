@@ -66,6 +66,26 @@ pub struct Volume {
     pub scope: Scope,
 }
 
+impl Volume {
+    /// `id` as DescribeVolumes described it, in `scope`.
+    fn described(id: String, v: &aws_sdk_ec2::types::Volume, scope: &Scope) -> Volume {
+        Volume {
+            id,
+            size_gib: v.size().unwrap_or(0),
+            az: v.availability_zone().unwrap_or_default().to_string(),
+            snapshot_id: v
+                .snapshot_id()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            state: v
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            scope: scope.clone(),
+        }
+    }
+}
+
 fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
         .filter_map(|t| {
@@ -255,20 +275,7 @@ pub async fn volumes(
             }
             let attachment = v.attachments().first();
             found.push(FoundVolume {
-                volume: Volume {
-                    id,
-                    size_gib: v.size().unwrap_or(0),
-                    az: v.availability_zone().unwrap_or_default().to_string(),
-                    snapshot_id: v
-                        .snapshot_id()
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string),
-                    state: v
-                        .state()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                    scope: scope.clone(),
-                },
+                volume: Volume::described(id, v, scope),
                 tags: t,
                 instance: attachment.and_then(|a| a.instance_id()).map(str::to_string),
                 device: attachment.and_then(|a| a.device()).map(str::to_string),
@@ -473,20 +480,7 @@ pub async fn create_volume(
             .volumes()
             .first()
             .filter(|v| matches!(v.state(), Some(VolumeState::Available | VolumeState::InUse)))
-            .map(|v| Volume {
-                id: id.clone(),
-                size_gib: v.size().unwrap_or(0),
-                az: v.availability_zone().unwrap_or_default().to_string(),
-                snapshot_id: v
-                    .snapshot_id()
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-                state: v
-                    .state()
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
-                scope: scope.clone(),
-            }))
+            .map(|v| Volume::described(id.clone(), v, scope)))
     })
     .await
 }

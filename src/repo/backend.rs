@@ -878,18 +878,24 @@ impl S3 {
         Ok(())
     }
 
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput> {
+        self.client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| RepoError::from(AwsError::from_sdk("s3:HeadObject", e)))
+    }
+
     /// Asks S3 to restore an archived object; false when it is readable as
     /// it is (not archived, or already restored).
     async fn request_restore(&self, name: &str) -> Result<bool> {
         let key = self.key(name);
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| RepoError::from(AwsError::from_sdk("s3:HeadObject", e)))?;
+        let head = self.head(&key).await?;
         let class = head.storage_class().map(|c| c.as_str().to_string());
         let archived = match class.as_deref() {
             Some("GLACIER") | Some("DEEP_ARCHIVE") => true,
@@ -943,14 +949,7 @@ impl S3 {
         let key = self.key(name);
         let started = std::time::Instant::now();
         loop {
-            let head = self
-                .client
-                .head_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| RepoError::from(AwsError::from_sdk("s3:HeadObject", e)))?;
+            let head = self.head(&key).await?;
             let done = head
                 .restore()
                 .is_none_or(|r| r.contains("ongoing-request=\"false\""));

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::backup::seed_tool;
 use crate::harness::{emulator, Workspace};
+use crate::serve::attach;
 use crate::workers::{running, skiff_queues, workers_in};
 
 const TOML: &str = "[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n";
@@ -55,22 +56,7 @@ async fn run_once(ws: &Workspace, policy: &str) -> (Value, String) {
     );
     let mut attached = None;
     for _ in 0..100 {
-        let mut attach = ws
-            .command(&["repl", "--attach", "--state-dir", "state"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use tokio::io::AsyncWriteExt;
-            let mut stdin = attach.stdin.take().unwrap();
-            stdin.write_all(script.as_bytes()).await.unwrap();
-        }
-        let out = tokio::time::timeout(Duration::from_secs(300), attach.wait_with_output())
-            .await
-            .expect("the run ends within 5 minutes")
-            .unwrap();
+        let out = attach(ws, 300, &script).await;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RUN\t")) {
             let f: Vec<&str> = line.splitn(4, '\t').collect();

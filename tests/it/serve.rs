@@ -108,6 +108,27 @@ impl Drop for Serve {
     }
 }
 
+/// Runs `script` in `skiff repl --attach` against the serve on `ws`'s state
+/// dir; its output once the script's input ends (at most `secs` later).
+pub async fn attach(ws: &Workspace, secs: u64, script: &str) -> std::process::Output {
+    let mut attach = ws
+        .command(&["repl", "--attach", "--state-dir", "state"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = attach.stdin.take().unwrap();
+        stdin.write_all(script.as_bytes()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(secs), attach.wait_with_output())
+        .await
+        .expect("attach ends at the end of its input")
+        .unwrap()
+}
+
 fn rand_suffix() -> u32 {
     use rand::Rng;
     rand::rng().random()
@@ -723,19 +744,10 @@ policy{
 "#,
     );
     let serve = Serve::start(&ws, &[]).await;
-    let mut attach = ws
-        .command(&["repl", "--attach", "--state-dir", "state"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = attach.stdin.take().unwrap();
-        stdin
-            .write_all(
-                br#"for _, p in ipairs(policies()) do print("policy", p.name, p.schedule, p.next_run) end
+    let out = attach(
+        &ws,
+        60,
+        r#"for _, p in ipairs(policies()) do print("policy", p.name, p.schedule, p.next_run) end
 r = run("manual")
 print("started", r.run, r.policy)
 done = wait(r)
@@ -745,14 +757,8 @@ d = wait(run("by-default"))
 print("default", d.outcome)
 print(pcall(run, "nope"))
 "#,
-            )
-            .await
-            .unwrap();
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), attach.wait_with_output())
-        .await
-        .expect("attach ends at the end of its input")
-        .unwrap();
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
