@@ -86,6 +86,26 @@ impl Volume {
     }
 }
 
+/// EC2 filters for "has every one of `tags`" (`*` matches any value).
+fn tag_filters(tags: &BTreeMap<String, String>) -> Vec<aws_sdk_ec2::types::Filter> {
+    tags.iter()
+        .map(|(k, v)| {
+            if v == "*" {
+                filter("tag-key", [k.as_str()])
+            } else {
+                filter(&format!("tag:{k}"), [v.as_str()])
+            }
+        })
+        .collect()
+}
+
+/// Whether `have` carries every one of `want` (`*` matches any value); the
+/// filters above already ask this of EC2, which is checked here again.
+fn has_tags(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> bool {
+    want.iter()
+        .all(|(k, v)| v == "*" && have.contains_key(k) || have.get(k) == Some(v))
+}
+
 fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
         .filter_map(|t| {
@@ -118,12 +138,8 @@ pub async fn instances(
         "instance-state-name",
         ["pending", "running", "stopping", "stopped"],
     ));
-    for (k, v) in tags {
-        req = if v == "*" {
-            req.filters(filter("tag-key", [k.as_str()]))
-        } else {
-            req.filters(filter(&format!("tag:{k}"), [v.as_str()]))
-        };
+    for f in tag_filters(tags) {
+        req = req.filters(f);
     }
     if !ids.is_empty() {
         req = req.set_instance_ids(Some(ids.to_vec()));
@@ -153,10 +169,7 @@ pub async fn instances(
             if t.contains_key(crate::workers::tags::WORKER) {
                 continue;
             }
-            let matches = tags
-                .iter()
-                .all(|(k, v)| v == "*" && t.contains_key(k) || t.get(k) == Some(v));
-            if !matches {
+            if !has_tags(&t, tags) {
                 continue;
             }
             let volumes = i
@@ -245,12 +258,8 @@ pub async fn volumes(
 ) -> Result<Vec<FoundVolume>> {
     let ec2 = cloud.ec2(scope).await;
     let mut req = ec2.describe_volumes();
-    for (k, v) in tags {
-        req = if v == "*" {
-            req.filters(filter("tag-key", [k.as_str()]))
-        } else {
-            req.filters(filter(&format!("tag:{k}"), [v.as_str()]))
-        };
+    for f in tag_filters(tags) {
+        req = req.filters(f);
     }
     let mut found = Vec::new();
     let mut token = None;
@@ -267,10 +276,7 @@ pub async fn volumes(
             if !ids.is_empty() && !ids.contains(&id) {
                 continue;
             }
-            let matches = tags
-                .iter()
-                .all(|(k, want)| want == "*" && t.contains_key(k) || t.get(k) == Some(want));
-            if !matches {
+            if !has_tags(&t, tags) {
                 continue;
             }
             let attachment = v.attachments().first();
