@@ -41,10 +41,6 @@ local results = parallel(instances, function(inst)
   }
   local done = {}
   for _, vol in ipairs(inst.volumes) do
-    -- The snapshot of the volume's newest point: the base the incremental
-    -- asks EBS for changed blocks against. Kept until a newer point exists.
-    local newest = repo.points{ location = repository, password = password, volume = vol.id, worker = w }
-    local base = newest[#newest] and newest[#newest].snapshot
     local snap = ec2.snapshot{
       volume = vol.id, account = inst.account, region = inst.region,
       description = "skiff backup of " .. inst.id .. " " .. vol.device,
@@ -65,8 +61,9 @@ local results = parallel(instances, function(inst)
       ec2.delete_snapshot{ snapshot = snap }
       error(r, 0)
     end
-    if base then
-      ec2.delete_snapshot{ snapshot = base, account = inst.account, region = inst.region }
+    -- r.parent_snapshot is the base this copy listed changed blocks against.
+    if r.parent_snapshot then
+      ec2.delete_snapshot{ snapshot = r.parent_snapshot, account = inst.account, region = inst.region }
     end
     table.insert(done, { instance = inst.id, volume = vol.id, device = vol.device, result = r })
   end

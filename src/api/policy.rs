@@ -15,7 +15,7 @@ use super::{ApiError, ApiResult, Context, Registrar};
 use crate::host::Vm;
 use crate::serve::policy::{
     check_location, check_name, is_location, Archive, ArchivePoints, Password, Policy, Repository,
-    Retention, Selection, WorkerChoice, STORAGE_CLASSES,
+    Retention, Selection, WorkerChoice,
 };
 use crate::serve::schedule::{self, DayArg, Schedule};
 
@@ -785,17 +785,8 @@ fn declare_policy(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
                     ),
                 ));
             }
-            if !STORAGE_CLASSES.contains(&a.storage_class.as_str()) {
-                return Err(ApiError::field(
-                    P,
-                    "archive.storage_class",
-                    format!(
-                        "expected one of {}, got {:?}",
-                        STORAGE_CLASSES.join(", "),
-                        a.storage_class
-                    ),
-                ));
-            }
+            crate::repo::check_storage_class(&a.storage_class)
+                .map_err(|m| ApiError::field(P, "archive.storage_class", m))?;
             let points = ArchivePoints::parse(a.points.as_deref().unwrap_or("monthly"))
                 .map_err(|m| ApiError::field(P, "archive.points", m))?;
             Some(Archive {

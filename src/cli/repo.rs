@@ -105,11 +105,8 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
             storage_class,
         } => {
             if let Some(c) = &storage_class {
-                anyhow::ensure!(
-                    crate::ops::STORAGE_CLASSES.contains(&c.as_str()),
-                    "--storage-class: expected one of {}, got {c:?}",
-                    crate::ops::STORAGE_CLASSES.join(", ")
-                );
+                crate::repo::check_storage_class(c)
+                    .map_err(|m| anyhow::anyhow!("--storage-class: {m}"))?;
             }
             let u = url(&location)?;
             let aws = a.access.aws(matches!(u, RepoUrl::S3 { .. })).await?;

@@ -90,6 +90,9 @@ pub struct CopyResult {
     /// The written file (file targets).
     pub path: Option<String>,
     pub parent: Option<String>,
+    /// The EBS snapshot the parent point was copied from: the base this
+    /// incremental listed changed blocks against.
+    pub parent_snapshot: Option<String>,
     pub volume: Option<String>,
     pub size: u64,
     pub bytes_read: u64,
@@ -455,6 +458,7 @@ async fn copy_inner(
             let point = s.finish(point).await?;
             result.point = Some(point.id.clone());
             result.parent = point.parent.clone();
+            result.parent_snapshot = parent.as_ref().and_then(|p| p.snapshot.clone());
             result.bytes_stored = point.stats.bytes_stored;
             result.bytes_written = point.stats.bytes_stored;
             result.blocks_new = c.new;

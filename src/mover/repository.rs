@@ -83,12 +83,7 @@ impl RepoSource {
     /// pack as reads reach them. Nothing to do elsewhere.
     pub async fn thaw(&self) -> Result<()> {
         let repo = &self.inner.repo;
-        let archived = repo
-            .config()
-            .storage_class
-            .as_deref()
-            .is_some_and(|c| matches!(c, "GLACIER" | "DEEP_ARCHIVE" | "INTELLIGENT_TIERING"));
-        if !archived {
+        if !repo.config().data_archived() {
             return Ok(());
         }
         let mut reader = MapReader::new(repo.clone(), &self.inner.point)?;

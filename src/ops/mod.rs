@@ -34,17 +34,6 @@ pub const WORKER_OPS: &[&str] = &[
     "repo.prune",
 ];
 
-/// S3 storage classes a repository's data may use.
-pub const STORAGE_CLASSES: &[&str] = &[
-    "STANDARD",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER_IR",
-    "GLACIER",
-    "DEEP_ARCHIVE",
-];
-
 /// The tag that ties a restore point to the task that wrote it, so a task
 /// delivered again returns that point instead of writing another.
 pub const TASK_TAG: &str = "skiff:task";
@@ -490,8 +479,13 @@ pub async fn copy_volume(
                 .find(|p| p.tags.get(TASK_TAG).map(String::as_str) == Some(t))
             {
                 tracing::info!("task {t} already wrote point {}; returning it", p.id);
+                let parent_snapshot = points
+                    .iter()
+                    .find(|q| Some(&q.id) == p.parent.as_ref())
+                    .and_then(|q| q.snapshot.clone());
                 return Ok(serde_json::json!({
                     "from": from.to_string(), "to": to.to_string(), "point": p.id, "parent": p.parent,
+                    "parent_snapshot": parent_snapshot,
                     "volume": p.volume, "size": p.size, "bytes_read": 0, "bytes_written": 0,
                     "bytes_stored": 0, "blocks_new": 0, "blocks_dedup": 0, "blocks_zero": 0,
                     "blocks_unchanged": 0, "seconds": 0.0, "repeated": true,
@@ -575,13 +569,7 @@ pub async fn repo_init(cloud: &Arc<Cloud>, o: InitOpts) -> Result<serde_json::Va
     let password = op.password().await.map_err(|e| mover_error(P, e))?;
     let backend = crate::repo::backend_for(&url, s3).map_err(|e| repo_error(P, e))?;
     if let Some(c) = &o.storage_class {
-        if !STORAGE_CLASSES.contains(&c.as_str()) {
-            return Err(field(
-                P,
-                "storage_class",
-                format!("expected one of {}, got {c:?}", STORAGE_CLASSES.join(", ")),
-            ));
-        }
+        crate::repo::check_storage_class(c).map_err(|m| field(P, "storage_class", m))?;
     }
     let repo = crate::repo::Repo::init_with_class(
         backend,
@@ -799,8 +787,8 @@ fn scopes_of(
         ));
     }
     let mut passwords = vec![("password".to_string(), args.get("password"))];
-    for f in ["from", "to"] {
-        if op == "copy_volume" {
+    if op == "copy_volume" {
+        for f in ["from", "to"] {
             passwords.push((
                 format!("{f}.password"),
                 args.get(f).and_then(|v| v.get("password")),

@@ -122,12 +122,7 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
 
     // Every stored pack's header, compared with the index — except, in an
     // archive repository, indexed data packs, unless the data is read anyway.
-    let archived = !read_data
-        && repo
-            .config()
-            .storage_class
-            .as_deref()
-            .is_some_and(|c| matches!(c, "GLACIER" | "DEEP_ARCHIVE" | "INTELLIGENT_TIERING"));
+    let archived = !read_data && repo.config().data_archived();
     let stored: Vec<(Id, u64)> = listed
         .iter()
         .filter(|(id, _)| {

@@ -263,6 +263,17 @@ pub struct RepoConfig {
     pub storage_class: Option<String>,
 }
 
+impl RepoConfig {
+    /// Whether data packs sit in a tier that must be restored before
+    /// reading (GLACIER_IR and the STANDARD family read at once).
+    pub fn data_archived(&self) -> bool {
+        matches!(
+            self.storage_class.as_deref(),
+            Some("GLACIER" | "DEEP_ARCHIVE" | "INTELLIGENT_TIERING")
+        )
+    }
+}
+
 /// `keys/<id>`: the master key, wrapped by a key derived from one password.
 /// The only object stored in the clear; it holds nothing but the wrapped key.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -122,6 +122,29 @@ fn open_meta(
         .map_err(|e| RepoError::corrupt(op, what, format!("decompression failed: {e}")))
 }
 
+/// S3 storage classes a repository's data packs may use.
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+];
+
+/// Refuses a storage class S3 does not have, naming the ones it does.
+pub fn check_storage_class(class: &str) -> std::result::Result<(), String> {
+    if STORAGE_CLASSES.contains(&class) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected one of {}, got {class:?}",
+            STORAGE_CLASSES.join(", ")
+        ))
+    }
+}
+
 impl Repo {
     /// Creates a repository: a random master key wrapped by `password`, and its config.
     /// Refuses a location that already holds one.
@@ -134,7 +157,8 @@ impl Repo {
         Self::init_with_class(backend, url, password, kdf, None).await
     }
 
-    /// As `init`, storing data packs in `storage_class` (S3 only).
+    /// As `init`, storing data packs in `storage_class` (S3 only; see
+    /// `check_storage_class`).
     pub async fn init_with_class(
         backend: Backend,
         url: &str,
@@ -143,6 +167,7 @@ impl Repo {
         storage_class: Option<String>,
     ) -> Result<Repo> {
         if let Some(c) = &storage_class {
+            check_storage_class(c).map_err(RepoError::Invalid)?;
             if !backend.is_s3() {
                 return Err(RepoError::Invalid(format!(
                     "storage class {c} needs an S3 repository (s3://bucket/prefix)"

@@ -142,9 +142,6 @@ impl ArchivePoints {
     }
 }
 
-/// S3 storage classes an archive repository may use.
-pub use crate::ops::STORAGE_CLASSES;
-
 /// Where the policy's backup workers run (placement rules apply otherwise).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WorkerChoice {

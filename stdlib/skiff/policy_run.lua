@@ -130,11 +130,6 @@ local function backup_instance(policy, ctx, inst, password)
   }
   local done = {}
   for _, vol in ipairs(inst.volumes) do
-    -- The snapshot of the volume's newest point is the base its next
-    -- incremental reads the changed blocks against (ListChangedBlocks):
-    -- it is kept until a newer point exists, then deleted.
-    local newest = repo.points(at(policy.repository, { password = password, volume = vol.id, worker = w }))
-    local base = newest[#newest] and newest[#newest].snapshot
     local snap = ec2.snapshot{
       volume = vol.id, account = inst.account, region = inst.region,
       description = string.format("skiff policy %s: %s %s", policy.name, inst.id, vol.device),
@@ -153,12 +148,14 @@ local function backup_instance(policy, ctx, inst, password)
       wait = M.lease_wait,
       worker = w,
     })
-    -- On failure the new snapshot goes and the base stays; on success the
-    -- new one is the base and the old one goes.
+    -- The snapshot of the volume's newest point is the base its next
+    -- incremental lists changed blocks against (ListChangedBlocks). After a
+    -- good copy the new snapshot is that base and the parent's goes; after a
+    -- failed one the new snapshot goes and the base stays.
     local drop = snap.id
-    if ok then drop = base end
+    if ok then drop = r.parent_snapshot end
     local deleted, derr = true, nil
-    if drop and not (ok and drop == snap.id) then
+    if drop then
       deleted, derr = pcall(ec2.delete_snapshot, { snapshot = drop, account = inst.account, region = inst.region })
     end
     if not ok then

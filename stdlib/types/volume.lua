@@ -124,6 +124,9 @@
 --- @field path? string
 --- The parent point of an incremental.
 --- @field parent? string
+--- The EBS snapshot the parent point was copied from: the base this
+--- incremental listed changed blocks against (a runbook may delete it now).
+--- @field parent_snapshot? string
 --- @field volume string
 --- Volume size in bytes.
 --- @field size integer
