@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod estate;
+pub mod failure;
 pub mod host;
 pub mod mover;
 pub mod network;
@@ -15,3 +16,6 @@ pub mod ops;
 pub mod repo;
 pub mod serve;
 pub mod workers;
+
+#[cfg(test)]
+mod layering;

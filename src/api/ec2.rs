@@ -81,7 +81,7 @@ async fn vpc_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     };
     let v = vpc::ensure(&ctx.cloud, &spec, &ctx.waits)
         .await
-        .map_err(|e| ApiError::net(P, e))?;
+        .map_err(|e| e.into_error(P))?;
     to_lua(&lua, &vpc_out(&v))
 }
 
@@ -146,7 +146,7 @@ async fn subnet_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     };
     let s = subnet::ensure(&ctx.cloud, &spec, &ctx.waits)
         .await
-        .map_err(|e| ApiError::net(P, e))?;
+        .map_err(|e| e.into_error(P))?;
     to_lua(&lua, &subnet_out(&s))
 }
 
@@ -296,7 +296,7 @@ async fn security_group_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     };
     let g: SecurityGroup = security_group::ensure(&ctx.cloud, &spec)
         .await
-        .map_err(|e| ApiError::net(P, e))?;
+        .map_err(|e| e.into_error(P))?;
     to_lua(
         &lua,
         &SecurityGroupOut {
@@ -348,14 +348,6 @@ struct InstanceOut<'a> {
     size: i64,
     region: &'a str,
     account: &'a str,
-}
-
-fn estate_error(prim: &str, e: estate::EstateError) -> ApiError {
-    match e {
-        estate::EstateError::Invalid { field, message } => ApiError::field(prim, &field, message),
-        estate::EstateError::Aws(a) => ApiError::aws(a),
-        estate::EstateError::Timeout(m) => ApiError::fail("timeout", prim, m),
-    }
 }
 
 /// The account × region pairs a search covers: `accounts` and `regions`
@@ -440,7 +432,7 @@ where
     check_ids(prim, &o.ids, prefix, what)?;
     let found = futures::future::try_join_all(scopes.into_iter().map(|s| find(&ctx.cloud, s, o)))
         .await
-        .map_err(|e| estate_error(prim, e))?;
+        .map_err(|e| e.into_error(prim))?;
     Ok(found.into_iter().flatten().collect())
 }
 
@@ -592,7 +584,7 @@ async fn snapshot_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         std::time::Duration::from_secs(o.timeout.unwrap_or(3600)),
     )
     .await
-    .map_err(|e| estate_error(P, e))?;
+    .map_err(|e| e.into_error(P))?;
     to_lua(&lua, &snapshot_out(&s))
 }
 
@@ -624,7 +616,7 @@ async fn delete_snapshot_fn(_lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult
     }
     estate::delete_snapshot(&ctx.cloud, &s.scope, &s.id)
         .await
-        .map_err(|e| estate_error(P, e))?;
+        .map_err(|e| e.into_error(P))?;
     Ok(Value::Boolean(true))
 }
 
@@ -690,7 +682,7 @@ async fn volume_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         std::time::Duration::from_secs(o.timeout.unwrap_or(1800)),
     )
     .await
-    .map_err(|e| estate_error(P, e))?;
+    .map_err(|e| e.into_error(P))?;
     to_lua(
         &lua,
         &VolumeOut {

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
 use serde::Serialize;
 
-use crate::cloud::{AwsError, Cloud};
+use crate::cloud::Cloud;
+use crate::failure::Failure;
 use crate::host::Vm;
-use crate::network::{NetError, Waits};
+use crate::network::Waits;
 
 pub use opts::RefArg;
 
@@ -56,73 +57,10 @@ pub async fn with_job_pool<F: Future>(pool: Arc<crate::workers::WorkerPool>, f: 
     JOB_POOL.scope(pool, f).await
 }
 
-/// A failure a primitive reports to the script.
-#[derive(Debug)]
-pub enum ApiError {
-    /// Misuse: raised as the string `file:line: prim: opts.field: message`.
-    Usage(String),
-    /// An operational failure: raised as a structured error value.
-    Fail(Failure),
-}
-
-#[derive(Debug, Serialize)]
-pub struct Failure {
-    pub kind: String,
-    pub op: String,
-    pub message: String,
-    pub code: Option<String>,
-    pub retryable: bool,
-    #[serde(skip)]
-    pub details: Option<Value>,
-    /// Details known before a Lua value can be made (converted when raised).
-    #[serde(skip)]
-    pub details_json: Option<serde_json::Value>,
-}
-
-impl ApiError {
-    pub fn usage(prim: &str, msg: impl std::fmt::Display) -> ApiError {
-        ApiError::Usage(format!("{prim}: {msg}"))
-    }
-
-    pub fn field(prim: &str, field: &str, msg: impl std::fmt::Display) -> ApiError {
-        ApiError::Usage(format!("{prim}: opts.{field}: {msg}"))
-    }
-
-    pub fn fail(kind: &str, op: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::Fail(Failure {
-            kind: kind.to_string(),
-            op: op.into(),
-            message: message.into(),
-            code: None,
-            retryable: false,
-            details: None,
-            details_json: None,
-        })
-    }
-
-    pub fn aws(e: AwsError) -> ApiError {
-        ApiError::Fail(Failure {
-            kind: "aws".to_string(),
-            op: e.op.to_string(),
-            message: e.message,
-            code: e.code,
-            retryable: e.retryable,
-            details: None,
-            details_json: None,
-        })
-    }
-
-    pub fn net(prim: &str, e: NetError) -> ApiError {
-        match e {
-            NetError::Invalid { field, message } => ApiError::field(prim, &field, message),
-            NetError::Conflict { field, message } => {
-                ApiError::fail("conflict", prim, format!("opts.{field}: {message}"))
-            }
-            NetError::Aws(e) => ApiError::aws(e),
-            NetError::Timeout(m) => ApiError::fail("timeout", prim, m),
-        }
-    }
-}
+/// What a primitive reports to the script: misuse (raised as the string
+/// `file:line: prim: opts.field: message`) or a failure (raised as a
+/// structured error value).
+pub use crate::failure::Error as ApiError;
 
 pub type ApiResult = Result<Value, ApiError>;
 
@@ -133,15 +71,16 @@ fn settle(lua: &Lua, r: ApiResult) -> mlua::Result<(bool, Value)> {
         Err(ApiError::Usage(m)) => Ok((false, Value::String(lua.create_string(m)?))),
         Err(ApiError::Fail(f)) => {
             let t: Table = lua.create_table()?;
-            t.set("kind", f.kind)?;
+            t.set("kind", f.kind.as_str())?;
             t.set("op", f.op)?;
             t.set("message", f.message)?;
             t.set("code", f.code)?;
             t.set("retryable", f.retryable)?;
             if let Some(d) = f.details {
-                t.set("details", d)?;
-            } else if let Some(j) = f.details_json {
-                t.set("details", lua.to_value(&j)?)?;
+                match to_lua(lua, &d) {
+                    Ok(v) => t.set("details", v)?,
+                    Err(_) => return Err(mlua::Error::runtime("cannot convert error details")),
+                }
             }
             Ok((false, Value::Table(t)))
         }
@@ -155,7 +94,7 @@ pub fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> ApiResult {
         .serialize_unit_to_null(false)
         .set_array_metatable(false);
     lua.to_value_with(v, opts)
-        .map_err(|e| ApiError::fail("internal", "serialize", e.to_string()))
+        .map_err(|e| Failure::internal("serialize", e).into())
 }
 
 /// The Lua half of every primitive: raises what the Rust half returned, at the caller's line.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::opts::{self, List, RefArg, Tags};
 use super::{to_lua, ApiError, ApiResult, Context, Registrar};
+use crate::failure::{self, Failure};
 use crate::network::endpoint::{self, Endpoint, Kind};
 use crate::network::peering::{self, Peering, Side};
 use crate::network::verify::{self, Report};
@@ -143,7 +144,7 @@ async fn create_endpoint(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     };
     let e = endpoint::ensure(&ctx.cloud, &spec, &ctx.waits)
         .await
-        .map_err(|e| ApiError::net(P, e))?;
+        .map_err(|e| e.into_error(P))?;
     to_lua(&lua, &endpoint_out(&e))
 }
 
@@ -213,7 +214,7 @@ async fn peer_vpcs(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     };
     let p: Peering = peering::ensure(&ctx.cloud, &spec, &ctx.waits)
         .await
-        .map_err(|e| ApiError::net(P, e))?;
+        .map_err(|e| e.into_error(P))?;
     to_lua(
         &lua,
         &PeeringOut {
@@ -326,30 +327,28 @@ async fn verify_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         repository_vpc,
         from,
     };
-    let report = run_verify(&ctx, &spec)
-        .await
-        .map_err(|e| ApiError::net(P, e))?;
-    let out = to_lua(&lua, &report_out(&report))?;
+    let report = run_verify(&ctx, &spec).await.map_err(|e| e.into_error(P))?;
     if o.strict && !report.ok() {
         let lines: Vec<String> = report
             .findings
             .iter()
             .map(|f| format!("\n  - {f}"))
             .collect();
-        let mut err = ApiError::fail(
-            "preflight",
+        let details =
+            serde_json::to_value(report_out(&report)).map_err(|e| Failure::internal(P, e))?;
+        return Err(Failure::new(
+            failure::Kind::Preflight,
             P,
             format!(
                 "the private network is not ready ({} findings):{}",
                 report.findings.len(),
                 lines.join("")
             ),
-        );
-        if let ApiError::Fail(f) = &mut err {
-            f.details = Some(out);
-        }
-        return Err(err);
+        )
+        .with_details(details)
+        .into());
     }
+    let out = to_lua(&lua, &report_out(&report))?;
     Ok(out)
 }
 

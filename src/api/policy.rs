@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::opts::{self, List, Tags};
 use super::{ApiError, ApiResult, Context, Registrar};
+use crate::failure::Kind;
 use crate::host::Vm;
 use crate::serve::policy::{
     check_location, check_name, is_location, Archive, ArchivePoints, Password, Policy, Repository,
@@ -671,7 +672,7 @@ fn declarations_mut<'a>(
 ) -> Result<mlua::AppDataRefMut<'a, Declarations>, ApiError> {
     let d = lua
         .app_data_mut::<Declarations>()
-        .ok_or_else(|| ApiError::fail("internal", prim, "no declarations in this VM"))?;
+        .ok_or_else(|| ApiError::fail(Kind::Internal, prim, "no declarations in this VM"))?;
     if d.sealed {
         return Err(ApiError::usage(
             prim,
@@ -821,20 +822,20 @@ fn declare_policy(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
     d.policies.push(policy.clone());
     drop(d);
     let t = policy_table(lua, &policy, schedule_given, run)
-        .map_err(|e| ApiError::fail("internal", P, e.to_string()))?;
+        .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))?;
     let all: Table = match lua.named_registry_value::<Value>(POLICY_TABLES) {
         Ok(Value::Table(t)) => t,
         _ => {
             let t = lua
                 .create_table()
-                .map_err(|e| ApiError::fail("internal", P, e.to_string()))?;
+                .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))?;
             lua.set_named_registry_value(POLICY_TABLES, &t)
-                .map_err(|e| ApiError::fail("internal", P, e.to_string()))?;
+                .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))?;
             t
         }
     };
     all.set(policy.name.as_str(), &t)
-        .map_err(|e| ApiError::fail("internal", P, e.to_string()))?;
+        .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))?;
     Ok(Value::Table(t))
 }
 

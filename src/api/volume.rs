@@ -1,35 +1,16 @@
-//! `copy_volume{}` and the `repo` namespace: Lua options become JSON, run
-//! here or — with `worker = w` — on a worker through its task queue
-//! (`crate::ops` does the work either way), and results come back as tables.
+//! `copy_volume{}` and the `repo` namespace: one primitive per operation of
+//! [`crate::ops::Op`]. The Lua options become that typed operation, which
+//! runs here or — with `worker = w` — on a worker through its task queue;
+//! results come back as tables, progress as the same table either way.
 
 use std::sync::Arc;
 
 use mlua::{Function, Lua, Table, Value};
 
-use super::{to_lua, ApiError, ApiResult, Context, Failure, Registrar};
+use super::{to_lua, ApiError, ApiResult, Context, Registrar};
 use crate::mover::Progress;
-use crate::ops::{self, OpError};
-
-pub fn op_error(e: OpError) -> ApiError {
-    match e {
-        OpError::Usage(m) => ApiError::Usage(m),
-        OpError::Fail {
-            kind,
-            op,
-            code,
-            message,
-            retryable,
-        } => ApiError::Fail(Failure {
-            kind,
-            op,
-            message,
-            code,
-            retryable,
-            details: None,
-            details_json: None,
-        }),
-    }
-}
+use crate::ops::{Op, RunCx};
+use crate::workers::channel::Event;
 
 /// Splits a primitive's options into JSON, its `progress` function and its `worker`.
 fn split(
@@ -74,87 +55,69 @@ fn split(
     Ok((serde_json::Value::Object(args), progress, worker))
 }
 
-/// Runs `prim` with the options a script gave: on its worker if it named one.
-async fn run_op(lua: Lua, ctx: Arc<Context>, prim: &'static str, v: Value) -> ApiResult {
-    let (args, progress, worker) = split(prim, v)?;
-    if let Some(w) = worker {
-        let worker = super::workers::handle_of(prim, &w)
-            .map_err(|_| ApiError::field(prim, "worker", "expected a worker from deploy_worker"))?;
-        let args = ops::for_worker(&ctx.cloud, prim, args, &worker.scope).map_err(op_error)?;
-        let pool = ctx.pool();
-        let result = pool
-            .run(&worker, prim, args, |e| {
-                if let (
-                    Some(f),
-                    crate::workers::channel::Event::Progress {
-                        bytes,
-                        blocks,
-                        rate,
-                    },
-                ) = (&progress, e)
-                {
-                    if let Ok(t) = lua.create_table() {
-                        let _ = t.set("bytes_done", *bytes);
-                        let _ = t.set("blocks_done", *blocks);
-                        let _ = t.set("rate", *rate);
-                        let _ = f.call::<()>(t);
+/// Calls the script's progress function with a copy's progress; an error it
+/// raises stops the copy.
+fn report(lua: &Lua, f: &Function, p: &Progress) -> Result<(), String> {
+    let t = to_lua(lua, p).map_err(|_| "cannot build the progress table".to_string())?;
+    f.call::<()>(t).map_err(|e| {
+        let m = crate::host::describe_error(&e, 0);
+        // The message, without the traceback mlua appends to it.
+        m.split("\nstack traceback:")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// Runs the operation `name` with the options a script gave: on its worker
+/// if it named one.
+async fn run_op(lua: Lua, ctx: Arc<Context>, name: &'static str, v: Value) -> ApiResult {
+    let (args, progress, worker) = split(name, v)?;
+    let op = Op::parse(name, args)?;
+    let result = match worker {
+        Some(w) => {
+            let worker = super::workers::handle_of(name, &w).map_err(|_| {
+                ApiError::field(name, "worker", "expected a worker from deploy_worker")
+            })?;
+            let op = op.for_worker(&ctx.cloud, &worker.scope)?;
+            ctx.pool()
+                .run(&worker, op.name(), op.args()?, |e| {
+                    if let (Some(f), Event::Progress(p)) = (&progress, e) {
+                        let _ = report(&lua, f, p);
                     }
-                }
-            })
-            .await
-            .map_err(|e| super::workers::worker_error(prim, e))?;
-        return to_lua(&lua, &result);
-    }
-    let mut callback = progress.map(|f: Function| {
-        let lua = lua.clone();
-        move |p: &Progress| -> Result<(), String> {
-            let t = to_lua(&lua, p).map_err(|_| "cannot build the progress table".to_string())?;
-            f.call::<()>(t).map_err(|e| {
-                let m = crate::host::describe_error(&e, 0);
-                // The message, without the traceback mlua appends to it.
-                m.split("\nstack traceback:")
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
+                })
+                .await
+                .map_err(|e| e.into_error(name))?
         }
-    });
-    let progress = callback
-        .as_mut()
-        .map(|c| c as &mut (dyn FnMut(&Progress) -> Result<(), String> + Send));
-    let result = ops::run(&ctx.cloud, prim, args, None, progress)
-        .await
-        .map_err(op_error)?;
+        None => {
+            let mut callback = progress.map(|f| {
+                let lua = lua.clone();
+                move |p: &Progress| report(&lua, &f, p)
+            });
+            let cx = RunCx {
+                cloud: ctx.cloud.clone(),
+                task: None,
+                progress: callback
+                    .as_mut()
+                    .map(|c| c as &mut (dyn FnMut(&Progress) -> Result<(), String> + Send)),
+            };
+            op.run(cx).await?
+        }
+    };
     to_lua(&lua, &result)
 }
 
+/// Installs every operation: `copy_volume` as a global, `repo.*` in `repo`.
 pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
     let g = lua.globals();
-    g.set(
-        "copy_volume",
-        reg.async_fn(|lua, ctx, v| run_op(lua, ctx, "copy_volume", v))?,
-    )?;
     let repo: Table = lua.create_table()?;
-    repo.set(
-        "init",
-        reg.async_fn(|lua, ctx, v| run_op(lua, ctx, "repo.init", v))?,
-    )?;
-    repo.set(
-        "points",
-        reg.async_fn(|lua, ctx, v| run_op(lua, ctx, "repo.points", v))?,
-    )?;
-    repo.set(
-        "check",
-        reg.async_fn(|lua, ctx, v| run_op(lua, ctx, "repo.check", v))?,
-    )?;
-    repo.set(
-        "forget",
-        reg.async_fn(|lua, ctx, v| run_op(lua, ctx, "repo.forget", v))?,
-    )?;
-    repo.set(
-        "prune",
-        reg.async_fn(|lua, ctx, v| run_op(lua, ctx, "repo.prune", v))?,
-    )?;
+    for &name in Op::NAMES {
+        let f = reg.async_fn(move |lua, ctx, v| run_op(lua, ctx, name, v))?;
+        match name.strip_prefix("repo.") {
+            Some(short) => repo.set(short, f)?,
+            None => g.set(name, f)?,
+        }
+    }
     g.set("repo", repo)?;
     Ok(())
 }

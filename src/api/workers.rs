@@ -11,11 +11,12 @@ use serde::Deserialize;
 use super::opts::{self, List, RefArg, Tags};
 use super::{ApiError, ApiResult, Context, Registrar};
 use crate::cloud::Scope;
+use crate::failure::Kind;
 use crate::network::ResourceRef;
 use crate::workers::channel::Event;
 use crate::workers::launch::LaunchSpec;
 use crate::workers::placement::{self, Purpose, Resource, ResourceKind};
-use crate::workers::{Worker, WorkerError};
+use crate::workers::Worker;
 
 const P: &str = "deploy_worker";
 
@@ -23,40 +24,6 @@ const P: &str = "deploy_worker";
 pub struct Handle(pub Arc<Worker>);
 
 impl mlua::UserData for Handle {}
-
-pub fn worker_error(prim: &str, e: WorkerError) -> ApiError {
-    match e {
-        WorkerError::Invalid { field, message } => ApiError::field(prim, &field, message),
-        WorkerError::Preflight { ref findings, .. } => {
-            let details = serde_json::json!({ "findings": findings });
-            let mut err = ApiError::fail("preflight", prim, e.to_string());
-            if let ApiError::Fail(f) = &mut err {
-                f.details_json = Some(details);
-            }
-            err
-        }
-        WorkerError::Aws(a) => ApiError::aws(a),
-        WorkerError::Net(n) => ApiError::net(prim, n),
-        WorkerError::Lost(m) => ApiError::fail("worker_lost", prim, m),
-        WorkerError::Task {
-            op,
-            kind,
-            code,
-            message,
-            retryable,
-        } => ApiError::Fail(super::Failure {
-            kind,
-            op,
-            message,
-            code,
-            retryable,
-            details: None,
-            details_json: None,
-        }),
-        WorkerError::Io(m) => ApiError::fail("io", prim, m),
-        WorkerError::Settings(m) => ApiError::usage(prim, format!("worker settings: {m}")),
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,7 +200,7 @@ async fn size_of(
                 .send()
                 .await
                 .map_err(|e| {
-                    ApiError::aws(crate::cloud::AwsError::from_sdk("ec2:DescribeVolumes", e))
+                    ApiError::from(crate::cloud::AwsError::from_sdk("ec2:DescribeVolumes", e))
                 })?;
             let out = ec2.describe_instances().instance_ids(id).send().await;
             if out.map(|o| o.reservations().is_empty()).unwrap_or(true) {
@@ -312,7 +279,7 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         resolve_resource(&ctx, &o.resource, o.account.as_deref(), o.region.as_deref()).await?;
     let backup = ctx.cloud.backup_account();
     let scope = placement::place(purpose, &resource, o.account.as_deref(), &backup)
-        .map_err(|e| worker_error(P, e))?;
+        .map_err(|e| e.into_error(P))?;
     let pool = ctx.pool();
     let (instance_type, private) = {
         let s = pool.settings.lock().unwrap();
@@ -333,10 +300,10 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             tags: o.tags,
         })
         .await
-        .map_err(|e| worker_error(P, e))?;
+        .map_err(|e| e.into_error(P))?;
     handle_table(&lua, w)
         .map(Value::Table)
-        .map_err(|e| ApiError::fail("internal", P, e.to_string()))
+        .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))
 }
 
 pub fn handle_of(prim: &str, v: &Value) -> Result<Arc<Worker>, ApiError> {
@@ -397,20 +364,14 @@ pub async fn run_task(lua: &Lua, ctx: &Context, w: Arc<Worker>, task: Value) -> 
     let result = ctx
         .pool()
         .run(&w, &op, serde_json::Value::Object(args), |e| {
-            if let (
-                Some(f),
-                Event::Progress {
-                    bytes,
-                    blocks,
-                    rate,
-                },
-            ) = (&progress, e)
-            {
-                let _ = f.call::<()>((*bytes, *blocks, *rate));
+            if let (Some(f), Event::Progress(p)) = (&progress, e) {
+                if let Ok(t) = super::to_lua(lua, p) {
+                    let _ = f.call::<()>(t);
+                }
             }
         })
         .await
-        .map_err(|e| worker_error(&op, e))?;
+        .map_err(|e| e.into_error(&op))?;
     super::to_lua(lua, &result)
 }
 
@@ -478,7 +439,7 @@ async fn configuration(_lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         (_, Some(s)) => {
             let sub = crate::network::subnet::lookup(cloud, "subnet", s)
                 .await
-                .map_err(|e| ApiError::net(C, e))?;
+                .map_err(|e| e.into_error(C))?;
             if let Some(v) = &vpc {
                 if sub.vpc_id != v.id {
                     return Err(ApiError::field(
@@ -493,7 +454,7 @@ async fn configuration(_lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         (Some(v), None) => Some(
             crate::network::vpc::lookup(cloud, "vpc", v)
                 .await
-                .map_err(|e| ApiError::net(C, e))?
+                .map_err(|e| e.into_error(C))?
                 .id,
         ),
         (None, None) => None,
@@ -501,7 +462,7 @@ async fn configuration(_lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     let ids: Vec<String> = groups.iter().map(|g| g.id.clone()).collect();
     let found = crate::network::security_group::lookup_many(cloud, "security_groups", &scope, &ids)
         .await
-        .map_err(|e| ApiError::net(C, e))?;
+        .map_err(|e| e.into_error(C))?;
     for (i, g) in found.iter().enumerate() {
         if let Some(v) = &vpc_id {
             if &g.vpc_id != v {
@@ -565,7 +526,7 @@ pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
         ctx.pool()
             .remove(&worker)
             .await
-            .map_err(|e| worker_error("worker:remove", e))?;
+            .map_err(|e| e.into_error("worker:remove"))?;
         Ok(Value::Boolean(true))
     })?;
     let mt: Table = lua

@@ -10,9 +10,9 @@ use clap::Args;
 
 use crate::cloud::Cloud;
 use crate::config::Config;
-use crate::mover::{
-    self, Aws, CopyOptions, CopyResult, Location, MoverSettings, Opener, ParentChoice, Progress,
-};
+use crate::failure::Error;
+use crate::mover::{CopyResult, Location, Progress, ProgressFn};
+use crate::ops::{CopyOpts, Operation, ParentArg, RunCx};
 use crate::repo::password::PasswordSource;
 
 /// How to reach AWS and the repository password.
@@ -41,43 +41,63 @@ pub struct AccessOpts {
 }
 
 impl AccessOpts {
-    pub fn password(&self) -> PasswordSource {
+    /// The password source the flags name (default: $SKIFF_PASSWORD).
+    pub fn password(&self) -> Option<PasswordSource> {
         if let Some(f) = &self.password_file {
-            PasswordSource::File(f.clone())
-        } else if let Some(n) = &self.password_ssm {
-            PasswordSource::Ssm(n.clone())
+            Some(PasswordSource::File(f.clone()))
         } else {
-            PasswordSource::default()
+            self.password_ssm
+                .as_deref()
+                .map(|n| PasswordSource::Ssm(n.into()))
         }
     }
 
-    /// AWS access, set up only when something needs it (local copies never touch AWS).
-    pub async fn aws(&self, needed: bool) -> anyhow::Result<Option<Aws>> {
+    /// AWS, set up only when the operation needs it (local copies never
+    /// touch AWS, nor read skiff.toml).
+    pub async fn cloud(&self, needed: bool) -> anyhow::Result<Arc<Cloud>> {
         if !needed {
-            return Ok(None);
+            return Ok(Arc::new(Cloud::offline()));
         }
         let config = Arc::new(Config::discover(self.config.as_deref(), None)?);
-        let cloud = Arc::new(Cloud::load(config).await);
-        let scope = cloud.scope(self.account.as_deref(), self.region.as_deref())?;
-        Ok(Some(Aws { cloud, scope }))
+        Ok(Arc::new(Cloud::load(config).await))
     }
 
-    pub async fn opener(&self, aws: Option<Aws>) -> anyhow::Result<Opener> {
-        let password = self.password();
-        let password_aws = if password.needs_ssm() {
-            match aws {
-                Some(a) => Some(a),
-                None => self.aws(true).await?,
-            }
-        } else {
-            None
+    /// Runs an operation built from the command line, with a progress bar
+    /// on a terminal. Misuse names the flag or argument, not the Lua option.
+    pub async fn run<O: Operation>(
+        &self,
+        mut op: O,
+        progress: Option<ProgressFn<'_>>,
+    ) -> anyhow::Result<O::Output> {
+        let (password, account, region) = op.access_mut();
+        *password = self.password();
+        *account = self.account.clone();
+        *region = self.region.clone();
+        let cloud = self.cloud(op.needs_aws()).await?;
+        let cx = RunCx {
+            cloud,
+            task: None,
+            progress,
         };
-        Ok(Opener::new(
-            password,
-            password_aws,
-            MoverSettings::default(),
-        ))
+        op.run(cx).await.map_err(|e| match e {
+            Error::Usage(m) => anyhow::anyhow!(flag_wording(O::NAME, &m)),
+            Error::Fail(f) => anyhow::Error::new(f),
+        })
     }
+}
+
+/// `repo.init: opts.storage_class: …` → `--storage-class: …`; `opts.from` →
+/// `FROM`, `opts.location` → `LOCATION`.
+fn flag_wording(prim: &str, m: &str) -> String {
+    let rest = m.strip_prefix(&format!("{prim}: ")).unwrap_or(m);
+    let Some((field, msg)) = rest.strip_prefix("opts.").and_then(|r| r.split_once(": ")) else {
+        return rest.to_string();
+    };
+    let name = match field {
+        "from" | "to" | "location" => field.to_uppercase(),
+        _ => format!("--{}", field.replace('_', "-")),
+    };
+    format!("{name}: {msg}")
 }
 
 #[derive(Args, Debug)]
@@ -179,26 +199,16 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<i32> {
     let to: Location =
         a.to.parse()
             .map_err(|m: String| anyhow::anyhow!("TO: {m}"))?;
-    let tags = parse_tags(&a.tags)?;
-    let aws = a.access.aws(from.needs_aws() || to.needs_aws()).await?;
-    let opener = a.access.opener(aws.clone()).await?;
-    let source = opener
-        .source(&from, aws.as_ref(), a.volume.as_deref())
-        .await?;
-    let target = opener.target(&to, aws.as_ref()).await?;
-    let opts = CopyOptions {
-        volume: a.volume.clone(),
-        parent: match (&a.parent, a.full) {
-            (Some(p), _) => ParentChoice::Point(p.clone()),
-            (None, true) => ParentChoice::None,
-            (None, false) => ParentChoice::Auto,
-        },
-        tags,
-        overwrite: a.overwrite,
-        description: a.description.clone(),
-        time: None,
-        settings: opener.settings.clone(),
+    let mut op = CopyOpts::new(from, to);
+    op.parent = match (&a.parent, a.full) {
+        (Some(p), _) => Some(ParentArg::Id(p.clone())),
+        (None, true) => Some(ParentArg::Flag(false)),
+        (None, false) => None,
     };
+    op.volume = a.volume.clone();
+    op.tags = parse_tags(&a.tags)?;
+    op.overwrite = a.overwrite;
+    op.description = a.description.clone();
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -223,7 +233,7 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<i32> {
         } else {
             None
         };
-    let result = mover::copy(source, target, &opts, progress).await;
+    let result = a.access.run(op, progress).await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

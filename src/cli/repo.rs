@@ -1,13 +1,11 @@
 //! `skiff repo init|points|check|forget|prune LOCATION`: repository upkeep.
 
-use std::sync::Arc;
-
 use clap::{Args, Subcommand};
 
 use super::copy::{human, AccessOpts};
-use crate::repo::forget::KeepOptions;
-use crate::repo::prune::PruneOptions;
-use crate::repo::{Repo, RepoUrl};
+use crate::ops::{
+    CheckOpts, ForgetOpts, Forgotten, InitOpts, Points, PointsOpts, PruneOpts, RepoLocation,
+};
 
 #[derive(Args, Debug)]
 pub struct RepoArgs {
@@ -87,15 +85,8 @@ pub struct KeepArgs {
     pub keep_yearly: u32,
 }
 
-fn url(location: &str) -> anyhow::Result<RepoUrl> {
-    RepoUrl::parse(location.strip_prefix("repo:").unwrap_or(location)).map_err(anyhow::Error::msg)
-}
-
-async fn open(access: &AccessOpts, location: &str) -> anyhow::Result<Arc<Repo>> {
-    let u = url(location)?;
-    let aws = access.aws(matches!(u, RepoUrl::S3 { .. })).await?;
-    let opener = access.opener(aws.clone()).await?;
-    Ok(opener.repo(&u, aws.as_ref()).await?)
+fn repo_location(l: &str) -> anyhow::Result<RepoLocation> {
+    RepoLocation::parse(l).map_err(|m| anyhow::anyhow!("LOCATION: {m}"))
 }
 
 pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
@@ -104,27 +95,17 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
             location,
             storage_class,
         } => {
-            if let Some(c) = &storage_class {
-                crate::repo::check_storage_class(c)
-                    .map_err(|m| anyhow::anyhow!("--storage-class: {m}"))?;
-            }
-            let u = url(&location)?;
-            let aws = a.access.aws(matches!(u, RepoUrl::S3 { .. })).await?;
-            let opener = a.access.opener(aws.clone()).await?;
-            let password = opener.password().await?;
-            let s3 = match &aws {
-                Some(x) => Some(x.cloud.s3(&x.scope).await),
-                None => None,
-            };
-            let repo = Repo::init_with_class(
-                crate::repo::backend_for(&u, s3)?,
-                &u.to_string(),
-                &password,
-                Default::default(),
-                storage_class,
-            )
-            .await?;
-            println!("created repository {} ({})", u, repo.config().id);
+            let out = a
+                .access
+                .run(
+                    InitOpts {
+                        storage_class,
+                        ..InitOpts::at(repo_location(&location)?)
+                    },
+                    None,
+                )
+                .await?;
+            println!("created repository {} ({})", out.location, out.id);
             Ok(0)
         }
         RepoCommand::Points {
@@ -132,11 +113,16 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
             volume,
             json,
         } => {
-            let repo = open(&a.access, &location).await?;
-            let mut points = repo.points().await?;
-            if let Some(v) = &volume {
-                points.retain(|p| &p.volume == v);
-            }
+            let Points(points) = a
+                .access
+                .run(
+                    PointsOpts {
+                        volume,
+                        ..PointsOpts::at(repo_location(&location)?)
+                    },
+                    None,
+                )
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&points)?);
                 return Ok(0);
@@ -164,8 +150,16 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
             read_data,
             json,
         } => {
-            let repo = open(&a.access, &location).await?;
-            let report = crate::repo::check::check(&repo, read_data).await?;
+            let report = a
+                .access
+                .run(
+                    CheckOpts {
+                        read_data,
+                        ..CheckOpts::at(repo_location(&location)?)
+                    },
+                    None,
+                )
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -219,19 +213,20 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
             dry_run,
             json,
         } => {
-            let k = KeepOptions {
+            let op = ForgetOpts {
                 keep_last: keep.keep_last,
                 keep_daily: keep.keep_daily,
                 keep_weekly: keep.keep_weekly,
                 keep_monthly: keep.keep_monthly,
                 keep_yearly: keep.keep_yearly,
+                volume,
+                dry_run,
+                ..ForgetOpts::at(repo_location(&location)?)
             };
-            if k.is_empty() {
+            if op.keep().is_empty() {
                 anyhow::bail!("forget: give at least one --keep-last/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly");
             }
-            let repo = open(&a.access, &location).await?;
-            let decisions =
-                crate::repo::forget::forget(&repo, &k, volume.as_deref(), dry_run).await?;
+            let Forgotten { decisions, .. } = a.access.run(op, None).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&decisions)?);
                 return Ok(0);
@@ -257,15 +252,17 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
             repack_threshold,
             json,
         } => {
-            let mut opts = PruneOptions {
-                dry_run,
-                ..Default::default()
-            };
-            if let Some(t) = repack_threshold {
-                opts.repack_threshold = t;
-            }
-            let repo = open(&a.access, &location).await?;
-            let r = crate::repo::prune::prune(&repo, &opts).await?;
+            let r = a
+                .access
+                .run(
+                    PruneOpts {
+                        dry_run,
+                        repack_threshold,
+                        ..PruneOpts::at(repo_location(&location)?)
+                    },
+                    None,
+                )
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use super::{ScriptOpts, Session};
-use crate::workers::agent::{self, AgentArgs, AgentOps};
+use crate::ops::agent::AgentOps;
+use crate::workers::agent::{self, AgentArgs};
 use crate::workers::reaper;
 
 #[derive(Args, Debug)]

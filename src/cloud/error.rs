@@ -85,3 +85,22 @@ impl AwsError {
         self.code.as_deref() == Some(code)
     }
 }
+
+impl From<AwsError> for crate::failure::Failure {
+    fn from(e: AwsError) -> Self {
+        crate::failure::Failure {
+            kind: crate::failure::Kind::Aws,
+            op: e.op.to_string(),
+            code: e.code,
+            message: e.message,
+            retryable: e.retryable,
+            details: None,
+        }
+    }
+}
+
+impl From<AwsError> for crate::failure::Error {
+    fn from(e: AwsError) -> Self {
+        crate::failure::Error::Fail(e.into())
+    }
+}

@@ -87,6 +87,16 @@ impl Cloud {
         Self::with_base(base, config)
     }
 
+    /// For operations that touch no AWS (local images and repositories):
+    /// no ambient configuration is read, and a client built from it has
+    /// neither credentials nor a region.
+    pub fn offline() -> Cloud {
+        let base = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        Self::with_base(base, Arc::new(Config::default()))
+    }
+
     pub fn with_base(base: SdkConfig, config: Arc<Config>) -> Cloud {
         Cloud {
             base,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeState, VolumeType};
 
 use crate::cloud::{AwsError, Cloud, Scope};
+use crate::failure::{Error, Kind};
 use crate::network::filter;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,17 @@ pub enum EstateError {
 }
 
 pub type Result<T> = std::result::Result<T, EstateError>;
+
+impl EstateError {
+    /// As `prim` reports it: bad input names the option.
+    pub fn into_error(self, prim: &str) -> Error {
+        match self {
+            EstateError::Invalid { field, message } => Error::field(prim, &field, message),
+            EstateError::Aws(a) => a.into(),
+            EstateError::Timeout(m) => Error::fail(Kind::Timeout, prim, m),
+        }
+    }
+}
 
 fn invalid(field: &str, message: impl Into<String>) -> EstateError {
     EstateError::Invalid {

@@ -66,8 +66,9 @@ pub struct CopyOptions {
     pub settings: MoverSettings,
 }
 
-/// How far a copy is, for progress bars and callbacks.
-#[derive(Debug, Clone, Default, Serialize)]
+/// How far a copy is, for progress bars and callbacks: the same table in a
+/// script whether the copy runs here or on a worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Progress {
     /// The volume's size.
     pub bytes_total: u64,
@@ -107,6 +108,10 @@ pub struct CopyResult {
     /// Blocks taken from the parent without reading them.
     pub blocks_unchanged: u64,
     pub seconds: f64,
+    /// The point was written by an earlier delivery of the same worker
+    /// task, and is returned instead of copying again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub repeated: bool,
 }
 
 pub type ProgressFn<'a> = &'a mut (dyn FnMut(&Progress) -> std::result::Result<(), String> + Send);

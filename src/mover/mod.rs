@@ -23,6 +23,7 @@ pub use location::Location;
 pub use open::{Aws, Opener};
 
 use crate::cloud::AwsError;
+use crate::failure::{Failure, Kind};
 use crate::repo::buf::{AlignedBuf, ALIGN};
 use crate::repo::crypto::Id;
 use crate::repo::RepoError;
@@ -65,14 +66,14 @@ impl MoverError {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            MoverError::Invalid(_) => "invalid",
-            MoverError::Io { .. } => "io",
-            MoverError::Aws(_) => "aws",
+            MoverError::Invalid(_) => Kind::Invalid,
+            MoverError::Io { .. } => Kind::Io,
+            MoverError::Aws(_) => Kind::Aws,
             MoverError::Repo(e) => e.kind(),
-            MoverError::Integrity { .. } => "integrity",
-            MoverError::Stopped(_) => "stopped",
+            MoverError::Integrity { .. } => Kind::Integrity,
+            MoverError::Stopped(_) => Kind::Stopped,
         }
     }
 
@@ -104,6 +105,25 @@ impl MoverError {
 }
 
 pub type Result<T> = std::result::Result<T, MoverError>;
+
+impl From<&MoverError> for Failure {
+    fn from(e: &MoverError) -> Failure {
+        Failure::from_error(e.kind(), e.op(), e.code(), e.retryable(), e)
+    }
+}
+
+impl MoverError {
+    /// As `prim` reports it: bad input is misuse (`prim: message`), the
+    /// rest an operational failure.
+    pub fn into_error(self, prim: &str) -> crate::failure::Error {
+        match self {
+            MoverError::Invalid(m) | MoverError::Repo(RepoError::Invalid(m)) => {
+                crate::failure::Error::usage(prim, m)
+            }
+            other => crate::failure::Error::Fail(Failure::from(&other)),
+        }
+    }
+}
 
 /// Tunables of the pipeline, with documented defaults.
 #[derive(Debug, Clone)]

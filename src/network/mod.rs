@@ -21,6 +21,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
 use crate::cloud::{AwsError, Scope, ScopeError};
+use crate::failure::{Error, Kind};
 pub use cidr::Cidr;
 
 /// Tag put on everything skiff creates, so operators can tell it apart.
@@ -41,6 +42,19 @@ pub enum NetError {
 }
 
 impl NetError {
+    /// As `prim` reports it: bad input names the option, conflicts and
+    /// time-outs are failures of `prim`.
+    pub fn into_error(self, prim: &str) -> Error {
+        match self {
+            NetError::Invalid { field, message } => Error::field(prim, &field, message),
+            NetError::Conflict { field, message } => {
+                Error::fail(Kind::Conflict, prim, format!("opts.{field}: {message}"))
+            }
+            NetError::Aws(e) => e.into(),
+            NetError::Timeout(m) => Error::fail(Kind::Timeout, prim, m),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> NetError {
         NetError::Invalid {
             field: field.into(),

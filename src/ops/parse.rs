@@ -3,7 +3,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::OpError;
+use crate::failure::Error;
 
 /// Rewrites serde's wording into the `opts.field: …` style.
 pub fn reword(path: &str, msg: &str) -> (String, String) {
@@ -97,18 +97,19 @@ pub fn path_of(p: &serde_path_to_error::Path) -> String {
 }
 
 /// Reads an operation's options from JSON.
-pub fn parse_json<T: DeserializeOwned>(prim: &str, v: serde_json::Value) -> Result<T, OpError> {
+pub fn parse_json<T: DeserializeOwned>(prim: &str, v: serde_json::Value) -> Result<T, Error> {
     if !v.is_object() {
-        return Err(OpError::Usage(format!(
-            "{prim}: expected an options table {prim}{{…}}"
-        )));
+        return Err(Error::usage(
+            prim,
+            format!("expected an options table {prim}{{…}}"),
+        ));
     }
     serde_path_to_error::deserialize(v).map_err(|e| {
         let (path, msg) = reword(&path_of(e.path()), &e.inner().to_string());
         if path.is_empty() {
-            OpError::Usage(format!("{prim}: opts: {msg}"))
+            Error::usage(prim, format!("opts: {msg}"))
         } else {
-            OpError::Usage(format!("{prim}: opts.{path}: {msg}"))
+            Error::field(prim, &path, msg)
         }
     })
 }

@@ -2,6 +2,7 @@
 //! trying again can help.
 
 use crate::cloud::AwsError;
+use crate::failure::{Failure, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -64,17 +65,17 @@ impl RepoError {
         }
     }
 
-    /// A short word for the kind of failure, as scripts see it in `err.kind`.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of failure, as scripts see it in `err.kind`.
+    pub fn kind(&self) -> Kind {
         match self {
-            RepoError::Invalid(_) => "invalid",
-            RepoError::NotARepository { .. } | RepoError::NotFound { .. } => "not_found",
-            RepoError::AlreadyExists { .. } => "conflict",
-            RepoError::WrongPassword { .. } => "wrong_password",
-            RepoError::Io { .. } => "io",
-            RepoError::Aws(_) => "aws",
-            RepoError::Corrupt { .. } => "corrupt",
-            RepoError::Locked { .. } | RepoError::LeaseLost { .. } => "locked",
+            RepoError::Invalid(_) => Kind::Invalid,
+            RepoError::NotARepository { .. } | RepoError::NotFound { .. } => Kind::NotFound,
+            RepoError::AlreadyExists { .. } => Kind::Conflict,
+            RepoError::WrongPassword { .. } => Kind::WrongPassword,
+            RepoError::Io { .. } => Kind::Io,
+            RepoError::Aws(_) => Kind::Aws,
+            RepoError::Corrupt { .. } => Kind::Corrupt,
+            RepoError::Locked { .. } | RepoError::LeaseLost { .. } => Kind::Locked,
         }
     }
 
@@ -114,3 +115,9 @@ impl RepoError {
 }
 
 pub type Result<T> = std::result::Result<T, RepoError>;
+
+impl From<&RepoError> for Failure {
+    fn from(e: &RepoError) -> Failure {
+        Failure::from_error(e.kind(), e.op(), e.code(), e.retryable(), e)
+    }
+}

@@ -5,7 +5,6 @@
 //! exits cleanly when its task queue is deleted (the worker is being removed).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,12 +23,8 @@ pub struct AgentArgs {
     pub region: String,
 }
 
-/// Counters a running task updates; the heartbeat reports them.
-#[derive(Default)]
-pub struct Progress {
-    pub bytes: AtomicU64,
-    pub blocks: AtomicU64,
-}
+/// How far the running task is; the heartbeat reports the latest.
+pub type Progress = std::sync::Mutex<crate::mover::Progress>;
 
 /// What runs a task's operation on the worker.
 pub trait Executor: Send + Sync {
@@ -38,79 +33,6 @@ pub trait Executor: Send + Sync {
         task: &'a Task,
         progress: Arc<Progress>,
     ) -> BoxFuture<'a, Result<Value, Failure>>;
-}
-
-fn failure(kind: &str, op: &str, message: impl Into<String>) -> Failure {
-    Failure {
-        kind: kind.into(),
-        op: op.into(),
-        code: None,
-        message: message.into(),
-        retryable: false,
-    }
-}
-
-/// What an agent runs: `ping`, and every operation of `crate::ops` a
-/// worker may run, acting in its own account and region.
-pub struct AgentOps {
-    pub worker_id: String,
-    pub instance_id: String,
-    pub cloud: Arc<crate::cloud::Cloud>,
-}
-
-impl Executor for AgentOps {
-    fn run<'a>(
-        &'a self,
-        task: &'a Task,
-        progress: Arc<Progress>,
-    ) -> BoxFuture<'a, Result<Value, Failure>> {
-        Box::pin(async move {
-            if task.op == "ping" {
-                return Ok(serde_json::json!({
-                    "pong": true,
-                    "worker_id": self.worker_id,
-                    "instance_id": self.instance_id,
-                    "version": env!("CARGO_PKG_VERSION"),
-                }));
-            }
-            if !crate::ops::WORKER_OPS.contains(&task.op.as_str()) {
-                return Err(failure(
-                    "usage",
-                    &task.op,
-                    format!("this agent does not know the operation {:?}", task.op),
-                ));
-            }
-            let mut report = |p: &crate::mover::Progress| -> Result<(), String> {
-                progress.bytes.store(p.bytes_done, Ordering::Relaxed);
-                progress.blocks.store(p.blocks_done, Ordering::Relaxed);
-                Ok(())
-            };
-            crate::ops::run(
-                &self.cloud,
-                &task.op,
-                task.args.clone(),
-                Some(&task.task_id),
-                Some(&mut report),
-            )
-            .await
-            .map_err(|e| match e {
-                crate::ops::OpError::Usage(m) => failure("usage", &task.op, m),
-                crate::ops::OpError::Fail {
-                    kind,
-                    op,
-                    code,
-                    message,
-                    retryable,
-                } => Failure {
-                    kind,
-                    op,
-                    code,
-                    message,
-                    retryable,
-                },
-            })
-        })
-    }
 }
 
 async fn reply(sqs: &aws_sdk_sqs::Client, a: &AgentArgs, task_id: Option<&str>, event: Event) {
@@ -222,26 +144,14 @@ pub async fn run(
                     task.task_id.clone(),
                 );
                 tokio::spawn(async move {
-                    let start = Instant::now();
                     let period = Duration::from_secs((visibility / 3).max(1) as u64);
                     loop {
                         tokio::time::sleep(period).await;
                         let _ =
                             channel::extend_visibility(&sqs, &a.task_queue, &receipt, visibility)
                                 .await;
-                        let bytes = p.bytes.load(Ordering::Relaxed);
-                        let rate = bytes as f64 / start.elapsed().as_secs_f64().max(0.001);
-                        reply(
-                            &sqs,
-                            &a,
-                            Some(&tid),
-                            Event::Progress {
-                                bytes,
-                                blocks: p.blocks.load(Ordering::Relaxed),
-                                rate,
-                            },
-                        )
-                        .await;
+                        let now = p.lock().unwrap().clone();
+                        reply(&sqs, &a, Some(&tid), Event::Progress(now)).await;
                     }
                 })
             };

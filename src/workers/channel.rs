@@ -28,15 +28,8 @@ pub struct Task {
     pub args: serde_json::Value,
 }
 
-/// A structured failure, as scripts see it (`kind`, `op`, `code`, `retryable`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Failure {
-    pub kind: String,
-    pub op: String,
-    pub code: Option<String>,
-    pub message: String,
-    pub retryable: bool,
-}
+/// A failed task's failure, carried as scripts will see it.
+pub use crate::failure::Failure;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -48,12 +41,8 @@ pub enum Event {
         version: String,
     },
     Started,
-    Progress {
-        bytes: u64,
-        blocks: u64,
-        /// Bytes per second since the task started.
-        rate: f64,
-    },
+    /// How far the task is: the same record a local copy reports.
+    Progress(crate::mover::Progress),
     Finished {
         result: serde_json::Value,
     },
@@ -285,16 +274,18 @@ mod tests {
         let r = Reply {
             worker_id: "w1".into(),
             task_id: Some("t1".into()),
-            event: Event::Progress {
-                bytes: 10,
-                blocks: 1,
-                rate: 2.5,
-            },
+            event: Event::Progress(crate::mover::Progress {
+                bytes_total: 20,
+                bytes_done: 10,
+                blocks_done: 1,
+                seconds: 2.5,
+                ..Default::default()
+            }),
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(
             s,
-            r#"{"worker_id":"w1","task_id":"t1","event":"progress","bytes":10,"blocks":1,"rate":2.5}"#
+            r#"{"worker_id":"w1","task_id":"t1","event":"progress","bytes_total":20,"bytes_done":10,"bytes_read":0,"bytes_written":0,"blocks_done":1,"seconds":2.5}"#
         );
         assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), r);
         let f: Reply = serde_json::from_str(

@@ -774,15 +774,7 @@ impl WorkerPool {
                         last_word = Instant::now();
                         match reply.event {
                             Event::Finished { result } => return Ok(result),
-                            Event::Failed { error } => {
-                                return Err(WorkerError::Task {
-                                    op: error.op,
-                                    kind: error.kind,
-                                    code: error.code,
-                                    message: error.message,
-                                    retryable: error.retryable,
-                                })
-                            }
+                            Event::Failed { error } => return Err(WorkerError::Task(error)),
                             ref e => on_event(e),
                         }
                     }

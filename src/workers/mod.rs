@@ -15,6 +15,7 @@ pub use placement::{Purpose, Resource, ResourceKind};
 pub use settings::{instance_type_for_size, Launcher, RegionConfig, WorkerSettings, WorkersConfig};
 
 use crate::cloud::AwsError;
+use crate::failure::{Error, Failure, Kind};
 use crate::network::NetError;
 
 /// Tags skiff puts on every worker instance (and reads back in the reaper).
@@ -55,15 +56,9 @@ pub enum WorkerError {
     /// The worker or its agent did not answer in time, or died.
     #[error("{0}")]
     Lost(String),
-    /// The task ran and failed on the worker.
-    #[error("{op}: {message}")]
-    Task {
-        op: String,
-        kind: String,
-        code: Option<String>,
-        message: String,
-        retryable: bool,
-    },
+    /// The task ran and failed on the worker, as it reported.
+    #[error(transparent)]
+    Task(Failure),
     #[error("{0}")]
     Io(String),
     /// The worker settings (skiff.toml `[workers]`, `workers.configuration{}`) do not work.
@@ -81,6 +76,28 @@ impl WorkerError {
 }
 
 pub type Result<T> = std::result::Result<T, WorkerError>;
+
+impl WorkerError {
+    /// As `prim` reports it: bad input and settings are misuse, the rest
+    /// failures (a task's own failure exactly as the worker reported it).
+    pub fn into_error(self, prim: &str) -> Error {
+        match self {
+            WorkerError::Invalid { field, message } => Error::field(prim, &field, message),
+            WorkerError::Preflight { ref findings, .. } => {
+                let details = serde_json::json!({ "findings": findings });
+                Failure::new(Kind::Preflight, prim, self.to_string())
+                    .with_details(details)
+                    .into()
+            }
+            WorkerError::Aws(a) => a.into(),
+            WorkerError::Net(n) => n.into_error(prim),
+            WorkerError::Lost(m) => Error::fail(Kind::WorkerLost, prim, m),
+            WorkerError::Task(f) => Error::Fail(f),
+            WorkerError::Io(m) => Error::fail(Kind::Io, prim, m),
+            WorkerError::Settings(m) => Error::usage(prim, format!("worker settings: {m}")),
+        }
+    }
+}
 
 /// A short random id for workers and jobs (lowercase hex).
 pub fn new_id() -> String {

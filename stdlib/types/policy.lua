@@ -4,21 +4,12 @@
 -- checked when declared; a mistake raises `file:line: policy: opts.field: …`
 -- at the line of the call. See docs/serve.md.
 
---- Where a repository password is read from — never the password itself.
---- Exactly one of `env`, `file`, `ssm`.
---- @class skiff.PasswordSource
---- @field env? string An environment variable holding the password.
---- @field file? string A file holding the password (a trailing newline is dropped).
---- @field ssm? string An SSM SecureString parameter name, read with decryption.
---- @field account? string For `ssm`: the account of the parameter (default: the default account).
---- @field region? string For `ssm`: the region of the parameter.
-
 --- @class skiff.RepositoryOpts
 --- @field name string Letters, digits, `_`, `-`, `.`; unique among the script's repositories.
 --- @field location string A directory (`/srv/skiff`, `./repo`) or `s3://bucket/prefix`.
 --- @field region? string The bucket's region (retention and archive workers run there).
 --- @field account? string The account owning the bucket (an account from skiff.toml, or `default`).
---- @field password? skiff.PasswordSource (default: `{env = "SKIFF_PASSWORD"}`)
+--- @field password? skiff.PasswordSource (default: `{env = "SKIFF_PASSWORD"}`; see volume.lua)
 
 --- A repository as `repository{}` returns it, and as policies carry it.
 --- @class skiff.Repository

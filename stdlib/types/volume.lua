@@ -26,8 +26,10 @@
 --- have different ones. (default: `password` of the call)
 --- @field password? skiff.PasswordSource
 
---- Where a repository password is read: never the password itself.
---- Exactly one of `env`, `file`, `ssm`.
+--- Where a repository password is read: never the password itself. The
+--- same table in `copy_volume`, `repo.*`, `repository{}` and on the command
+--- line's `--password-file`/`--password-ssm`. Exactly one of `env`, `file`,
+--- `ssm`; `account` and `region` only with `ssm`.
 --- @class skiff.PasswordSource
 --- An environment variable.
 --- @field env? string
@@ -35,9 +37,11 @@
 --- @field file? string
 --- An SSM SecureString parameter name, read with decryption.
 --- @field ssm? string
---- Account of the SSM parameter. (default: the call's `account`)
+--- Account of the SSM parameter. (default: the account of the call, or of
+--- the repository that names it)
 --- @field account? string
---- Region of the SSM parameter. (default: the call's `region`)
+--- Region of the SSM parameter. (default: the region of the call, or of
+--- the repository that names it; on a worker, the worker's region)
 --- @field region? string
 
 -- ─── copy_volume ───────────────────────────────────────────────────────────

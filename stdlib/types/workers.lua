@@ -101,9 +101,9 @@
 --- @field op string
 ---
 --- Called as the worker reports progress (about every third of the
---- `[workers] visibility_timeout`).
+--- `[workers] visibility_timeout`), with the table a copy reports.
 --- (default: none)
---- @field progress? fun(bytes: integer, blocks: integer, rate: number)
+--- @field progress? fun(p: skiff.CopyProgress)
 ---
 --- The operation's arguments.
 --- @field [string] any
