@@ -107,12 +107,36 @@ fn decode_entries(b: &[u8], count: usize) -> Result<Vec<Entry>, String> {
     b.chunks_exact(ENTRY_LEN).map(Entry::decode).collect()
 }
 
+/// The 12 bytes a pack header, an index file and a node start with: magic,
+/// format version, a byte of the kind's own (a node's level), two zero bytes,
+/// and the count of what follows; with room for `body` more bytes.
+fn preamble(magic: &[u8; 4], own: u8, count: usize, body: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + body);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&[VERSION as u8, own, 0, 0]);
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    out
+}
+
+/// Checks a preamble's magic and version; the count it gives.
+fn read_preamble(b: &[u8], magic: &[u8; 4], a_what: &str, what: &str) -> Result<usize, String> {
+    if b.len() < 12 || &b[..4] != magic {
+        return Err(format!("not {a_what}"));
+    }
+    if u32::from(b[4]) != VERSION {
+        return Err(format!("{what} version {} is not supported", b[4]));
+    }
+    Ok(u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize)
+}
+
 /// A pack's header plaintext: magic, version, count, entries.
 pub fn encode_pack_header(entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + entries.len() * ENTRY_LEN);
-    out.extend_from_slice(PACK_HEADER_MAGIC);
-    out.extend_from_slice(&[VERSION as u8, 0, 0, 0]);
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    let mut out = preamble(
+        PACK_HEADER_MAGIC,
+        0,
+        entries.len(),
+        entries.len() * ENTRY_LEN,
+    );
     for e in entries {
         e.encode(&mut out);
     }
@@ -120,13 +144,7 @@ pub fn encode_pack_header(entries: &[Entry]) -> Vec<u8> {
 }
 
 pub fn decode_pack_header(b: &[u8]) -> Result<Vec<Entry>, String> {
-    if b.len() < 12 || &b[..4] != PACK_HEADER_MAGIC {
-        return Err("not a pack header".into());
-    }
-    if u32::from(b[4]) != VERSION {
-        return Err(format!("pack header version {} is not supported", b[4]));
-    }
-    let count = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+    let count = read_preamble(b, PACK_HEADER_MAGIC, "a pack header", "pack header")?;
     decode_entries(&b[12..], count)
 }
 
@@ -149,10 +167,7 @@ pub struct IndexedPack {
 /// An index file's plaintext (before compression and sealing).
 pub fn encode_index(packs: &[IndexedPack]) -> Vec<u8> {
     let n: usize = packs.iter().map(|p| 44 + p.entries.len() * ENTRY_LEN).sum();
-    let mut out = Vec::with_capacity(12 + n);
-    out.extend_from_slice(INDEX_MAGIC);
-    out.extend_from_slice(&[VERSION as u8, 0, 0, 0]);
-    out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    let mut out = preamble(INDEX_MAGIC, 0, packs.len(), n);
     for p in packs {
         out.extend_from_slice(&p.pack);
         out.extend_from_slice(&p.size.to_le_bytes());
@@ -165,13 +180,7 @@ pub fn encode_index(packs: &[IndexedPack]) -> Vec<u8> {
 }
 
 pub fn decode_index(b: &[u8]) -> Result<Vec<IndexedPack>, String> {
-    if b.len() < 12 || &b[..4] != INDEX_MAGIC {
-        return Err("not an index file".into());
-    }
-    if u32::from(b[4]) != VERSION {
-        return Err(format!("index version {} is not supported", b[4]));
-    }
-    let count = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+    let count = read_preamble(b, INDEX_MAGIC, "an index file", "index")?;
     let mut packs = Vec::with_capacity(count.min(1 << 20));
     let mut at = 12;
     for _ in 0..count {
@@ -209,10 +218,12 @@ pub struct Node {
 
 impl Node {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + self.entries.len() * 32);
-        out.extend_from_slice(NODE_MAGIC);
-        out.extend_from_slice(&[VERSION as u8, self.level, 0, 0]);
-        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        let mut out = preamble(
+            NODE_MAGIC,
+            self.level,
+            self.entries.len(),
+            self.entries.len() * 32,
+        );
         for e in &self.entries {
             out.extend_from_slice(e);
         }
@@ -220,13 +231,7 @@ impl Node {
     }
 
     pub fn decode(b: &[u8]) -> Result<Node, String> {
-        if b.len() < 12 || &b[..4] != NODE_MAGIC {
-            return Err("not a block-map node".into());
-        }
-        if u32::from(b[4]) != VERSION {
-            return Err(format!("node version {} is not supported", b[4]));
-        }
-        let count = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+        let count = read_preamble(b, NODE_MAGIC, "a block-map node", "node")?;
         if count > FANOUT || b.len() != 12 + count * 32 {
             return Err("block-map node has a bad length".into());
         }

@@ -12,26 +12,28 @@ pub mod forget;
 pub mod format;
 mod index;
 pub mod lease;
+mod open;
 pub mod pack;
 pub mod password;
+mod points;
 pub mod prune;
 pub mod tree;
 pub mod writer;
 
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-pub use backend::{Backend, RepoUrl};
+pub use backend::{backend_for, Backend, RepoUrl};
 pub use error::{RepoError, Result};
 pub use format::{Point, PointStats};
 pub use index::Index;
+pub use open::{check_storage_class, STORAGE_CLASSES};
+pub use points::new_point_id;
 
-use crypto::{Id, KdfParams, Key};
-use format::{BlobKind, Entry, IndexedPack, KeyFile, RepoConfig};
+use crypto::{Id, Key};
+use format::{BlobKind, Entry, IndexedPack, RepoConfig};
 
 /// Tunables of repository I/O, with documented defaults.
 #[derive(Debug, Clone)]
@@ -83,18 +85,8 @@ pub struct Repo {
     pub settings: RepoSettings,
 }
 
-const CONFIG: &str = "config";
-/// How data blobs are named (see `crypto::BlockHasher`).
-const ID_HASH: &str = "blake3-keyed";
-const CONFIG_AAD: &[u8] = b"skiff config";
-const MASTER_KEY_AAD: &[u8] = b"skiff master key";
-
 fn index_aad(name: &str) -> Vec<u8> {
     format!("skiff index {name}").into_bytes()
-}
-
-fn point_aad(id: &str) -> Vec<u8> {
-    format!("skiff point {id}").into_bytes()
 }
 
 /// Seals metadata after compressing it (index files and points compress well).
@@ -122,236 +114,7 @@ fn open_meta(
         .map_err(|e| RepoError::corrupt(op, what, format!("decompression failed: {e}")))
 }
 
-/// S3 storage classes a repository's data packs may use.
-pub const STORAGE_CLASSES: &[&str] = &[
-    "STANDARD",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER_IR",
-    "GLACIER",
-    "DEEP_ARCHIVE",
-];
-
-/// Refuses a storage class S3 does not have, naming the ones it does.
-pub fn check_storage_class(class: &str) -> std::result::Result<(), String> {
-    if STORAGE_CLASSES.contains(&class) {
-        Ok(())
-    } else {
-        Err(format!(
-            "expected one of {}, got {class:?}",
-            STORAGE_CLASSES.join(", ")
-        ))
-    }
-}
-
 impl Repo {
-    /// Creates a repository: a random master key wrapped by `password`, and its config.
-    /// Refuses a location that already holds one.
-    pub async fn init(
-        backend: Backend,
-        url: &str,
-        password: &[u8],
-        kdf: KdfParams,
-    ) -> Result<Repo> {
-        Self::init_with_class(backend, url, password, kdf, None).await
-    }
-
-    /// As `init`, storing data packs in `storage_class` (S3 only; see
-    /// `check_storage_class`).
-    pub async fn init_with_class(
-        backend: Backend,
-        url: &str,
-        password: &[u8],
-        kdf: KdfParams,
-        storage_class: Option<String>,
-    ) -> Result<Repo> {
-        if let Some(c) = &storage_class {
-            check_storage_class(c).map_err(RepoError::Invalid)?;
-            if !backend.is_s3() {
-                return Err(RepoError::Invalid(format!(
-                    "storage class {c} needs an S3 repository (s3://bucket/prefix)"
-                )));
-            }
-        }
-        if password.is_empty() {
-            return Err(RepoError::Invalid("the password is empty".into()));
-        }
-        if kdf.is_weaker_than_min() {
-            return Err(RepoError::Invalid(format!(
-                "Argon2id parameters {kdf:?} are weaker than the minimum {:?}",
-                KdfParams::MIN
-            )));
-        }
-        match backend.get(CONFIG).await {
-            Ok(_) => {
-                return Err(RepoError::AlreadyExists {
-                    location: url.to_string(),
-                })
-            }
-            Err(RepoError::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        if !backend.list("keys").await?.is_empty() {
-            return Err(RepoError::AlreadyExists {
-                location: url.to_string(),
-            });
-        }
-        let master = Key::generate();
-        let salt: [u8; 16] = crypto::random();
-        let kek = kdf.derive(password, &salt).map_err(RepoError::Invalid)?;
-        let key_file = KeyFile {
-            version: format::VERSION,
-            kdf: "argon2id".into(),
-            m_cost: kdf.m_cost,
-            t_cost: kdf.t_cost,
-            p_cost: kdf.p_cost,
-            salt: B64.encode(salt),
-            key: B64.encode(kek.seal(MASTER_KEY_AAD, master.bytes())),
-            created: format::now_rfc3339(),
-        };
-        let key_name = format!("keys/{}", hex::encode(crypto::random::<16>()));
-        backend
-            .put(
-                &key_name,
-                Bytes::from(serde_json::to_vec_pretty(&key_file).expect("key file JSON")),
-            )
-            .await?;
-        let config = RepoConfig {
-            version: format::VERSION,
-            id: hex::encode(crypto::random::<16>()),
-            block_size: format::BLOCK_SIZE,
-            fanout: format::FANOUT as u32,
-            id_hash: ID_HASH.into(),
-            compression: "zstd".into(),
-            created: format::now_rfc3339(),
-            storage_class,
-        };
-        let sealed = master.seal(
-            CONFIG_AAD,
-            &serde_json::to_vec(&config).expect("config JSON"),
-        );
-        if !backend.create(CONFIG, Bytes::from(sealed)).await? {
-            let _ = backend.delete(&key_name).await;
-            return Err(RepoError::AlreadyExists {
-                location: url.to_string(),
-            });
-        }
-        Ok(Repo::assemble(backend, url, master, config))
-    }
-
-    fn assemble(backend: Backend, url: &str, key: Key, config: RepoConfig) -> Repo {
-        if let Some(c) = &config.storage_class {
-            backend.set_data_storage_class(c);
-        }
-        Repo {
-            backend,
-            url: url.to_string(),
-            block_ids: crypto::BlockHasher::new(&key),
-            key,
-            config,
-            index: RwLock::new(Index::default()),
-            unindexed: std::sync::Mutex::new(Vec::new()),
-            index_files: std::sync::Mutex::new(Vec::new()),
-            settings: RepoSettings::default(),
-        }
-    }
-
-    /// Opens a repository: unwraps the master key with `password` (refusing a
-    /// wrong one before anything else), reads the config, loads the index, and
-    /// indexes from their headers any packs no index file covers.
-    pub async fn open(backend: Backend, url: &str, password: &[u8]) -> Result<Repo> {
-        let keys = backend.list("keys").await?;
-        if keys.is_empty() {
-            return match backend.get(CONFIG).await {
-                Err(RepoError::NotFound { .. }) => Err(RepoError::NotARepository {
-                    location: url.to_string(),
-                }),
-                Err(e) => Err(e),
-                Ok(_) => Err(RepoError::corrupt(
-                    "repo.open",
-                    url,
-                    "the repository has a config but no keys",
-                )),
-            };
-        }
-        let mut master = None;
-        for k in &keys {
-            let raw = backend.get(&k.name).await?;
-            let kf: KeyFile = serde_json::from_slice(&raw).map_err(|e| {
-                RepoError::corrupt("repo.open", &k.name, format!("not a key file: {e}"))
-            })?;
-            let params = KdfParams {
-                m_cost: kf.m_cost,
-                t_cost: kf.t_cost,
-                p_cost: kf.p_cost,
-            };
-            if kf.kdf != "argon2id" || params.is_weaker_than_min() {
-                return Err(RepoError::corrupt(
-                    "repo.open",
-                    &k.name,
-                    format!(
-                        "refusing key derivation {} {params:?} (below the minimum)",
-                        kf.kdf
-                    ),
-                ));
-            }
-            let salt = B64
-                .decode(&kf.salt)
-                .map_err(|e| RepoError::corrupt("repo.open", &k.name, format!("bad salt: {e}")))?;
-            let wrapped = B64
-                .decode(&kf.key)
-                .map_err(|e| RepoError::corrupt("repo.open", &k.name, format!("bad key: {e}")))?;
-            let pw = password.to_vec();
-            let kek = tokio::task::spawn_blocking(move || params.derive(&pw, &salt))
-                .await
-                .map_err(|e| RepoError::Invalid(e.to_string()))?
-                .map_err(|m| RepoError::corrupt("repo.open", &k.name, m))?;
-            if let Ok(bytes) = kek.open(MASTER_KEY_AAD, &wrapped) {
-                let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
-                    RepoError::corrupt("repo.open", &k.name, "the master key is not 32 bytes")
-                })?;
-                master = Some(Key::from_bytes(bytes));
-                break;
-            }
-        }
-        let Some(master) = master else {
-            return Err(RepoError::WrongPassword {
-                location: url.to_string(),
-                keys: keys.len(),
-            });
-        };
-        let sealed = match backend.get(CONFIG).await {
-            Ok(b) => b,
-            Err(RepoError::NotFound { .. }) => {
-                return Err(RepoError::corrupt(
-                    "repo.open",
-                    url,
-                    "the repository has keys but no config",
-                ));
-            }
-            Err(e) => return Err(e),
-        };
-        let plain = master
-            .open(CONFIG_AAD, &sealed)
-            .map_err(|_| RepoError::corrupt("repo.open", "config", "does not authenticate"))?;
-        let config: RepoConfig = serde_json::from_slice(&plain)
-            .map_err(|e| RepoError::corrupt("repo.open", "config", format!("unreadable: {e}")))?;
-        if config.version != format::VERSION
-            || config.block_size != format::BLOCK_SIZE
-            || config.fanout != format::FANOUT as u32
-            || config.id_hash != ID_HASH
-        {
-            return Err(RepoError::Invalid(format!(
-                "{url}: repository format version {} (block size {}, fanout {}, id {}) is not supported by this skiff",
-                config.version, config.block_size, config.fanout, config.id_hash
-            )));
-        }
-        let repo = Repo::assemble(backend, url, master, config);
-        repo.load_index().await?;
-        Ok(repo)
-    }
-
     /// Reads every index file, then indexes packs none of them covers.
     pub async fn load_index(&self) -> Result<()> {
         let files = self.backend.list("index").await?;
@@ -535,123 +298,13 @@ impl Repo {
                 )
             })
     }
-
-    /// Every restore point, oldest first.
-    pub async fn points(&self) -> Result<Vec<Point>> {
-        let listed = self.backend.list("points").await?;
-        let mut points: Vec<Point> = futures::stream::iter(
-            listed
-                .into_iter()
-                .map(|l| async move { self.read_point_file(&l.name).await }),
-        )
-        .buffer_unordered(self.settings.metadata_concurrency)
-        .try_collect()
-        .await?;
-        points.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
-        Ok(points)
-    }
-
-    async fn read_point_file(&self, name: &str) -> Result<Point> {
-        let id = name.rsplit('/').next().unwrap_or(name).to_string();
-        let sealed = self.backend.get(name).await?;
-        let plain = open_meta(&self.key, &point_aad(&id), &sealed, name, "repo.read_point")?;
-        let p: Point = serde_json::from_slice(&plain)
-            .map_err(|e| RepoError::corrupt("repo.read_point", name, format!("unreadable: {e}")))?;
-        if p.id != id {
-            return Err(RepoError::corrupt(
-                "repo.read_point",
-                name,
-                format!("names itself {}", p.id),
-            ));
-        }
-        Ok(p)
-    }
-
-    /// A point by id or unique id prefix (at least 4 characters).
-    pub async fn find_point(&self, id: &str) -> Result<Point> {
-        if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(RepoError::Invalid(format!(
-                "point {id:?}: expected a point id (or a unique prefix of at least 4 hex digits)"
-            )));
-        }
-        let listed = self.backend.list("points").await?;
-        let matching: Vec<_> = listed
-            .iter()
-            .filter(|l| l.name.rsplit('/').next().is_some_and(|n| n.starts_with(id)))
-            .collect();
-        match matching.as_slice() {
-            [one] => self.read_point_file(&one.name).await,
-            [] => Err(RepoError::NotFound {
-                op: "repo.points",
-                message: format!("{}: no restore point {id}", self.url),
-            }),
-            many => Err(RepoError::Invalid(format!(
-                "point prefix {id:?} is ambiguous: {} points match",
-                many.len()
-            ))),
-        }
-    }
-
-    /// The newest point of a volume.
-    pub async fn latest_point(&self, volume: &str) -> Result<Option<Point>> {
-        Ok(self
-            .points()
-            .await?
-            .into_iter()
-            .rev()
-            .find(|p| p.volume == volume))
-    }
-
-    /// Writes a point; call only once everything it references is durable and indexed.
-    pub async fn write_point(&self, p: &Point) -> Result<()> {
-        let sealed = seal_meta(
-            &self.key,
-            &point_aad(&p.id),
-            &serde_json::to_vec(p).expect("point JSON"),
-        );
-        self.backend
-            .put(&format!("points/{}", p.id), Bytes::from(sealed))
-            .await
-    }
-
-    pub async fn delete_point(&self, id: &str) -> Result<()> {
-        self.backend.delete(&format!("points/{id}")).await
-    }
-
-    /// Opens a repository given as a URL, with an S3 client when it lives in S3.
-    pub async fn open_url(
-        url: &RepoUrl,
-        s3: Option<aws_sdk_s3::Client>,
-        password: &[u8],
-    ) -> Result<Arc<Repo>> {
-        let backend = backend_for(url, s3)?;
-        Ok(Arc::new(
-            Repo::open(backend, &url.to_string(), password).await?,
-        ))
-    }
-}
-
-/// The backend a URL names.
-pub fn backend_for(url: &RepoUrl, s3: Option<aws_sdk_s3::Client>) -> Result<Backend> {
-    match url {
-        RepoUrl::Local(p) => Ok(Backend::local(p.clone())),
-        RepoUrl::S3 { bucket, prefix } => {
-            let client = s3.ok_or_else(|| {
-                RepoError::Invalid(format!("{url}: an S3 repository needs AWS credentials"))
-            })?;
-            Ok(Backend::s3(client, bucket.clone(), prefix.clone()))
-        }
-    }
-}
-
-/// A new point id: 16 hex digits.
-pub fn new_point_id() -> String {
-    hex::encode(crypto::random::<8>())
 }
 
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::*;
+    use crate::repo::crypto::KdfParams;
+    use std::sync::Arc;
 
     /// A fresh in-memory repository with cheap key derivation.
     pub async fn memory_repo() -> (Backend, Arc<Repo>) {
@@ -666,31 +319,6 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn init_open_and_wrong_password() {
-        let backend = Backend::memory();
-        Repo::init(backend.clone(), "mem", b"secret", KdfParams::MIN)
-            .await
-            .unwrap();
-        let again = Repo::init(backend.clone(), "mem", b"secret", KdfParams::MIN).await;
-        assert!(matches!(again, Err(RepoError::AlreadyExists { .. })));
-        let r = Repo::open(backend.clone(), "mem", b"secret").await.unwrap();
-        assert_eq!(r.config().block_size, format::BLOCK_SIZE);
-        let err = Repo::open(backend.clone(), "mem", b"nope")
-            .await
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.to_string(),
-            "mem: wrong password (none of the repository's 1 key(s) opens with it)"
-        );
-        let none = Repo::open(Backend::memory(), "empty", b"x")
-            .await
-            .err()
-            .unwrap();
-        assert!(matches!(none, RepoError::NotARepository { .. }), "{none}");
-    }
 
     #[tokio::test]
     async fn nothing_is_stored_in_the_clear() {

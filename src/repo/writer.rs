@@ -95,11 +95,12 @@ impl Writer {
 
     /// Adds a sealed blob (which the caller claimed) to the current pack.
     pub async fn add(&mut self, blob: &SealedBlob) -> Result<()> {
-        self.add_raw(blob.kind, blob.id, blob.flags, blob.raw_len, blob.sealed())
+        self.add_sealed(blob.kind, blob.id, blob.flags, blob.raw_len, blob.sealed())
             .await
     }
 
-    async fn add_raw(
+    /// Stores a blob sealed elsewhere, as it is (repacking copies sealed blobs verbatim).
+    pub async fn add_sealed(
         &mut self,
         kind: BlobKind,
         id: Id,
@@ -269,18 +270,6 @@ impl Writer {
             l.release().await?;
         }
         Ok(())
-    }
-
-    /// Stores a blob sealed elsewhere, as it is (repacking copies sealed blobs verbatim).
-    pub async fn add_sealed(
-        &mut self,
-        kind: BlobKind,
-        id: Id,
-        flags: u8,
-        raw_len: u32,
-        sealed: &[u8],
-    ) -> Result<()> {
-        self.add_raw(kind, id, flags, raw_len, sealed).await
     }
 }
 
