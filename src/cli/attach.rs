@@ -6,15 +6,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mlua::{Lua, LuaSerdeExt, MultiValue, Value};
-use rustyline::error::ReadlineError;
-use rustyline::history::DefaultHistory;
-use rustyline::{Editor, ExternalPrinter};
+use mlua::{Lua, LuaSerdeExt, Value};
+use rustyline::ExternalPrinter;
 use serde_json::Value as Json;
 use tokio::sync::Mutex;
 
-use super::repl::is_incomplete;
-use crate::host::pretty::pretty;
+use super::console::{eval_in, Console, Evaluate};
 use crate::host::{Vm, VmOptions};
 use crate::serve::control::{Client, Op};
 
@@ -223,12 +220,18 @@ fn install(lua: &Lua, client: Arc<Mutex<Client>>) -> mlua::Result<()> {
     Ok(())
 }
 
-async fn eval(vm: &Vm, src: &str) -> Result<Vec<Value>, crate::host::ScriptError> {
-    let f = match vm.load_source(format!("return {src}").as_bytes(), "=attach") {
-        Ok(f) => f,
-        Err(_) => vm.load_source(src.as_bytes(), "=attach")?,
-    };
-    Ok(vm.call(f, MultiValue::new()).await?.into_vec())
+/// Entries run in a plain VM whose functions ask the engine over the socket.
+struct Attached {
+    vm: Vm,
+}
+
+impl Evaluate for Attached {
+    async fn eval(&mut self, src: &str) -> Result<Vec<Value>, String> {
+        // One-liners: the message says it all; a traceback would show only the host.
+        eval_in(&self.vm, src, "=attach")
+            .await
+            .map_err(|e| e.message)
+    }
 }
 
 pub async fn attach(state_dir: PathBuf) -> anyhow::Result<i32> {
@@ -247,7 +250,7 @@ pub async fn attach(state_dir: PathBuf) -> anyhow::Result<i32> {
     let mut events = Client::connect(&state_dir).await.ok_or_else(not_running)?;
     let running = events.subscribe().await.map_err(|e| anyhow::anyhow!(e))?;
 
-    let mut rl: Editor<(), DefaultHistory> = Editor::new()?;
+    let mut console: Console<()> = Console::new("serve> ", None, None)?;
     println!(
         "attached to skiff serve (pid {}) serving {}: {} policies, {} running; help() lists the functions, Ctrl-D leaves",
         status["pid"],
@@ -266,7 +269,7 @@ pub async fn attach(state_dir: PathBuf) -> anyhow::Result<i32> {
             println!("[{} #{}] {l}", r.policy, r.run);
         }
     }
-    let mut printer = rl.create_external_printer().ok();
+    let mut printer = console.editor().create_external_printer().ok();
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let reader = tokio::spawn(async move {
         while let Some(ev) = events.next_event().await {
@@ -296,56 +299,7 @@ pub async fn attach(state_dir: PathBuf) -> anyhow::Result<i32> {
 
     let vm = Vm::new(&VmOptions::default())?;
     install(vm.lua(), Arc::new(Mutex::new(client)))?;
-    let checker = Lua::new();
-    let mut buffer = String::new();
-    loop {
-        let prompt = if buffer.is_empty() {
-            "serve> "
-        } else {
-            "   ... "
-        };
-        let line = match tokio::task::block_in_place(|| rl.readline(prompt)) {
-            Ok(l) => l,
-            Err(ReadlineError::Interrupted) => {
-                buffer.clear();
-                continue;
-            }
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
-        };
-        if !buffer.is_empty() {
-            buffer.push('\n');
-        }
-        buffer.push_str(&line);
-        if buffer.trim().is_empty() {
-            buffer.clear();
-            continue;
-        }
-        if matches!(buffer.trim(), ":q" | ":quit") {
-            break;
-        }
-        if is_incomplete(&checker, &buffer) {
-            continue;
-        }
-        let src = std::mem::take(&mut buffer);
-        let _ = rl.add_history_entry(src.as_str());
-        let result = tokio::select! {
-            r = eval(&vm, &src) => r,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted");
-                continue;
-            }
-        };
-        match result {
-            Ok(values) if !values.is_empty() => {
-                let shown: Vec<String> = values.iter().map(pretty).collect();
-                println!("{}", shown.join("\t"));
-            }
-            Ok(_) => {}
-            // One-liners: the message says it all; a traceback would show only the host.
-            Err(e) => eprintln!("{}", e.message),
-        }
-    }
+    console.run(&mut Attached { vm }).await?;
     // Let lines already received reach the terminal before leaving.
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     reader.abort();

@@ -1,6 +1,7 @@
 //! The `skiff` command line: one module per verb.
 
 mod attach;
+mod console;
 mod copy;
 mod repl;
 mod repo;

@@ -10,16 +10,14 @@ use std::sync::{Arc, Mutex};
 use clap::Args;
 use mlua::{Lua, Value};
 use rustyline::completion::{Completer, Pair};
-use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
-use rustyline::history::DefaultHistory;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
-use rustyline::{Editor, Helper};
+use rustyline::Helper;
 
+use super::console::{eval_in, is_incomplete, Console, Evaluate};
 use super::{ScriptOpts, Session};
-use crate::host::pretty::pretty;
-use crate::host::{ScriptError, Vm};
+use crate::host::Vm;
 
 #[derive(Args, Debug)]
 pub struct ReplArgs {
@@ -34,27 +32,6 @@ pub struct ReplArgs {
     pub state: super::serve::StateArgs,
     #[command(flatten)]
     pub opts: ScriptOpts,
-}
-
-/// Whether `src` is a syntactically incomplete chunk (an unclosed block, string, call…).
-pub fn is_incomplete(checker: &Lua, src: &str) -> bool {
-    let incomplete = |code: &str| {
-        matches!(
-            checker.load(code).set_name("=repl").into_function(),
-            Err(mlua::Error::SyntaxError {
-                incomplete_input: true,
-                ..
-            })
-        )
-    };
-    let as_expr = format!("return {src}");
-    // Complete as an expression or as a statement: done.
-    if checker.load(as_expr.as_str()).into_function().is_ok()
-        || checker.load(src).into_function().is_ok()
-    {
-        return false;
-    }
-    incomplete(src)
 }
 
 /// Every completable name: globals, and `ns.fn` for each table-valued global.
@@ -162,13 +139,20 @@ fn history_path() -> Option<PathBuf> {
     Some(state.join("skiff").join("history"))
 }
 
-/// Evaluates one REPL entry: as an expression if it is one, else as statements.
-async fn eval(vm: &Vm, src: &str) -> Result<Vec<Value>, ScriptError> {
-    let f = match vm.load_source(format!("return {src}").as_bytes(), "=repl") {
-        Ok(f) => f,
-        Err(_) => vm.load_source(src.as_bytes(), "=repl")?,
-    };
-    Ok(vm.call(f, ()).await?.into_vec())
+/// Entries run in the session's VM; completion follows what they define.
+struct Local<'a> {
+    vm: &'a Vm,
+    names: Arc<Mutex<Vec<String>>>,
+}
+
+impl Evaluate for Local<'_> {
+    async fn eval(&mut self, src: &str) -> Result<Vec<Value>, String> {
+        let result = eval_in(self.vm, src, "=repl")
+            .await
+            .map_err(|e| e.to_string());
+        *self.names.lock().unwrap() = completion_names(self.vm.lua());
+        result
+    }
 }
 
 pub async fn repl(a: ReplArgs) -> anyhow::Result<i32> {
@@ -178,78 +162,16 @@ pub async fn repl(a: ReplArgs) -> anyhow::Result<i32> {
     let session = Session::open(&a.opts, None).await?;
     let vm = session.vm(&a.args)?;
     let names = Arc::new(Mutex::new(completion_names(vm.lua())));
-    let mut rl: Editor<ReplHelper, DefaultHistory> = Editor::new()?;
-    rl.set_helper(Some(ReplHelper {
+    let helper = ReplHelper {
         names: names.clone(),
         checker: Lua::new(),
-    }));
-    let history = history_path();
-    if let Some(h) = &history {
-        let _ = rl.load_history(h);
-    }
-    let checker = Lua::new();
+    };
+    let mut console = Console::new("skiff> ", Some(helper), history_path())?;
     println!(
         "skiff {} — Lua 5.4; Tab completes, Ctrl-D leaves",
         env!("CARGO_PKG_VERSION")
     );
-    let mut buffer = String::new();
-    loop {
-        let prompt = if buffer.is_empty() {
-            "skiff> "
-        } else {
-            "   ... "
-        };
-        let line = tokio::task::block_in_place(|| rl.readline(prompt));
-        let line = match line {
-            Ok(l) => l,
-            Err(ReadlineError::Interrupted) => {
-                buffer.clear();
-                continue;
-            }
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
-        };
-        if !buffer.is_empty() {
-            buffer.push('\n');
-        }
-        buffer.push_str(&line);
-        if buffer.trim().is_empty() {
-            buffer.clear();
-            continue;
-        }
-        if matches!(buffer.trim(), ":q" | ":quit") {
-            break;
-        }
-        // Piped input arrives a line at a time; keep reading while the chunk is open.
-        if is_incomplete(&checker, &buffer) {
-            continue;
-        }
-        let src = std::mem::take(&mut buffer);
-        let _ = rl.add_history_entry(src.as_str());
-        if let Some(h) = &history {
-            if let Some(dir) = h.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let _ = rl.save_history(h);
-        }
-        let result = tokio::select! {
-            r = eval(&vm, &src) => r,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted");
-                continue;
-            }
-        };
-        match result {
-            Ok(values) => {
-                if !values.is_empty() {
-                    let shown: Vec<String> = values.iter().map(pretty).collect();
-                    println!("{}", shown.join("\t"));
-                }
-            }
-            Err(e) => eprintln!("{e}"),
-        }
-        *names.lock().unwrap() = completion_names(vm.lua());
-    }
+    console.run(&mut Local { vm: &vm, names }).await?;
     session.ctx.pool.remove_all().await;
     Ok(0)
 }
@@ -257,20 +179,6 @@ pub async fn repl(a: ReplArgs) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn incomplete_input() {
-        let lua = Lua::new();
-        assert!(is_incomplete(&lua, "function f()"));
-        assert!(is_incomplete(&lua, "ec2.vpc{ name = \"a\","));
-        assert!(is_incomplete(&lua, "x = [[long"));
-        assert!(!is_incomplete(&lua, "1 + 1"));
-        assert!(!is_incomplete(&lua, "x = 1"));
-        assert!(
-            !is_incomplete(&lua, "x = = 1"),
-            "a plain syntax error is not incomplete"
-        );
-    }
 
     #[test]
     fn completes_namespaces_and_functions() {

@@ -14,9 +14,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 pub use error::{is_retryable_code, AwsError};
 
 use crate::config::Config;
-
-/// The account name that stands for the ambient credentials.
-pub const DEFAULT_ACCOUNT: &str = "default";
+pub use crate::config::{account_id_of_role, DEFAULT_ACCOUNT};
 
 /// Where a call goes: an account named in `skiff.toml` (or `default`) and a region.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,26 +37,6 @@ pub enum ScopeError {
     NoRegion,
     #[error("invalid region {0:?}: expected a name such as \"us-east-1\"")]
     BadRegion(String),
-}
-
-/// Extracts the account id from `arn:aws:iam::123456789012:role/name`.
-pub fn account_id_of_role(arn: &str) -> Option<&str> {
-    let mut parts = arn.splitn(6, ':');
-    let (arn_kw, _partition, service, _region, account, resource) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    let ok = arn_kw == "arn"
-        && service == "iam"
-        && account.len() == 12
-        && account.bytes().all(|b| b.is_ascii_digit())
-        && resource.starts_with("role/")
-        && resource.len() > 5;
-    ok.then_some(account)
 }
 
 fn valid_region(r: &str) -> bool {
@@ -290,19 +268,6 @@ mod tests {
             .behavior_version(BehaviorVersion::latest())
             .build();
         Cloud::with_base(base, Arc::new(config))
-    }
-
-    #[test]
-    fn role_arns() {
-        assert_eq!(
-            account_id_of_role("arn:aws:iam::111111111111:role/skiff"),
-            Some("111111111111")
-        );
-        assert_eq!(
-            account_id_of_role("arn:aws:iam::111111111111:user/skiff"),
-            None
-        );
-        assert_eq!(account_id_of_role("arn:aws:iam::1111:role/skiff"), None);
     }
 
     #[test]

@@ -10,39 +10,11 @@ use crate::repo::{Backend, Repo};
 
 const BS: u64 = BLOCK_SIZE as u64;
 
-/// Deterministic block content: zero, text-like, random, or a copy of an earlier block.
-pub fn block_content(seed: u64, index: u64) -> Vec<u8> {
-    let mut x = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    match next() % 4 {
-        0 => vec![0u8; BLOCK_SIZE],
-        1 => {
-            let words = [
-                "alpha ", "beta ", "gamma ", "delta ", "request ", "ok\n", "error ",
-            ];
-            let mut v = Vec::with_capacity(BLOCK_SIZE);
-            while v.len() < BLOCK_SIZE {
-                v.extend_from_slice(words[(next() % words.len() as u64) as usize].as_bytes());
-            }
-            v.truncate(BLOCK_SIZE);
-            v
-        }
-        2 => {
-            let mut v = vec![0u8; BLOCK_SIZE];
-            for c in v.chunks_mut(8) {
-                c.copy_from_slice(&next().to_le_bytes());
-            }
-            v
-        }
-        _ if index == 0 => vec![0xa5; BLOCK_SIZE],
-        _ => block_content(seed, index / 2),
-    }
-}
+// The integration tests' images (block generator, byte comparison), shared
+// so both tiers test the same mix of zero, text-like, random and repeated blocks.
+#[path = "../../tests/it/images.rs"]
+mod images;
+use images::{block as block_content, files_under, same};
 
 pub fn make_image(path: &Path, seed: u64, blocks: u64, tail: u64) {
     let f = std::fs::File::create(path).unwrap();
@@ -111,30 +83,6 @@ async fn restore(repo: &Path, point: &str, out: &Path) -> Result<CopyResult> {
         None,
     )
     .await
-}
-
-/// Byte equality (by `cmp`: some test images are GiBs of holes, slow to compare unoptimised).
-pub fn same(a: &Path, b: &Path) -> bool {
-    std::process::Command::new("cmp")
-        .arg("-s")
-        .arg(a)
-        .arg(b)
-        .status()
-        .unwrap()
-        .success()
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

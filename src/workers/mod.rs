@@ -12,7 +12,9 @@ mod settings;
 
 pub use launch::{Worker, WorkerPool};
 pub use placement::{Purpose, Resource, ResourceKind};
-pub use settings::{instance_type_for_size, Launcher, RegionConfig, WorkerSettings, WorkersConfig};
+// The `[workers]` schema is config's; re-exported where callers look for it.
+pub use crate::config::workers::{Launcher, RegionConfig, WorkersConfig};
+pub use settings::{instance_type_for_size, WorkerSettings};
 
 use crate::cloud::AwsError;
 use crate::failure::{Error, Failure, Kind};

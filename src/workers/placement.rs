@@ -1,4 +1,4 @@
-//! Where a worker runs (DESIGN §3): next to the data, to keep traffic in one
+//! Where a worker runs: next to the data, to keep traffic in one
 //! region, and in the backup account unless the job may and does ask for the
 //! production account.
 //!

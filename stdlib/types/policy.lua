@@ -88,9 +88,9 @@ function repository(opts) end
 --- @field storage_class skiff.StorageClass
 --- @field points? "weekly"|"monthly"|"yearly"|"all" Which points go to the archive (default: `"monthly"`).
 
---- Where the policy's backup workers run; placement rules decide the rest.
+--- How the default run deploys the policy's backup workers; placement rules decide the rest.
 --- @class skiff.PolicyWorker
---- @field account? string Run backup workers in this account (e.g. the production account) instead of the backup account.
+--- @field account? string The account backup workers run in (default: each instance's own account, since the EBS direct APIs read a snapshot only in the account that owns it). Any other account fails each copy: its worker cannot read the instance's snapshots.
 --- @field private? boolean Private-network deployment (default: `[workers] private` in skiff.toml).
 --- @field profile? string An instance type overriding the configured profile (`"c5.2xlarge"`).
 

@@ -23,7 +23,7 @@
 ---| "archive"   # moves points from the standard repository to the archive
 ---| "retention" # forgets and prunes points
 ---| "health"    # checks a repository
----| "flr"       # file-level restore out of a repository
+---| "flr"       # reserved for file-level restore: placed like the repository jobs, but no operation does it yet
 
 --- Where a restore goes: a region, and the account that will own what is restored.
 --- @class skiff.RestoreTarget
@@ -251,6 +251,6 @@ function workers.tags(tags) end
 --- @generic T, R
 --- @param items T[]
 --- @param fn fun(item: T, index: integer): R
---- @param limit? integer Calls running at once; 0 counts as 1. (default: all)
+--- @param limit? integer Calls running at once: a positive integer (0, a negative number or a float raises). (default: all)
 --- @return R[]
 function parallel(items, fn, limit) end

@@ -5,22 +5,14 @@
 
 use std::time::Duration;
 
-use crate::harness::{emulator, project_root, Account, Workspace};
+use crate::harness::{
+    account_toml, emulator, emulator_python, project_root, Account, Run, Workspace, LOCAL_WORKERS,
+};
 use crate::workers::{running, skiff_queues, workers_in};
-
-fn python() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("SKIFF_EMULATOR_PYTHON") {
-        return p.into();
-    }
-    let out = std::process::Command::new(project_root().join("tools/venv.sh"))
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().into()
-}
 
 /// Runs tools/demo_seed.py acting in `account`.
 pub async fn seed_tool(account: &Account, args: &[&str]) -> serde_json::Value {
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(emulator_python())
         .arg(project_root().join("tools/demo_seed.py"))
         .args(args)
         .env("AWS_ENDPOINT_URL", &emulator().endpoint)
@@ -40,10 +32,7 @@ pub async fn seed_tool(account: &Account, args: &[&str]) -> serde_json::Value {
 }
 
 fn config(prod: &Account) -> String {
-    format!(
-        "[accounts.prod]\nrole_arn = \"arn:aws:iam::{}:role/skiff\"\n[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n",
-        prod.id
-    )
+    format!("{}{LOCAL_WORKERS}", account_toml("prod", prod, None))
 }
 
 async fn backup(ws: &Workspace, extra: &[&str]) -> Vec<String> {
@@ -63,6 +52,25 @@ async fn backup(ws: &Workspace, extra: &[&str]) -> Vec<String> {
         .filter(|l| l.contains(" → point "))
         .map(str::to_string)
         .collect()
+}
+
+/// Restores the newest point of `volume` from the workspace's repository with
+/// examples/restore_volume.lua and `args`; the run, which must succeed.
+async fn restore(ws: &Workspace, volume: &str, args: &[&str]) -> Run {
+    let script = project_root().join("examples/restore_volume.lua");
+    let volume = format!("volume={volume}");
+    let mut all = vec![
+        "run",
+        "--config",
+        "skiff.toml",
+        script.to_str().unwrap(),
+        "repository=repository",
+        &volume,
+    ];
+    all.extend_from_slice(args);
+    let out = ws.skiff(&all).await;
+    out.ok();
+    out
 }
 
 async fn nothing_left(accounts: &[(&Account, &str)]) {
@@ -148,20 +156,8 @@ async fn instances_in_two_regions_and_accounts_are_backed_up_incrementally_and_r
     nothing_left(&all).await;
 
     // Restore the newest point into another region, then into the other account's region.
-    let restore = project_root().join("examples/restore_instance.lua");
     for region in ["eu-west-1", "us-east-1"] {
-        let out = ws
-            .skiff(&[
-                "run",
-                "--config",
-                "skiff.toml",
-                restore.to_str().unwrap(),
-                "repository=repository",
-                &format!("volume={volume}"),
-                &format!("region={region}"),
-            ])
-            .await;
-        out.ok();
+        let out = restore(&ws, &volume, &[&format!("region={region}")]).await;
         let restored = out
             .stdout
             .lines()
@@ -179,19 +175,7 @@ async fn instances_in_two_regions_and_accounts_are_backed_up_incrementally_and_r
         assert_eq!(same["same"], true, "restored {restored} differs: {same}");
     }
     let prod_volume = theirs[0]["data_volume"].as_str().unwrap();
-    let out = ws
-        .skiff(&[
-            "run",
-            "--config",
-            "skiff.toml",
-            restore.to_str().unwrap(),
-            "repository=repository",
-            &format!("volume={prod_volume}"),
-            "region=us-west-2",
-            "account=prod",
-        ])
-        .await;
-    out.ok();
+    restore(&ws, prod_volume, &["region=us-west-2", "account=prod"]).await;
     nothing_left(&[
         (&ws.account, "us-east-1"),
         (&ws.account, "eu-west-1"),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use aws_sdk_ec2::types::Filter;
 
-use crate::harness::{emulator, project_root, Account, Workspace};
+use crate::harness::{account_toml, emulator, project_root, Account, Run, Workspace};
 
 fn f(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
@@ -130,12 +130,25 @@ fn pcx_between(all: &[(String, String, String)], a: &str, b: &str) -> String {
 async fn workspace_with(accounts: &[(&str, &Account, &str)]) -> Workspace {
     let mut toml = String::new();
     for (name, acc, region) in accounts {
-        toml.push_str(&format!(
-            "[accounts.{name}]\nrole_arn = \"arn:aws:iam::{}:role/skiff\"\nregion = \"{region}\"\n",
-            acc.id
-        ));
+        toml.push_str(&account_toml(name, acc, Some(region)));
     }
     Workspace::new(&toml).await
+}
+
+/// Runs `examples/<name>` with the workspace's skiff.toml; it must succeed.
+async fn run_example(ws: &Workspace, name: &str) -> Run {
+    let script = project_root().join("examples").join(name);
+    let config = ws.path("skiff.toml");
+    let run = ws
+        .skiff(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            script.to_str().unwrap(),
+        ])
+        .await;
+    run.ok();
+    run
 }
 
 #[tokio::test]
@@ -148,16 +161,7 @@ async fn private_network_backup_builds_the_scenario_exactly_once() {
         ("repository", &repo, "eu-west-1"),
     ])
     .await;
-    let script = project_root().join("examples/private_network_backup.lua");
-    let config = ws.path("skiff.toml");
-    let args = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        script.to_str().unwrap(),
-    ];
-    let first = ws.skiff(&args).await;
-    first.ok();
+    let first = run_example(&ws, "private_network_backup.lua").await;
     assert!(
         first
             .stdout
@@ -165,8 +169,7 @@ async fn private_network_backup_builds_the_scenario_exactly_once() {
         "{}",
         first.stdout
     );
-    let second = ws.skiff(&args).await;
-    second.ok();
+    let second = run_example(&ws, "private_network_backup.lua").await;
     assert_eq!(first.stdout, second.stdout);
 
     let b = emu.ec2(&backup, "us-east-1");
@@ -243,22 +246,13 @@ async fn private_network_archive_builds_the_scenario_exactly_once() {
         ("archive", &archive, "ap-southeast-2"),
     ])
     .await;
-    let script = project_root().join("examples/private_network_archive.lua");
-    let config = ws.path("skiff.toml");
-    let args = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        script.to_str().unwrap(),
-    ];
-    let first = ws.skiff(&args).await;
-    first.ok();
+    let first = run_example(&ws, "private_network_archive.lua").await;
     assert!(
         first.stdout.starts_with("standard repository: private network ready\narchive repository: private network ready\n"),
         "{}",
         first.stdout
     );
-    ws.skiff(&args).await.ok();
+    run_example(&ws, "private_network_archive.lua").await;
 
     let b = emu.ec2(&backup, "eu-west-1");
     let s = emu.ec2(&standard, "eu-west-1");

@@ -29,7 +29,8 @@ pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn emulator_python() -> PathBuf {
+/// The Python of the emulator's virtualenv (`SKIFF_EMULATOR_PYTHON`, else made by tools/venv.sh).
+pub fn emulator_python() -> PathBuf {
     if let Some(p) = std::env::var_os("SKIFF_EMULATOR_PYTHON") {
         return PathBuf::from(p);
     }
@@ -78,6 +79,19 @@ pub struct Account {
     pub session_token: String,
 }
 
+impl Account {
+    /// The account's session credentials, for an SDK configuration of one's own.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new(
+            &self.access_key,
+            &self.secret_key,
+            Some(self.session_token.clone()),
+            None,
+            "harness",
+        )
+    }
+}
+
 pub fn random_account_id() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
@@ -89,17 +103,23 @@ pub fn random_account_id() -> String {
 }
 
 impl Emulator {
-    fn base_sdk(&self, region: &str) -> SdkConfig {
+    /// SDK configuration for the emulator in `region`, acting with `credentials`.
+    fn sdk_as(&self, region: &str, credentials: Credentials) -> SdkConfig {
         SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .endpoint_url(&self.endpoint)
             .credentials_provider(
-                aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
-                    "test", "test", None, None, "harness",
-                )),
+                aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
             )
             .build()
+    }
+
+    fn base_sdk(&self, region: &str) -> SdkConfig {
+        self.sdk_as(
+            region,
+            Credentials::new("test", "test", None, None, "harness"),
+        )
     }
 
     /// A fresh account nobody else uses.
@@ -127,25 +147,29 @@ impl Emulator {
 
     /// SDK configuration acting in `account`, for independent checks.
     pub fn sdk(&self, account: &Account, region: &str) -> SdkConfig {
-        SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(region.to_string()))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(
-                aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
-                    &account.access_key,
-                    &account.secret_key,
-                    Some(account.session_token.clone()),
-                    None,
-                    "harness",
-                )),
-            )
-            .build()
+        self.sdk_as(region, account.credentials())
     }
 
     pub fn ec2(&self, account: &Account, region: &str) -> aws_sdk_ec2::Client {
         aws_sdk_ec2::Client::new(&self.sdk(account, region))
     }
+}
+
+/// `[workers]` for tests: each worker's agent runs as a local process, and
+/// a task reappears 5 s after its agent stops answering.
+pub const LOCAL_WORKERS: &str = "[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n";
+
+/// `[accounts.NAME]` in skiff.toml, reaching `account` by a role in it;
+/// with `region`, the account's default region.
+pub fn account_toml(name: &str, account: &Account, region: Option<&str>) -> String {
+    let mut t = format!(
+        "[accounts.{name}]\nrole_arn = \"arn:aws:iam::{}:role/skiff\"\n",
+        account.id
+    );
+    if let Some(r) = region {
+        t.push_str(&format!("region = \"{r}\"\n"));
+    }
+    t
 }
 
 /// The skiff binary under test: `SKIFF_BIN` when set (a copy of this

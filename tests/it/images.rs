@@ -57,6 +57,11 @@ pub fn sparse_image(path: &Path, size: u64, seed: u64, blocks: impl IntoIterator
     }
 }
 
+/// An image of `blocks` blocks, each `block(seed, i)`.
+pub fn mixed_image(path: &Path, blocks: u64, seed: u64) {
+    sparse_image(path, blocks * BS, seed, 0..blocks);
+}
+
 pub fn write_block(path: &Path, index: u64, data: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(data, index * BS).unwrap();

@@ -22,31 +22,14 @@ pub struct Account {
 
 /// A fresh emulated account (the harness assumes a role in a random account id).
 pub async fn account() -> Account {
-    let a = emulator().account().await;
-    Account {
-        credentials: Credentials::new(
-            &a.access_key,
-            &a.secret_key,
-            Some(a.session_token.clone()),
-            None,
-            "mover-tests",
-        ),
-        sdk: emulator().sdk(&a, "us-east-1"),
-        id: a.id,
-    }
+    Account::from_harness(&emulator().account().await)
 }
 
 impl Account {
     /// The same account as the harness's (for fault control).
     pub fn from_harness(a: &crate::harness::Account) -> Account {
         Account {
-            credentials: Credentials::new(
-                &a.access_key,
-                &a.secret_key,
-                Some(a.session_token.clone()),
-                None,
-                "tests",
-            ),
+            credentials: a.credentials(),
             sdk: emulator().sdk(a, "us-east-1"),
             id: a.id.clone(),
         }

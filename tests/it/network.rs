@@ -2,7 +2,7 @@
 
 use aws_sdk_ec2::types::Filter;
 
-use crate::harness::{emulator, Workspace};
+use crate::harness::{account_toml, emulator, Workspace};
 
 fn f(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
@@ -290,11 +290,7 @@ local s = ec2.subnet{ vpc = v, cidr = "10.5.1.0/24" }
 async fn peering_across_accounts_and_regions_adds_routes_both_ways_once() {
     let emu = emulator();
     let repo = emu.account().await;
-    let ws = Workspace::new(&format!(
-        "[accounts.repo]\nrole_arn = \"arn:aws:iam::{}:role/skiff\"\nregion = \"eu-west-1\"\n",
-        repo.id
-    ))
-    .await;
+    let ws = Workspace::new(&account_toml("repo", &repo, Some("eu-west-1"))).await;
     let script = r#"
 local a = ec2.vpc{ name = "workers", cidr = "10.10.0.0/16" }
 local b = ec2.vpc{ name = "repo", cidr = "10.11.0.0/16", account = "repo" }

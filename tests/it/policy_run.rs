@@ -13,11 +13,10 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::Value;
 
 use crate::backup::seed_tool;
-use crate::harness::{emulator, Workspace};
+use crate::harness::{emulator, Workspace, LOCAL_WORKERS as TOML};
 use crate::serve::attach;
 use crate::workers::{running, skiff_queues, workers_in};
 
-const TOML: &str = "[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n";
 const PASSWORD: &str = "{ ssm = '/skiff/repository-password' }";
 
 fn s3(ws: &Workspace) -> aws_sdk_s3::Client {

@@ -2,13 +2,13 @@
 //! files, local repositories. Includes killing skiff in the middle of a
 //! backup, and a byte flipped in a pack.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::images::{self, files_under, same, BS};
+use crate::images::{self, files_under, same};
 
 struct Cli {
     dir: tempfile::TempDir,
@@ -84,15 +84,11 @@ fn point_of(summary: &str) -> String {
 }
 
 /// An image of mixed content: text, random, zero and duplicate blocks.
-fn mixed_image(path: &Path, blocks: u64, seed: u64) {
-    images::sparse_image(path, blocks * BS, seed, 0..blocks);
-}
-
 #[test]
 fn copy_points_check_and_restore_from_the_command_line() {
     let c = Cli::new();
     let img = c.path("disk.img");
-    mixed_image(&img, 48, 1);
+    images::mixed_image(&img, 48, 1);
     let out = c.ok(&["repo", "init", "repo"]);
     assert!(out.starts_with("created repository repo ("), "{out}");
     let (code, _, err) = c.run(&["repo", "init", "repo"]);
@@ -188,7 +184,7 @@ fn copy_points_check_and_restore_from_the_command_line() {
 fn a_flipped_byte_is_named_by_check_and_fails_the_restore() {
     let c = Cli::new();
     let img = c.path("disk.img");
-    mixed_image(&img, 24, 2);
+    images::mixed_image(&img, 24, 2);
     c.ok(&["repo", "init", "repo"]);
     let p = point_of(&c.ok(&["copy", "file:disk.img", "repo:repo"]));
     // One pack of block data, one of the block map.
@@ -224,7 +220,7 @@ fn a_flipped_byte_is_named_by_check_and_fails_the_restore() {
 fn a_second_writer_is_refused_while_a_backup_runs() {
     let c = Cli::new();
     let img = c.path("big.img");
-    mixed_image(&img, 400, 3);
+    images::mixed_image(&img, 400, 3);
     c.ok(&["repo", "init", "repo"]);
     let mut first = c
         .command(&["copy", "file:big.img", "repo:repo"], "pw")
@@ -254,7 +250,7 @@ fn killing_skiff_mid_backup_leaves_the_repository_valid_and_the_rerun_completes(
     let c = Cli::new();
     let img = c.path("big.img");
     // ~200 MiB of text, random and duplicate blocks: several packs.
-    mixed_image(&img, 400, 4);
+    images::mixed_image(&img, 400, 4);
     c.ok(&["repo", "init", "repo"]);
     // How many blocks a full backup stores, measured in a repository of its own.
     c.ok(&["repo", "init", "reference"]);

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::Workspace;
+use crate::harness::{Workspace, LOCAL_WORKERS as WORKERS_TOML};
 use crate::workers::{running, skiff_queues, workers_in};
-
-const WORKERS_TOML: &str = "[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n";
 
 /// Polls `f` until it gives a value, or fails the test after `secs`.
 async fn until<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
@@ -213,6 +211,25 @@ fn last_line(ws: &Workspace, file: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Waits (20 s at most) until `file` has a last line and `done` accepts it.
+async fn until_last_line(ws: &Workspace, what: &str, file: &str, done: impl Fn(&str) -> bool) {
+    until(what, 20, || async {
+        last_line(ws, file).filter(|l| done(l)).map(|_| ())
+    })
+    .await
+}
+
+/// Waits (20 s at most) until the live view reports a load error for
+/// `file`; that view.
+async fn until_load_error(ws: &Workspace, what: &str, file: &str) -> Value {
+    until(what, 20, || async {
+        let v = live_policies(ws).await?;
+        file_in(&v, file)?["error"].as_str()?;
+        Some(v)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn edits_valid_then_broken_then_fixed_while_serving() {
     let ws = Workspace::new("").await;
@@ -221,8 +238,8 @@ async fn edits_valid_then_broken_then_fixed_while_serving() {
         &writer_policy("reload", "* * * * * *", "one", "out.txt"),
     );
     let serve = Serve::start(&ws, &[]).await;
-    until("version 1 to run", 20, || async {
-        (last_line(&ws, "out.txt")? == "one 1 schedule").then_some(())
+    until_last_line(&ws, "version 1 to run", "out.txt", |l| {
+        l == "one 1 schedule"
     })
     .await;
 
@@ -231,8 +248,8 @@ async fn edits_valid_then_broken_then_fixed_while_serving() {
         "policies/a.lua",
         &writer_policy("reload", "* * * * * *", "two", "out.txt"),
     );
-    until("version 2 to run", 20, || async {
-        (last_line(&ws, "out.txt")? == "two 2 schedule").then_some(())
+    until_last_line(&ws, "version 2 to run", "out.txt", |l| {
+        l == "two 2 schedule"
     })
     .await;
 
@@ -242,12 +259,7 @@ async fn edits_valid_then_broken_then_fixed_while_serving() {
         "policies/a.lua",
         &writer_policy("reload", "* * * *", "three", "out.txt"),
     );
-    let view = until("the load error to be reported", 20, || async {
-        let v = live_policies(&ws).await?;
-        file_in(&v, "policies/a.lua")?["error"].as_str()?;
-        Some(v)
-    })
-    .await;
+    let view = until_load_error(&ws, "the load error to be reported", "policies/a.lua").await;
     let file = file_in(&view, "policies/a.lua").unwrap();
     assert!(
         file["error"]
@@ -297,8 +309,8 @@ async fn edits_valid_then_broken_then_fixed_while_serving() {
         "policies/a.lua",
         &writer_policy("reload", "* * * * * *", "four", "out.txt"),
     );
-    until("version 3 to run", 20, || async {
-        (last_line(&ws, "out.txt")? == "four 3 schedule").then_some(())
+    until_last_line(&ws, "version 3 to run", "out.txt", |l| {
+        l == "four 3 schedule"
     })
     .await;
     let view = live_policies(&ws).await.unwrap();
@@ -345,12 +357,7 @@ policy{
     // A module that does not compile: the policy file keeps version 2 and
     // says where the module is broken; fixing the module reloads it.
     ws.write("policies/lib/marker.lua", "return \"gamma\n");
-    let view = until("the module's error", 20, || async {
-        let v = live_policies(&ws).await?;
-        file_in(&v, "policies/a.lua")?["error"].as_str()?;
-        Some(v)
-    })
-    .await;
+    let view = until_load_error(&ws, "the module's error", "policies/a.lua").await;
     let err = file_in(&view, "policies/a.lua").unwrap()["error"]
         .as_str()
         .unwrap()
@@ -496,30 +503,19 @@ async fn files_come_and_go_and_names_stay_unique_across_files() {
         &writer_policy("from-a", "* * * * * *", "a", "a.txt"),
     );
     let serve = Serve::start(&ws, &[]).await;
-    until("a's policy to run", 20, || async {
-        last_line(&ws, "a.txt").map(|_| ())
-    })
-    .await;
+    until_last_line(&ws, "a's policy to run", "a.txt", |_| true).await;
     // A new file starts.
     ws.write(
         "policies/b.lua",
         &writer_policy("from-b", "* * * * * *", "b", "b.txt"),
     );
-    until("b's policy to run", 20, || async {
-        last_line(&ws, "b.txt").map(|_| ())
-    })
-    .await;
+    until_last_line(&ws, "b's policy to run", "b.txt", |_| true).await;
     // A third file declaring a name a.lua has is refused, naming both places.
     ws.write(
         "policies/c.lua",
         &writer_policy("from-a", "* * * * * *", "c", "c.txt"),
     );
-    let view = until("c.lua's error", 20, || async {
-        let v = live_policies(&ws).await?;
-        file_in(&v, "policies/c.lua")?["error"].as_str()?;
-        Some(v)
-    })
-    .await;
+    let view = until_load_error(&ws, "c.lua's error", "policies/c.lua").await;
     assert_eq!(
         file_in(&view, "policies/c.lua").unwrap()["error"],
         "policies/c.lua:1: policy: opts.name: a policy named \"from-a\" is already declared at policies/a.lua:1"
@@ -543,10 +539,7 @@ async fn files_come_and_go_and_names_stay_unique_across_files() {
         .then_some(())
     })
     .await;
-    until("c's policy to run", 20, || async {
-        last_line(&ws, "c.txt").map(|_| ())
-    })
-    .await;
+    until_last_line(&ws, "c's policy to run", "c.txt", |_| true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after: Vec<Value> = runs_of(&ws, "from-b")
         .await
@@ -589,23 +582,33 @@ const HOLD: &str = r#"policy{
 }
 "#;
 
-#[tokio::test]
-async fn sigterm_cancels_running_runs_and_removes_their_workers() {
-    let ws = Workspace::new(WORKERS_TOML).await;
+/// `skiff serve` with the `HOLD` policy, holding the worker its runs deploy.
+async fn serve_holding(ws: &Workspace) -> Serve {
     ws.write("hold.flag", "");
     ws.write("policies/hold.lua", HOLD);
-    let serve = Serve::start(&ws, &[]).await;
+    Serve::start(ws, &[]).await
+}
+
+/// Waits (60 s at most) until one worker runs in us-east-1; its instance id.
+async fn until_one_worker_runs(ws: &Workspace) -> String {
     until("the run's worker to run", 60, || async {
         (running(&workers_in(&ws.account, "us-east-1").await).len() == 1).then_some(())
     })
     .await;
+    running(&workers_in(&ws.account, "us-east-1").await)[0]
+        .instance_id
+        .clone()
+}
+
+#[tokio::test]
+async fn sigterm_cancels_running_runs_and_removes_their_workers() {
+    let ws = Workspace::new(WORKERS_TOML).await;
+    let serve = serve_holding(&ws).await;
+    let instance = until_one_worker_runs(&ws).await;
     until("the run to log its worker", 30, || async {
         serve.log_text().contains("deployed i-").then_some(())
     })
     .await;
-    let instance = running(&workers_in(&ws.account, "us-east-1").await)[0]
-        .instance_id
-        .clone();
     let (code, log) = serve.stop().await;
     assert_eq!(code, 0, "{log}");
     assert!(
@@ -625,9 +628,7 @@ async fn sigterm_cancels_running_runs_and_removes_their_workers() {
 #[tokio::test]
 async fn sigterm_during_a_launch_removes_the_worker_being_launched() {
     let ws = Workspace::new(WORKERS_TOML).await;
-    ws.write("hold.flag", "");
-    ws.write("policies/hold.lua", HOLD);
-    let serve = Serve::start(&ws, &[]).await;
+    let serve = serve_holding(&ws).await;
     // Stop as soon as the instance exists: its agent is not ready yet, so the
     // worker is not yet handed to the run.
     let instance = until("the instance to be launched", 60, || async {
@@ -651,16 +652,8 @@ async fn sigterm_during_a_launch_removes_the_worker_being_launched() {
 #[tokio::test]
 async fn after_kill_9_a_restart_runs_the_missed_run_once_and_reaps_the_workers_left() {
     let ws = Workspace::new(WORKERS_TOML).await;
-    ws.write("hold.flag", "");
-    ws.write("policies/hold.lua", HOLD);
-    let serve = Serve::start(&ws, &[]).await;
-    until("the run's worker to run", 60, || async {
-        (running(&workers_in(&ws.account, "us-east-1").await).len() == 1).then_some(())
-    })
-    .await;
-    let orphan = running(&workers_in(&ws.account, "us-east-1").await)[0]
-        .instance_id
-        .clone();
+    let serve = serve_holding(&ws).await;
+    let orphan = until_one_worker_runs(&ws).await;
     serve.kill9().await;
     let killed_at = chrono::Utc::now();
     assert_eq!(

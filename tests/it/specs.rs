@@ -1,14 +1,14 @@
 //! The Lua specs in tests/lua, run by `skiff test` against the emulator.
 
-use crate::harness::{emulator, project_root, Workspace};
+use crate::harness::{account_toml, emulator, project_root, Workspace, LOCAL_WORKERS};
 
 #[tokio::test]
 async fn lua_specs_pass() {
     let emu = emulator();
     let other = emu.account().await;
     let ws = Workspace::new(&format!(
-        "[accounts.other]\nrole_arn = \"arn:aws:iam::{}:role/skiff\"\nregion = \"eu-west-1\"\n[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n",
-        other.id
+        "{}{LOCAL_WORKERS}",
+        account_toml("other", &other, Some("eu-west-1"))
     ))
     .await;
     let specs = project_root().join("tests/lua");

@@ -83,6 +83,25 @@ impl Fixture {
         };
         self.copy_with(from, to, opts).await
     }
+
+    /// Uploads an image to a new snapshot; its id.
+    async fn snapshot_of(&self, img: &Path) -> String {
+        self.copy(&file(img), "ebs:", None)
+            .await
+            .unwrap()
+            .snapshot
+            .unwrap()
+    }
+
+    /// Copies `from` (a point, a repository, a snapshot) into the image `out`.
+    async fn restore_file(&self, from: &str, out: &Path) {
+        self.copy(from, &file(out), None).await.unwrap();
+    }
+}
+
+/// The location of an image file.
+fn file(path: &Path) -> String {
+    format!("file:{}", path.display())
 }
 
 fn fast_settings() -> MoverSettings {
@@ -201,11 +220,7 @@ async fn ebs_backup_incremental_and_restores_are_bit_exact() {
     images::write_block(&img1, 30, &vec![0u8; BS as usize]); // written, but zero
 
     // Image → new snapshot; checked block by block with an independent client.
-    let up = f
-        .copy(&format!("file:{}", img1.display()), "ebs:", None)
-        .await
-        .unwrap();
-    let s1 = up.snapshot.clone().unwrap();
+    let s1 = f.snapshot_of(&img1).await;
     assert_eq!(
         snapshot_blocks(&ebs, &s1).await,
         image_blocks(&img1),
@@ -254,13 +269,8 @@ async fn ebs_backup_incremental_and_restores_are_bit_exact() {
     // Both points restore bit-exact, to files and to a new snapshot.
     for (point, expected) in [(&full.point, &img1), (&incr.point, &img2)] {
         let out = f.path(&format!("{}.img", point.as_ref().unwrap()));
-        f.copy(
-            &format!("{repo}#{}", point.as_ref().unwrap()),
-            &format!("file:{}", out.display()),
-            None,
-        )
-        .await
-        .unwrap();
+        f.restore_file(&format!("{repo}#{}", point.as_ref().unwrap()), &out)
+            .await;
         assert!(same(&out, expected), "restore of {point:?}");
     }
     let back = f
@@ -278,20 +288,12 @@ async fn ebs_backup_incremental_and_restores_are_bit_exact() {
         "zero blocks are not written to EBS"
     );
     let down = f.path("down.img");
-    f.copy(
-        &format!("ebs:{s3}"),
-        &format!("file:{}", down.display()),
-        None,
-    )
-    .await
-    .unwrap();
+    f.restore_file(&format!("ebs:{s3}"), &down).await;
     assert!(same(&down, &img2));
 
     // A source without #POINT restores the volume's newest point.
     let newest = f.path("newest.img");
-    f.copy(&repo, &format!("file:{}", newest.display()), None)
-        .await
-        .unwrap();
+    f.restore_file(&repo, &newest).await;
     assert!(same(&newest, &img2));
 }
 
@@ -322,20 +324,11 @@ async fn wrong_checksums_are_caught_both_ways() {
     // …and skiff refuses a block whose data does not match the checksum it came with.
     let img = f.path("a.img");
     images::sparse_image(&img, GIB, 5, 0..6);
-    let snap = f
-        .copy(&format!("file:{}", img.display()), "ebs:", None)
-        .await
-        .unwrap()
-        .snapshot
-        .unwrap();
+    let snap = f.snapshot_of(&img).await;
     f.account.faults(r#"{"corrupt_rate": 1.0}"#);
     let out = f.path("out.img");
     let err = f
-        .copy(
-            &format!("ebs:{snap}"),
-            &format!("file:{}", out.display()),
-            None,
-        )
+        .copy(&format!("ebs:{snap}"), &file(&out), None)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), "integrity");
@@ -364,22 +357,12 @@ async fn a_throttled_run_completes() {
     images::sparse_image(&img, GIB, 11, (0..40).chain([900, 901]));
     f.account
         .faults(r#"{"rate": 0.3, "kinds": ["throttle", "throttling", "500"]}"#);
-    let snap = f
-        .copy(&format!("file:{}", img.display()), "ebs:", None)
-        .await
-        .unwrap()
-        .snapshot
-        .unwrap();
+    let snap = f.snapshot_of(&img).await;
     let repo = f.init_repo("repo").await;
     let b = f.copy(&format!("ebs:{snap}"), &repo, None).await.unwrap();
     let out = f.path("out.img");
-    f.copy(
-        &format!("{repo}#{}", b.point.unwrap()),
-        &format!("file:{}", out.display()),
-        None,
-    )
-    .await
-    .unwrap();
+    f.restore_file(&format!("{repo}#{}", b.point.unwrap()), &out)
+        .await;
     let counters = f.account.counters();
     f.account.reset_faults();
     assert!(same(&out, &img));
@@ -407,12 +390,7 @@ async fn listings_page_and_survive_empty_pages() {
     for i in 0..260u64 {
         images::write_block(&img, i * 3, &images::random_block(i + 1));
     }
-    let snap = f
-        .copy(&format!("file:{}", img.display()), "ebs:", None)
-        .await
-        .unwrap()
-        .snapshot
-        .unwrap();
+    let snap = f.snapshot_of(&img).await;
     let changes: Vec<(u64, Vec<u8>)> = (0..230u64)
         .map(|i| (i * 4 + 1, images::random_block(1000 + i)))
         .collect();
@@ -443,13 +421,8 @@ async fn listings_page_and_survive_empty_pages() {
     assert_eq!(incr.blocks_read, changes.len() as u64);
     f.account.reset_faults();
     let out = f.path("out.img");
-    f.copy(
-        &format!("{repo}#{}", incr.point.unwrap()),
-        &format!("file:{}", out.display()),
-        None,
-    )
-    .await
-    .unwrap();
+    f.restore_file(&format!("{repo}#{}", incr.point.unwrap()), &out)
+        .await;
     assert!(same(&out, &img2));
 }
 
@@ -459,18 +432,8 @@ async fn unrelated_parent_snapshots_fall_back_to_a_full_read() {
     let (a, b) = (f.path("a.img"), f.path("b.img"));
     images::sparse_image(&a, GIB, 1, 0..8);
     images::sparse_image(&b, GIB, 2, 0..5);
-    let sa = f
-        .copy(&format!("file:{}", a.display()), "ebs:", None)
-        .await
-        .unwrap()
-        .snapshot
-        .unwrap();
-    let sb = f
-        .copy(&format!("file:{}", b.display()), "ebs:", None)
-        .await
-        .unwrap()
-        .snapshot
-        .unwrap();
+    let sa = f.snapshot_of(&a).await;
+    let sb = f.snapshot_of(&b).await;
     let repo = f.init_repo("repo").await;
     f.copy(&format!("ebs:{sa}"), &repo, Some("v"))
         .await
@@ -482,13 +445,8 @@ async fn unrelated_parent_snapshots_fall_back_to_a_full_read() {
         .unwrap();
     assert_eq!(r.blocks_unchanged, 0, "{r:?}");
     let out = f.path("out.img");
-    f.copy(
-        &format!("{repo}#{}", r.point.unwrap()),
-        &format!("file:{}", out.display()),
-        None,
-    )
-    .await
-    .unwrap();
+    f.restore_file(&format!("{repo}#{}", r.point.unwrap()), &out)
+        .await;
     assert!(same(&out, &b));
 }
 
@@ -511,35 +469,25 @@ async fn a_repository_in_s3_works_like_a_local_one() {
         .await
         .unwrap();
     let img = f.path("s.img");
-    images::sparse_image(&img, 40 * BS, 77, 0..40);
+    images::mixed_image(&img, 40, 77);
     let b1 = f
-        .copy(
-            &format!("file:{}", img.display()),
-            "repo:s3://skiff-backups/team/a",
-            Some("v"),
-        )
+        .copy(&file(&img), "repo:s3://skiff-backups/team/a", Some("v"))
         .await
         .unwrap();
     images::write_block(&img, 7, &images::random_block(123));
     let b2 = f
-        .copy(
-            &format!("file:{}", img.display()),
-            "repo:s3://skiff-backups/team/a",
-            Some("v"),
-        )
+        .copy(&file(&img), "repo:s3://skiff-backups/team/a", Some("v"))
         .await
         .unwrap();
     assert_eq!(b2.parent, b1.point);
     assert!(b2.blocks_new <= 1, "{b2:?}");
 
     let out = f.path("out.img");
-    f.copy(
+    f.restore_file(
         &format!("repo:s3://skiff-backups/team/a#{}", b2.point.unwrap()),
-        &format!("file:{}", out.display()),
-        None,
+        &out,
     )
-    .await
-    .unwrap();
+    .await;
     assert!(same(&out, &img));
 
     // Objects live under the prefix in the documented layout, and none holds plaintext.
@@ -602,11 +550,7 @@ async fn a_repository_in_s3_works_like_a_local_one() {
         .await
         .unwrap();
     let err = f
-        .copy(
-            &format!("file:{}", img.display()),
-            "repo:s3://skiff-backups/team/a",
-            Some("v"),
-        )
+        .copy(&file(&img), "repo:s3://skiff-backups/team/a", Some("v"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), "locked");
@@ -632,7 +576,7 @@ async fn the_password_can_come_from_an_ssm_secure_string() {
         .unwrap();
     let repo = f.init_repo("repo").await;
     let img = f.path("i.img");
-    images::sparse_image(&img, 8 * BS, 3, 0..8);
+    images::mixed_image(&img, 8, 3);
     let aws = f.account.aws();
     let opener = Opener::new(
         PasswordSource::Ssm("/skiff/repo-password".into()),
@@ -640,11 +584,7 @@ async fn the_password_can_come_from_an_ssm_secure_string() {
         fast_settings(),
     );
     let src = opener
-        .source(
-            &format!("file:{}", img.display()).parse().unwrap(),
-            None,
-            None,
-        )
+        .source(&file(&img).parse().unwrap(), None, None)
         .await
         .unwrap();
     let dst = opener.target(&repo.parse().unwrap(), None).await.unwrap();

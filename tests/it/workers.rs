@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 
-use crate::harness::{emulator, Account, Workspace};
+use crate::harness::{account_toml, emulator, Account, Workspace, LOCAL_WORKERS};
 
 fn f(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
@@ -119,12 +119,9 @@ pub async fn production_instance(account: &Account, region: &str, app: &str) -> 
 fn toml_accounts(accounts: &[(&str, &Account)], workers: &str) -> String {
     let mut t = String::new();
     for (name, a) in accounts {
-        t.push_str(&format!(
-            "[accounts.{name}]\nrole_arn = \"arn:aws:iam::{}:role/skiff\"\n",
-            a.id
-        ));
+        t.push_str(&account_toml(name, a, None));
     }
-    t.push_str("[workers]\nlauncher = \"local\"\nvisibility_timeout = 5\n");
+    t.push_str(LOCAL_WORKERS);
     t.push_str(workers);
     t
 }

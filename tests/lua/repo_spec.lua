@@ -1,17 +1,9 @@
 -- The repo namespace: init, points, check, forget, prune, on local repositories.
 
-local BLOCK = 512 * 1024
-local tmp = os.getenv("TMPDIR") or "/tmp"
-
-local function path(name)
-  return tmp .. "/" .. spec.unique("skiff-repo-" .. name)
-end
-
-local function write_file(p, data)
-  local f = assert(io.open(p, "wb"))
-  f:write(data)
-  f:close()
-end
+local tempfiles = require("tempfiles")
+local BLOCK = tempfiles.BLOCK
+local path = tempfiles.namer("skiff-repo-")
+local write_file = tempfiles.write
 
 local pwfile = path("password")
 write_file(pwfile, "repo spec password")

@@ -1,18 +1,10 @@
 -- copy_volume{}: images to repositories and back, incrementals, progress,
 -- and the exact errors of misuse. Runs on local files only.
 
-local BLOCK = 512 * 1024
-local tmp = os.getenv("TMPDIR") or "/tmp"
-
-local function path(name)
-  return tmp .. "/" .. spec.unique("skiff-volume-" .. name)
-end
-
-local function write_file(p, data)
-  local f = assert(io.open(p, "wb"))
-  f:write(data)
-  f:close()
-end
+local tempfiles = require("tempfiles")
+local BLOCK = tempfiles.BLOCK
+local path = tempfiles.namer("skiff-volume-")
+local write_file = tempfiles.write
 
 local function read_file(p)
   local f = io.open(p, "rb")

@@ -1,6 +1,6 @@
 """EBS direct APIs as AWS documents them, on top of moto 5.2.5.
 
-moto's EBS accepts nearly anything (DESIGN.md §7): a test against it proves
+moto's EBS accepts nearly anything: a test against it proves
 little. Each rule below restores one documented AWS behaviour, cited from the
 EBS direct APIs reference (docs.aws.amazon.com/ebs/latest/APIReference/) and
 the user guide (docs.aws.amazon.com/ebs/latest/userguide/ebsapis-using-apis.html).

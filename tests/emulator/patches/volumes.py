@@ -1,7 +1,7 @@
 """EBS volumes that hold data, on top of moto 5.2.5 and the EBS patch.
 
 moto's volumes hold nothing, and EC2 CreateSnapshot yields snapshots with no
-blocks (DESIGN.md §7). On AWS a snapshot captures the volume's blocks, and a
+blocks. On AWS a snapshot captures the volume's blocks, and a
 volume created from a snapshot starts with the snapshot's blocks. This patch
 gives every volume a block store so the whole path — instance volume →
 snapshot → backup → restore → volume — carries real data:

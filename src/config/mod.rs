@@ -1,13 +1,40 @@
-//! `skiff.toml`: the accounts skiff may act in, the default region, and the
-//! limits of the script VMs. Found next to the script, else in the current
-//! directory, or named with `--config`.
+//! `skiff.toml`: the accounts skiff may act in, the default region, the
+//! limits of the script VMs and the worker settings. Found next to the
+//! script, else in the current directory, or named with `--config`.
+
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use workers::WorkersConfig;
+
 pub const FILE_NAME: &str = "skiff.toml";
+
+/// The account name that stands for the ambient credentials.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// Extracts the account id from `arn:aws:iam::123456789012:role/name`.
+pub fn account_id_of_role(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    let (arn_kw, _partition, service, _region, account, resource) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let ok = arn_kw == "arn"
+        && service == "iam"
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource.starts_with("role/")
+        && resource.len() > 5;
+    ok.then_some(account)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,7 +66,7 @@ pub struct Config {
     #[serde(default)]
     pub lua: LuaLimits,
     #[serde(default)]
-    pub workers: crate::workers::WorkersConfig,
+    pub workers: WorkersConfig,
     /// Where the file was read from, for messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -179,13 +206,13 @@ impl Config {
             message,
         };
         for (name, account) in &self.accounts {
-            if name == crate::cloud::DEFAULT_ACCOUNT {
+            if name == DEFAULT_ACCOUNT {
                 return Err(invalid(
                     format!("accounts.{name}"),
                     "the name \"default\" is reserved for the ambient credentials".into(),
                 ));
             }
-            if crate::cloud::account_id_of_role(&account.role_arn).is_none() {
+            if account_id_of_role(&account.role_arn).is_none() {
                 return Err(invalid(
                     format!("accounts.{name}.role_arn"),
                     format!(
@@ -196,7 +223,7 @@ impl Config {
             }
         }
         if let Some(name) = &self.workers.account {
-            if name != crate::cloud::DEFAULT_ACCOUNT && !self.accounts.contains_key(name) {
+            if name != DEFAULT_ACCOUNT && !self.accounts.contains_key(name) {
                 return Err(invalid(
                     "workers.account".into(),
                     format!("no account {name:?} under [accounts]"),
@@ -204,7 +231,7 @@ impl Config {
             }
         }
         if let Some(name) = &self.default_account {
-            if name != crate::cloud::DEFAULT_ACCOUNT && !self.accounts.contains_key(name) {
+            if name != DEFAULT_ACCOUNT && !self.accounts.contains_key(name) {
                 return Err(invalid(
                     "default_account".into(),
                     format!("no account {name:?} under [accounts]"),
@@ -267,6 +294,19 @@ instruction_limit = 1000
             e.to_string(),
             "skiff.toml: accounts.b.role_arn: expected a role ARN such as \"arn:aws:iam::123456789012:role/skiff\", got \"nope\""
         );
+    }
+
+    #[test]
+    fn role_arns() {
+        assert_eq!(
+            account_id_of_role("arn:aws:iam::111111111111:role/skiff"),
+            Some("111111111111")
+        );
+        assert_eq!(
+            account_id_of_role("arn:aws:iam::111111111111:user/skiff"),
+            None
+        );
+        assert_eq!(account_id_of_role("arn:aws:iam::1111:role/skiff"), None);
     }
 
     #[test]

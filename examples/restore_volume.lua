@@ -1,7 +1,7 @@
 -- Restore a volume's restore point into a new EBS snapshot and volume in a
 -- chosen region, through a restore worker placed there.
 --
---   skiff run examples/restore_instance.lua repository=s3://bucket/prefix \
+--   skiff run examples/restore_volume.lua repository=s3://bucket/prefix \
 --     volume=vol-0123… [point=POINT] [region=eu-west-1] [az=eu-west-1b] \
 --     [account=default] [password_ssm=/skiff/repository-password]
 --
