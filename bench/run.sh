@@ -11,7 +11,9 @@
 #      and restore, to show memory does not grow with the volume's size.
 #
 # Usage: bench/run.sh [WORKDIR]   (default $BENCH_DIR or /tmp/skiff-bench;
-# needs ~30 GB free there). Installs restic and borgbackup with apt-get if
+# needs ~30 GB free there). With SKIFF_BASELINE=/path/to/another/skiff, that
+# binary (an earlier build) runs the same three steps right after skiff's,
+# and the report compares the two in the same run. Installs restic and borgbackup with apt-get if
 # they are missing. Not a test: it takes minutes and needs both cores idle.
 set -euo pipefail
 
@@ -39,6 +41,8 @@ rustc --edition 2021 -O -o "$work/diskgen" "$here/bench/diskgen.rs"
 skiff="${CARGO_TARGET_DIR:-$here/target}/release/skiff"
 [ -x "$skiff" ] || { echo "bench: no $skiff" >&2; exit 1; }
 
+base=${SKIFF_BASELINE:-}
+[ -z "$base" ] || [ -x "$base" ] || { echo "bench: SKIFF_BASELINE=$base is not an executable" >&2; exit 1; }
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(restic version | head -1); $(borg --version); skiff $("$skiff" --version | awk '{print $2}')" >&2
 
 # ---------------------------------------------------------------- helpers
@@ -63,16 +67,18 @@ say "the 4 GiB image (gen --seed 42)"
 if [ ! -f base.img ] || [ "$(stat -c %s base.img)" != 4294967296 ]; then
   ./diskgen gen base.img --size-mib 4096 --seed 42 >/dev/null
 fi
-rm -rf disk.img skiff-repo restic-repo borg-repo restore-*
+rm -rf disk.img skiff-repo base-repo restic-repo borg-repo restore-*
 cp base.img disk.img
 image_bytes=$(stat -c %s disk.img)
 sync
 
 say "full backups"
 "$skiff" repo init skiff-repo >/dev/null
+[ -z "$base" ] || "$base" repo init base-repo >/dev/null
 restic init --repo restic-repo >/dev/null 2>&1
 borg init --encryption=repokey borg-repo >/dev/null 2>&1
 timed skiff-full   "$skiff" copy file:disk.img repo:skiff-repo
+[ -z "$base" ] || timed base-full "$base" copy file:disk.img repo:base-repo
 timed restic-full  restic -r restic-repo backup disk.img
 timed borg-full    borg create borg-repo::full disk.img
 declare -A FULL_SIZE
@@ -82,6 +88,7 @@ say "mutate --seed 7, then incrementals"
 ./diskgen mutate disk.img --seed 7 >/dev/null
 sync
 timed skiff-incr   "$skiff" copy file:disk.img repo:skiff-repo
+[ -z "$base" ] || timed base-incr "$base" copy file:disk.img repo:base-repo
 timed restic-incr  restic -r restic-repo backup disk.img
 timed borg-incr    borg create borg-repo::incr disk.img
 declare -A GROWTH
@@ -90,6 +97,10 @@ for t in skiff restic borg; do GROWTH[$t]=$(( $(size_of $t-repo) - ${FULL_SIZE[$
 say "restores of the incremental"
 mkdir -p restore-restic restore-borg
 timed skiff-restore  "$skiff" copy repo:skiff-repo file:restore-skiff.img
+if [ -n "$base" ]; then
+  timed base-restore "$base" copy repo:base-repo file:restore-base.img
+  cmp disk.img restore-base.img
+fi
 timed restic-restore restic -r restic-repo restore latest --target restore-restic
 timed borg-restore   sh -c "cd restore-borg && borg extract ../borg-repo::incr"
 cmp disk.img restore-skiff.img
@@ -144,6 +155,15 @@ for p in borg restic; do
     "$(ratio "${SECS[$p-restore]}" "${SECS[skiff-restore]}")" \
     "$(ratio "${GROWTH[skiff]}" "${GROWTH[$p]}")"
 done
+if [ -n "$base" ]; then
+  echo
+  echo "skiff against SKIFF_BASELINE ($base), same run: baseline seconds / skiff seconds (above 1: skiff is faster)"
+  for step in full incr restore; do
+    printf '  %-8s %6.2f s vs %6.2f s  %5sx   peak RSS %d vs %d MiB\n' "$step" \
+      "${SECS[skiff-$step]}" "${SECS[base-$step]}" "$(ratio "${SECS[base-$step]}" "${SECS[skiff-$step]}")" \
+      $(( ${RSS[skiff-$step]} / 1024 )) $(( ${RSS[base-$step]} / 1024 ))
+  done
+fi
 echo
 echo "sparse 1 TiB image, $(du -BM sparse.img | cut -f1) allocated: backup ${SECS[sparse-full]} s, $(( ${RSS[sparse-full]} / 1024 )) MiB peak; restore ${SECS[sparse-restore]} s, $(( ${RSS[sparse-restore]} / 1024 )) MiB peak"
 echo

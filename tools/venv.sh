@@ -8,6 +8,11 @@ req="$here/tests/emulator/requirements.txt"
 hash=$(sha256sum "$req" | cut -c1-12)
 root=${SKIFF_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/skiff}
 venv="$root/venv-$hash"
+mkdir -p "$root"
+# One installer at a time: parallel test runs wait for the first to finish
+# instead of deleting each other's half-made environment.
+exec 9>"$root/venv.lock"
+flock 9
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   echo "skiff: installing the emulator (moto[server]) into $venv" >&2
   rm -rf "$venv"
