@@ -68,7 +68,8 @@ pub struct WorkersConfig {
     pub private: bool,
     /// Instance profile (IAM role) workers run with; checked to exist before a launch.
     pub instance_profile: Option<String>,
-    /// Workers launched at once in one region (default 8).
+    /// Live workers of one job (one pool) in one region at once (default 8);
+    /// each job counts its own.
     #[serde(default = "default_max_per_region")]
     pub max_per_region: usize,
     /// Seconds after which the reaper removes a worker whatever its job (default 6 h).
@@ -109,7 +110,13 @@ pub struct WorkerSettings {
     pub tags: BTreeMap<String, String>,
 }
 
-/// Instance type by the total size of the source volumes (GiB), per DESIGN §3.
+/// Whether EC2 knows `t` as an instance type.
+pub fn is_instance_type(t: &str) -> bool {
+    aws_sdk_ec2::types::InstanceType::values().contains(&t)
+}
+
+/// Instance type by the total size of the source volumes (GiB), as
+/// docs/workers.md describes under Settings.
 pub fn instance_type_for_size(gib: u64) -> &'static str {
     if gib < 1024 {
         "c5.large"
