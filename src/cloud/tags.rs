@@ -15,3 +15,22 @@ pub const OWNER: &str = "skiff:owner";
 pub const RESOURCE: &str = "skiff:resource";
 /// Tags starting with this are skiff's own; scripts may not set them.
 pub const PREFIX: &str = "skiff:";
+
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+
+/// Puts `tags` on an EC2 resource of `kind` as it is created.
+pub fn specification<K, V>(
+    kind: ResourceType,
+    tags: impl IntoIterator<Item = (K, V)>,
+) -> TagSpecification
+where
+    K: Into<String>,
+    V: Into<String>,
+{
+    let spec = TagSpecification::builder().resource_type(kind);
+    tags.into_iter()
+        .fold(spec, |b, (k, v)| {
+            b.tags(Tag::builder().key(k).value(v).build())
+        })
+        .build()
+}

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeState, VolumeType};
+use aws_sdk_ec2::types::{ResourceType, Tag, VolumeState, VolumeType};
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::http::Response;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::cloud::{tags, AwsError, Cloud, Scope};
+use crate::cloud::tags::{self, specification as tag_spec};
+use crate::cloud::{AwsError, Cloud, Scope};
 use crate::network::filter;
 
 #[derive(Debug, thiserror::Error)]
@@ -158,14 +159,6 @@ fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
             ))
         })
         .collect()
-}
-
-fn tag_spec(kind: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
-    let mut b = TagSpecification::builder().resource_type(kind);
-    for (k, v) in tags {
-        b = b.tags(Tag::builder().key(k).value(v).build());
-    }
-    b.build()
 }
 
 /// Instances in `scope` matching every tag in `tags` (a value of `*` matches

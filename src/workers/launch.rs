@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
     IamInstanceProfileSpecification, InstanceNetworkInterfaceSpecification, InstanceStateName,
-    InstanceType, ResourceType, ShutdownBehavior, Tag, TagSpecification,
+    InstanceType, ResourceType, ShutdownBehavior,
 };
 use base64::Engine;
 use tokio::sync::mpsc;
@@ -184,8 +184,8 @@ pub(super) struct Ids<'a> {
     pub owner: &'a str,
 }
 
-/// The tags of a worker's instance and volumes: the user's (settings, then
-/// the call's), then skiff's own, which win.
+/// The tags of a worker's instance and volumes: the user's (the call's over
+/// the settings' of the same key), then skiff's own.
 pub(super) fn instance_tags(
     spec: &LaunchSpec,
     ids: &Ids<'_>,
@@ -194,7 +194,9 @@ pub(super) fn instance_tags(
 ) -> Vec<(String, String)> {
     let expires =
         chrono::Utc::now() + chrono::Duration::from_std(expires_after).unwrap_or_default();
-    let mut all: Vec<(String, String)> = user_tags.into_iter().chain(spec.tags.clone()).collect();
+    let mut user = user_tags;
+    user.extend(spec.tags.clone());
+    let mut all: Vec<(String, String)> = user.into_iter().collect();
     all.extend([
         (
             "Name".to_string(),
@@ -228,13 +230,7 @@ impl Request<'_> {
         &self,
         ec2: &aws_sdk_ec2::Client,
     ) -> std::result::Result<String, AwsError> {
-        let tag_spec = |kind: ResourceType| {
-            let mut b = TagSpecification::builder().resource_type(kind);
-            for (k, v) in &self.tags {
-                b = b.tags(Tag::builder().key(k).value(v).build());
-            }
-            b.build()
-        };
+        let tag_spec = |kind| tags::specification(kind, self.tags.iter().cloned());
         let site = &self.checked.site;
         let mut nic = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
@@ -338,5 +334,51 @@ mod tests {
         assert!(ud.starts_with("#!/bin/bash\n"));
         assert!(ud.contains("skiff agent --worker-id w1 --instance-id $instance --task-queue 'https://sqs/q1' --reply-queue 'https://sqs/r1' --region eu-west-1"));
         assert!(ud.contains("Restart=on-failure"));
+    }
+
+    #[test]
+    fn instance_tags_are_the_users_then_skiffs_own() {
+        let scope = Scope {
+            account: "default".into(),
+            region: "eu-west-1".into(),
+        };
+        let spec = LaunchSpec {
+            purpose: Purpose::Backup,
+            resource: Resource {
+                kind: super::super::ResourceKind::Volume,
+                id: "vol-1".into(),
+                scope: scope.clone(),
+                size_gib: 8,
+            },
+            scope,
+            instance_type: "c5.large".into(),
+            private: false,
+            tags: BTreeMap::from([("team".into(), "call".into())]),
+        };
+        let ids = Ids {
+            worker: "w1",
+            job: "j1",
+            owner: "host:1:2",
+        };
+        let settings = BTreeMap::from([("team".into(), "settings".into())]);
+        let all = instance_tags(&spec, &ids, settings, Duration::from_secs(60));
+        let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "team",
+                "Name",
+                tags::WORKER,
+                tags::JOB,
+                tags::PURPOSE,
+                tags::EXPIRES,
+                tags::OWNER,
+                tags::RESOURCE
+            ]
+        );
+        // One tag per key: the call's value over the settings'.
+        assert_eq!(all[0].1, "call");
+        assert_eq!(all[1].1, "skiff-backup-w1");
+        assert_eq!(all[7].1, "vol-1");
     }
 }
