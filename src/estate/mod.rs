@@ -38,19 +38,6 @@ fn missing(what: &str, id: &str, scope: &Scope) -> EstateError {
     invalid(what, format!("no {what} {id} in {scope}"))
 }
 
-/// [`not_found`] that reads the error as [`missing`]`(what, id, scope)`.
-fn no_such<'a, E>(
-    (op, code): (&'static str, &'static str),
-    what: &'a str,
-    id: &'a str,
-    scope: &'a Scope,
-) -> impl FnOnce(SdkError<E, Response>) -> EstateError + 'a
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    not_found(op, code, move |_| missing(what, id, scope))
-}
-
 /// Maps an SDK error of `op` to an [`EstateError`]: one whose code starts
 /// with `code` (`InvalidVolume`, `InvalidSnapshot`, …: the id names nothing
 /// here) becomes the caller's `mistake`; any other stays an AWS error.
@@ -70,6 +57,19 @@ where
             e.into()
         }
     }
+}
+
+/// [`not_found`] that reads the error as [`missing`]`(what, id, scope)`.
+fn no_such<'a, E>(
+    (op, code): (&'static str, &'static str),
+    what: &'a str,
+    id: &'a str,
+    scope: &'a Scope,
+) -> impl FnOnce(SdkError<E, Response>) -> EstateError + 'a
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    not_found(op, code, move |_| missing(what, id, scope))
 }
 
 #[derive(Debug, Clone)]
@@ -355,11 +355,9 @@ pub async fn describe_volume(cloud: &Cloud, scope: &Scope, id: &str) -> Result<V
     let ec2 = cloud.ec2(scope).await;
     let out = ec2.describe_volumes().volume_ids(id).send().await;
     let out = out.map_err(no_such(DESCRIBE_VOLUMES, "volume", id, scope))?;
-    let v = out
-        .volumes()
-        .first()
-        .ok_or_else(|| missing("volume", id, scope));
-    Ok(Volume::described(id.to_string(), v?, scope))
+    let v = out.volumes().first();
+    let v = v.ok_or_else(|| missing("volume", id, scope))?;
+    Ok(Volume::described(id.to_string(), v, scope))
 }
 
 /// The total size (GiB) of the volumes attached to instance `id` in
