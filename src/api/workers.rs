@@ -4,19 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aws_sdk_ec2::types::InstanceType;
 use mlua::{AnyUserData, Function, Lua, Table, Value};
 use serde::Deserialize;
 
 use super::opts::{self, List, RefArg, Tags};
 use super::{ApiError, ApiResult, Context, Registrar};
-use crate::cloud::Scope;
 use crate::failure::Kind;
 use crate::network::ResourceRef;
 use crate::workers::channel::Event;
-use crate::workers::launch::LaunchSpec;
 use crate::workers::placement::{self, Purpose, Resource, ResourceKind};
-use crate::workers::Worker;
+use crate::workers::{is_instance_type, network, LaunchSpec, Worker};
 
 const P: &str = "deploy_worker";
 
@@ -148,17 +145,13 @@ async fn resolve_resource(
             };
             ApiError::field(P, &field, e)
         })?;
-    let size_gib = size_of(ctx, kind, &id, &scope).await?;
-    Ok(Resource {
-        kind,
-        id,
-        scope,
-        size_gib,
-    })
+    Resource::look_up(&ctx.cloud, kind, id, scope)
+        .await
+        .map_err(|e| e.into_error(P))
 }
 
 fn check_instance_type(prim: &str, field: &str, t: &str) -> Result<(), ApiError> {
-    if InstanceType::values().contains(&t) {
+    if is_instance_type(t) {
         Ok(())
     } else {
         Err(ApiError::field(
@@ -172,7 +165,7 @@ fn check_instance_type(prim: &str, field: &str, t: &str) -> Result<(), ApiError>
 /// Tags a script may not set: skiff's own, and `Name`, which skiff sets.
 fn check_user_tags(prim: &str, tags: &Tags) -> Result<(), ApiError> {
     for k in tags.keys() {
-        if k.starts_with("skiff:") || k == "Name" {
+        if k.starts_with(crate::workers::tags::PREFIX) || k == "Name" {
             return Err(ApiError::field(
                 prim,
                 &format!("tags.{k}"),
@@ -181,64 +174,6 @@ fn check_user_tags(prim: &str, tags: &Tags) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-/// Total size of the volumes behind a resource (GiB), for the instance type.
-async fn size_of(
-    ctx: &Context,
-    kind: ResourceKind,
-    id: &str,
-    scope: &Scope,
-) -> Result<u64, ApiError> {
-    let ec2 = ctx.cloud.ec2(scope).await;
-    let missing = |what: &str| ApiError::field(P, "resource", format!("no {what} {id} in {scope}"));
-    Ok(match kind {
-        ResourceKind::Instance => {
-            let vols = ec2
-                .describe_volumes()
-                .filters(crate::network::filter("attachment.instance-id", [id]))
-                .send()
-                .await
-                .map_err(|e| {
-                    ApiError::from(crate::cloud::AwsError::from_sdk("ec2:DescribeVolumes", e))
-                })?;
-            let out = ec2.describe_instances().instance_ids(id).send().await;
-            if out.map(|o| o.reservations().is_empty()).unwrap_or(true) {
-                return Err(missing("instance"));
-            }
-            vols.volumes()
-                .iter()
-                .map(|v| v.size().unwrap_or(0) as u64)
-                .sum()
-        }
-        ResourceKind::Volume => {
-            let out = ec2
-                .describe_volumes()
-                .volume_ids(id)
-                .send()
-                .await
-                .map_err(|_| missing("volume"))?;
-            out.volumes()
-                .first()
-                .ok_or_else(|| missing("volume"))?
-                .size()
-                .unwrap_or(0) as u64
-        }
-        ResourceKind::Snapshot => {
-            let out = ec2
-                .describe_snapshots()
-                .snapshot_ids(id)
-                .send()
-                .await
-                .map_err(|_| missing("snapshot"))?;
-            out.snapshots()
-                .first()
-                .ok_or_else(|| missing("snapshot"))?
-                .volume_size()
-                .unwrap_or(0) as u64
-        }
-        ResourceKind::Repository | ResourceKind::Target => 0,
-    })
 }
 
 /// Builds the handle table scripts see: fields plus `run` and `remove`.
@@ -434,46 +369,10 @@ async fn configuration(_lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         .enumerate()
         .map(|(i, g)| r(g, &format!("security_groups[{}]", i + 1), "security_group"))
         .collect::<Result<_, _>>()?;
-    let cloud = &ctx.cloud;
-    let vpc_id = match (&vpc, &subnet) {
-        (_, Some(s)) => {
-            let sub = crate::network::subnet::lookup(cloud, "subnet", s)
-                .await
-                .map_err(|e| e.into_error(C))?;
-            if let Some(v) = &vpc {
-                if sub.vpc_id != v.id {
-                    return Err(ApiError::field(
-                        C,
-                        "subnet",
-                        format!("{} is in {}, not in {}", sub.id, sub.vpc_id, v.id),
-                    ));
-                }
-            }
-            Some(sub.vpc_id)
-        }
-        (Some(v), None) => Some(
-            crate::network::vpc::lookup(cloud, "vpc", v)
-                .await
-                .map_err(|e| e.into_error(C))?
-                .id,
-        ),
-        (None, None) => None,
-    };
     let ids: Vec<String> = groups.iter().map(|g| g.id.clone()).collect();
-    let found = crate::network::security_group::lookup_many(cloud, "security_groups", &scope, &ids)
+    let vpc_id = network::check(&ctx.cloud, &scope, vpc.as_ref(), subnet.as_ref(), &ids)
         .await
         .map_err(|e| e.into_error(C))?;
-    for (i, g) in found.iter().enumerate() {
-        if let Some(v) = &vpc_id {
-            if &g.vpc_id != v {
-                return Err(ApiError::field(
-                    C,
-                    &format!("security_groups[{}]", i + 1),
-                    format!("{} is in {}, not in {v}", g.id, g.vpc_id),
-                ));
-            }
-        }
-    }
     let for_account = o
         .account
         .as_deref()
@@ -481,7 +380,7 @@ async fn configuration(_lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     ctx.pool().settings.lock().unwrap().configure(
         for_account,
         &o.region,
-        vpc_id.clone(),
+        vpc_id,
         subnet.map(|s| s.id),
         ids,
     );

@@ -63,7 +63,8 @@ pub struct WorkersConfig {
     pub private: bool,
     /// Instance profile (IAM role) workers run with; checked to exist before a launch.
     pub instance_profile: Option<String>,
-    /// Workers launched at once in one region (default 8).
+    /// Live workers of one job (one pool) in one region at once (default 8);
+    /// each job counts its own.
     #[serde(default = "default_max_per_region")]
     pub max_per_region: usize,
     /// Seconds after which the reaper removes a worker whatever its job (default 6 h).

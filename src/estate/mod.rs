@@ -4,8 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeState, VolumeType};
+use aws_sdk_ec2::types::{ResourceType, Tag, VolumeState, VolumeType};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::http::Response;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+use crate::cloud::tags::{self, specification as tag_spec};
 use crate::cloud::{AwsError, Cloud, Scope};
 use crate::failure::{Error, Kind};
 use crate::network::filter;
@@ -38,6 +42,46 @@ fn invalid(field: &str, message: impl Into<String>) -> EstateError {
         field: field.into(),
         message: message.into(),
     }
+}
+
+/// `id` names no `what` (`volume`, `snapshot`, `instance`) in `scope`: a
+/// mistake in the option of that name.
+fn missing(what: &str, id: &str, scope: &Scope) -> EstateError {
+    invalid(what, format!("no {what} {id} in {scope}"))
+}
+
+/// Maps an SDK error of `op` to an [`EstateError`]: one whose code starts
+/// with `code` (`InvalidVolume`, `InvalidSnapshot`, …: the id names nothing
+/// here) becomes the caller's `mistake`; any other stays an AWS error.
+fn not_found<E>(
+    op: &'static str,
+    code: &'static str,
+    mistake: impl FnOnce(&AwsError) -> EstateError,
+) -> impl FnOnce(SdkError<E, Response>) -> EstateError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    move |e| {
+        let e = AwsError::from_sdk(op, e);
+        if e.code.as_deref().is_some_and(|c| c.starts_with(code)) {
+            mistake(&e)
+        } else {
+            e.into()
+        }
+    }
+}
+
+/// [`not_found`] that reads the error as [`missing`]`(what, id, scope)`.
+fn no_such<'a, E>(
+    (op, code): (&'static str, &'static str),
+    what: &'a str,
+    id: &'a str,
+    scope: &'a Scope,
+) -> impl FnOnce(SdkError<E, Response>) -> EstateError + 'a
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    not_found(op, code, move |_| missing(what, id, scope))
 }
 
 #[derive(Debug, Clone)]
@@ -129,14 +173,6 @@ fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn tag_spec(kind: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
-    let mut b = TagSpecification::builder().resource_type(kind);
-    for (k, v) in tags {
-        b = b.tags(Tag::builder().key(k).value(v).build());
-    }
-    b.build()
-}
-
 /// Instances in `scope` matching every tag in `tags` (a value of `*` matches
 /// any value) and, if given, one of `ids`; terminated ones are left out.
 pub async fn instances(
@@ -157,28 +193,15 @@ pub async fn instances(
         req = req.set_instance_ids(Some(ids.to_vec()));
     }
     let mut found = Vec::new();
-    let mut token = None;
-    loop {
-        let page = req
-            .clone()
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| {
-                let e = AwsError::from_sdk("ec2:DescribeInstances", e);
-                if e.code
-                    .as_deref()
-                    .is_some_and(|c| c.starts_with("InvalidInstanceID"))
-                {
-                    invalid("ids", format!("{} (in {scope})", e.message))
-                } else {
-                    e.into()
-                }
-            })?;
+    let mut pages = req.into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(not_found(DESCRIBE_INSTANCES.0, DESCRIBE_INSTANCES.1, |e| {
+            invalid("ids", format!("{} (in {scope})", e.message))
+        }))?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
             let t = tag_map(i.tags());
             // Workers are not part of the estate they protect.
-            if t.contains_key(crate::workers::tags::WORKER) {
+            if t.contains_key(tags::WORKER) {
                 continue;
             }
             if !has_tags(&t, tags) {
@@ -216,10 +239,6 @@ pub async fn instances(
                 volumes,
                 scope: scope.clone(),
             });
-        }
-        token = page.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
         }
     }
     // Sizes come from the volumes themselves.
@@ -274,14 +293,9 @@ pub async fn volumes(
         req = req.filters(f);
     }
     let mut found = Vec::new();
-    let mut token = None;
-    loop {
-        let page = req
-            .clone()
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("ec2:DescribeVolumes", e))?;
+    let mut pages = req.into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| AwsError::from_sdk("ec2:DescribeVolumes", e))?;
         for v in page.volumes() {
             let id = v.volume_id().unwrap_or_default().to_string();
             let t = tag_map(v.tags());
@@ -298,10 +312,6 @@ pub async fn volumes(
                 instance: attachment.and_then(|a| a.instance_id()).map(str::to_string),
                 device: attachment.and_then(|a| a.device()).map(str::to_string),
             });
-        }
-        token = page.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
         }
     }
     found.sort_by(|a, b| a.volume.id.cmp(&b.volume.id));
@@ -328,29 +338,18 @@ where
     }
 }
 
+/// Describe calls by id, and the code prefix AWS answers when an id names nothing.
+const DESCRIBE_SNAPSHOTS: (&str, &str) = ("ec2:DescribeSnapshots", "InvalidSnapshot");
+const DESCRIBE_VOLUMES: (&str, &str) = ("ec2:DescribeVolumes", "InvalidVolume");
+const DESCRIBE_INSTANCES: (&str, &str) = ("ec2:DescribeInstances", "InvalidInstanceID");
+
+/// The snapshot `id` in `scope`.
 pub async fn describe_snapshot(cloud: &Cloud, scope: &Scope, id: &str) -> Result<Snapshot> {
-    let out = cloud
-        .ec2(scope)
-        .await
-        .describe_snapshots()
-        .snapshot_ids(id)
-        .send()
-        .await
-        .map_err(|e| {
-            let e = AwsError::from_sdk("ec2:DescribeSnapshots", e);
-            if e.code
-                .as_deref()
-                .is_some_and(|c| c.starts_with("InvalidSnapshot"))
-            {
-                invalid("snapshot", format!("no snapshot {id} in {scope}"))
-            } else {
-                e.into()
-            }
-        })?;
-    let s = out
-        .snapshots()
-        .first()
-        .ok_or_else(|| invalid("snapshot", format!("no snapshot {id} in {scope}")))?;
+    let ec2 = cloud.ec2(scope).await;
+    let out = ec2.describe_snapshots().snapshot_ids(id).send().await;
+    let out = out.map_err(no_such(DESCRIBE_SNAPSHOTS, "snapshot", id, scope))?;
+    let s = out.snapshots().first();
+    let s = s.ok_or_else(|| missing("snapshot", id, scope))?;
     Ok(Snapshot {
         id: id.to_string(),
         volume_id: s.volume_id().unwrap_or_default().to_string(),
@@ -361,6 +360,35 @@ pub async fn describe_snapshot(cloud: &Cloud, scope: &Scope, id: &str) -> Result
             .unwrap_or_default(),
         scope: scope.clone(),
     })
+}
+
+/// The volume `id` in `scope`.
+pub async fn describe_volume(cloud: &Cloud, scope: &Scope, id: &str) -> Result<Volume> {
+    let ec2 = cloud.ec2(scope).await;
+    let out = ec2.describe_volumes().volume_ids(id).send().await;
+    let out = out.map_err(no_such(DESCRIBE_VOLUMES, "volume", id, scope))?;
+    let v = out.volumes().first();
+    let v = v.ok_or_else(|| missing("volume", id, scope))?;
+    Ok(Volume::described(id.to_string(), v, scope))
+}
+
+/// The total size (GiB) of the volumes attached to instance `id` in
+/// `scope`, whatever the instance's state.
+pub async fn attached_size_gib(cloud: &Cloud, scope: &Scope, id: &str) -> Result<u64> {
+    let ec2 = cloud.ec2(scope).await;
+    let out = ec2.describe_instances().instance_ids(id).send().await;
+    let out = out.map_err(no_such(DESCRIBE_INSTANCES, "instance", id, scope))?;
+    if out.reservations().is_empty() {
+        return Err(missing("instance", id, scope));
+    }
+    let attached = filter("attachment.instance-id", [id]);
+    let out = ec2.describe_volumes().filters(attached).send().await;
+    let out = out.map_err(|e| AwsError::from_sdk("ec2:DescribeVolumes", e))?;
+    Ok(out
+        .volumes()
+        .iter()
+        .map(|v| v.size().unwrap_or(0) as u64)
+        .sum())
 }
 
 /// Snapshots a volume and waits until the snapshot is completed.
@@ -386,17 +414,12 @@ pub async fn snapshot(
         .tag_specifications(tag_spec(ResourceType::Snapshot, tags))
         .send()
         .await
-        .map_err(|e| {
-            let e = AwsError::from_sdk("ec2:CreateSnapshot", e);
-            if e.code
-                .as_deref()
-                .is_some_and(|c| c.starts_with("InvalidVolume"))
-            {
-                invalid("volume", format!("no volume {volume_id} in {scope}"))
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(no_such(
+            ("ec2:CreateSnapshot", "InvalidVolume"),
+            "volume",
+            volume_id,
+            scope,
+        ))?;
     let id = out.snapshot_id().unwrap_or_default().to_string();
     tracing::info!("snapshot {id} of {volume_id} started in {scope}");
     wait(&format!("snapshot {id}"), limit, || async {
@@ -410,24 +433,13 @@ pub async fn snapshot(
     .await
 }
 
+/// Deletes a snapshot; one already gone is not an error.
 pub async fn delete_snapshot(cloud: &Cloud, scope: &Scope, id: &str) -> Result<()> {
-    match cloud
-        .ec2(scope)
-        .await
-        .delete_snapshot()
-        .snapshot_id(id)
-        .send()
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let e = AwsError::from_sdk("ec2:DeleteSnapshot", e);
-            if e.code_is("InvalidSnapshot.NotFound") {
-                Ok(())
-            } else {
-                Err(e.into())
-            }
-        }
+    let ec2 = cloud.ec2(scope).await;
+    let deleted = ec2.delete_snapshot().snapshot_id(id).send().await;
+    match deleted.map_err(|e| AwsError::from_sdk("ec2:DeleteSnapshot", e)) {
+        Err(e) if e.code_is("InvalidSnapshot.NotFound") => Ok(()),
+        other => other.map(drop).map_err(Into::into),
     }
 }
 
@@ -476,29 +488,23 @@ pub async fn create_volume(
     if let Some(n) = iops {
         req = req.iops(n);
     }
-    let out = req.send().await.map_err(|e| {
-        let e = AwsError::from_sdk("ec2:CreateVolume", e);
-        match (&e.code, snapshot) {
-            (Some(c), Some(s)) if c.starts_with("InvalidSnapshot") => {
-                invalid("snapshot", format!("no snapshot {s} in {scope}"))
-            }
-            _ => e.into(),
-        }
+    let out = req.send().await.map_err(|e| match snapshot {
+        Some(s) => no_such(
+            ("ec2:CreateVolume", "InvalidSnapshot"),
+            "snapshot",
+            s,
+            scope,
+        )(e),
+        None => AwsError::from_sdk("ec2:CreateVolume", e).into(),
     })?;
     let id = out.volume_id().unwrap_or_default().to_string();
     tracing::info!("volume {id} created in {az}");
     wait(&format!("volume {id}"), limit, || async {
-        let out = ec2
-            .describe_volumes()
-            .volume_ids(&id)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("ec2:DescribeVolumes", e))?;
-        Ok(out
-            .volumes()
-            .first()
-            .filter(|v| matches!(v.state(), Some(VolumeState::Available | VolumeState::InUse)))
-            .map(|v| Volume::described(id.clone(), v, scope)))
+        let v = describe_volume(cloud, scope, &id).await?;
+        let ready = [VolumeState::Available, VolumeState::InUse]
+            .iter()
+            .any(|s| s.as_str() == v.state);
+        Ok(ready.then_some(v))
     })
     .await
 }

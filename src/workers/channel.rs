@@ -59,9 +59,12 @@ pub struct Reply {
     pub event: Event,
 }
 
-fn aws<E>(
+/// Maps an AWS SDK error (of any service) to `WorkerError::Aws`: `.map_err(aws("sqs:SendMessage"))`.
+pub(super) fn aws<E>(
     op: &'static str,
-) -> impl FnOnce(aws_sdk_sqs::error::SdkError<E, aws_smithy_runtime_api::http::Response>) -> WorkerError
+) -> impl FnOnce(
+    aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> WorkerError
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata
         + std::error::Error

@@ -1,29 +1,26 @@
-//! Launching, running and removing workers. A [`WorkerPool`] belongs to one
-//! job (a runbook run, a policy run): every worker it launches is removed when
-//! the job ends, by whatever path, and at most `max_per_region` of its workers
-//! live in one region at a time.
+//! Starting a worker's instance: the checks made before anything is created
+//! (instance type, network, private-network preflight, instance profile,
+//! image), RunInstances with skiff's tags and the user data that installs the
+//! agent, and waiting until the instance runs and its agent says Ready.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
     IamInstanceProfileSpecification, InstanceNetworkInterfaceSpecification, InstanceStateName,
-    InstanceType, ResourceType, ShutdownBehavior, Tag, TagSpecification,
+    InstanceType, ResourceType, ShutdownBehavior,
 };
 use base64::Engine;
-use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
-use super::channel::{self, Event, ReplyHub, Route, Task};
+use super::channel::{aws, Reply};
+use super::network::{self, Site};
 use super::placement::{Purpose, Resource};
-use super::settings::{Launcher, RegionConfig, WorkerSettings};
-use super::{jobs, new_id, reply_queue_name, tags, task_queue_name, Result, WorkerError};
+use super::settings::{is_instance_type, RegionConfig};
+use super::{tags, Result, WorkerError};
 use crate::cloud::{AwsError, Cloud, Scope};
 use crate::network::verify::{self, VerifySpec};
-use crate::network::{filter, ResourceRef};
+use crate::network::ResourceRef;
 
 /// What to launch: the result of placement plus the caller's options.
 #[derive(Debug, Clone)]
@@ -34,100 +31,6 @@ pub struct LaunchSpec {
     pub instance_type: String,
     pub private: bool,
     pub tags: BTreeMap<String, String>,
-}
-
-/// What a launch had created when it was abandoned.
-struct Abandoned {
-    scope: Scope,
-    instance_id: Option<String>,
-    task_queue: String,
-}
-
-/// Armed while a launch is in progress: if the `deploy` future is dropped
-/// (its job cancelled) before the worker is handed over or removed, what it
-/// created is recorded for `remove_all`.
-struct LaunchGuard<'a> {
-    abandoned: &'a Mutex<Vec<Abandoned>>,
-    launch: Option<Abandoned>,
-}
-
-impl LaunchGuard<'_> {
-    fn disarm(&mut self) {
-        self.launch = None;
-    }
-}
-
-impl Drop for LaunchGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(a) = self.launch.take() {
-            self.abandoned.lock().unwrap().push(a);
-        }
-    }
-}
-
-/// A local agent process standing in for an emulated instance's user data,
-/// restarted when it dies as systemd's `Restart=on-failure` would.
-struct LocalAgent {
-    stop: Arc<AtomicBool>,
-    gave_up: Arc<Mutex<Option<String>>>,
-    supervisor: tokio::task::JoinHandle<()>,
-}
-
-pub struct Worker {
-    pub id: String,
-    pub instance_id: String,
-    pub scope: Scope,
-    pub purpose: Purpose,
-    pub job_id: String,
-    pub resource_id: String,
-    pub vpc: String,
-    pub subnet: String,
-    pub instance_type: String,
-    pub private_ip: Option<String>,
-    pub public_ip: Option<String>,
-    pub task_queue: String,
-    /// Seconds from launch request to the agent's first answer.
-    pub ready_after: Duration,
-    hub: Arc<ReplyHub>,
-    agent: Mutex<Option<LocalAgent>>,
-    removed: AtomicBool,
-    _permit: Mutex<Option<OwnedSemaphorePermit>>,
-}
-
-impl Worker {
-    pub fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::SeqCst)
-    }
-}
-
-pub struct WorkerPool {
-    cloud: Arc<Cloud>,
-    pub job_id: String,
-    pub settings: Arc<Mutex<WorkerSettings>>,
-    hubs: tokio::sync::Mutex<HashMap<Scope, Arc<ReplyHub>>>,
-    live: Mutex<HashMap<String, Arc<Worker>>>,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Launches whose `deploy` was dropped midway (the job was cancelled):
-    /// removed with the job's other workers by `remove_all`.
-    abandoned: Mutex<Vec<Abandoned>>,
-    owner: String,
-    /// The `skiff` executable the local launcher runs as `skiff agent`.
-    pub agent_exe: PathBuf,
-    /// Where local agents write their logs.
-    pub log_dir: PathBuf,
-}
-
-fn aws<E>(
-    op: &'static str,
-) -> impl FnOnce(aws_sdk_ec2::error::SdkError<E, aws_smithy_runtime_api::http::Response>) -> WorkerError
-where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-        + std::error::Error
-        + Send
-        + Sync
-        + 'static,
-{
-    move |e| WorkerError::Aws(AwsError::from_sdk(op, e))
 }
 
 /// The user data of a worker on AWS: fetch the agent, run it as a service
@@ -163,658 +66,213 @@ systemctl enable --now skiff-agent
     )
 }
 
-fn default_agent_url() -> String {
+pub(super) fn default_agent_url() -> String {
     format!(
         "https://github.com/skiff-backup/skiff/releases/download/v{}/skiff-x86_64-linux",
         env!("CARGO_PKG_VERSION")
     )
 }
 
-impl WorkerPool {
-    pub fn new(
-        cloud: Arc<Cloud>,
-        job_id: String,
-        settings: Arc<Mutex<WorkerSettings>>,
-    ) -> WorkerPool {
-        let state = std::env::var_os("SKIFF_STATE_DIR")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("skiff")))
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/skiff"))
-            })
-            .unwrap_or_else(|| std::env::temp_dir().join("skiff"));
-        WorkerPool {
-            cloud,
-            job_id,
-            settings,
-            hubs: tokio::sync::Mutex::new(HashMap::new()),
-            abandoned: Mutex::new(Vec::new()),
-            live: Mutex::new(HashMap::new()),
-            limits: Mutex::new(HashMap::new()),
-            owner: jobs::this_owner(),
-            agent_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
-            log_dir: state.join("agents"),
-        }
-    }
+/// Where and from what image a launch goes, once every check has passed.
+pub(super) struct Checked {
+    pub site: Site,
+    pub ami: String,
+}
 
-    pub fn cloud(&self) -> &Arc<Cloud> {
-        &self.cloud
+/// Everything that can refuse a launch, checked before anything is created:
+/// the instance type, the network, the private-network preflight, the
+/// instance profile and the image.
+pub(super) async fn check(
+    cloud: &Cloud,
+    spec: &LaunchSpec,
+    cfg: &RegionConfig,
+    instance_profile: Option<&str>,
+    ami_parameter: &str,
+) -> Result<Checked> {
+    let scope = &spec.scope;
+    if !is_instance_type(&spec.instance_type) {
+        return Err(WorkerError::invalid(
+            "instance_type",
+            format!("unknown instance type {:?}", spec.instance_type),
+        ));
     }
-
-    pub fn live(&self) -> Vec<Arc<Worker>> {
-        self.live.lock().unwrap().values().cloned().collect()
+    let site = network::choose(cloud, scope, cfg).await?;
+    if spec.private {
+        preflight(cloud, spec, &site.subnet).await?;
     }
-
-    fn semaphore(&self, region: &str) -> Arc<Semaphore> {
-        let max = self.settings.lock().unwrap().file.max_per_region.max(1);
-        self.limits
-            .lock()
-            .unwrap()
-            .entry(region.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(max)))
-            .clone()
+    if let Some(p) = instance_profile {
+        check_instance_profile(cloud, scope, p).await?;
     }
+    let ami = image(cloud, scope, cfg, ami_parameter).await?;
+    Ok(Checked { site, ami })
+}
 
-    async fn hub(&self, scope: &Scope) -> Result<Arc<ReplyHub>> {
-        let mut hubs = self.hubs.lock().await;
-        if let Some(h) = hubs.get(scope) {
-            return Ok(h.clone());
-        }
-        let sqs = self.cloud.sqs(scope).await;
-        let url = channel::create_queue(
-            &sqs,
-            &reply_queue_name(&self.job_id),
-            30,
-            &[
-                (tags::JOB, self.job_id.as_str()),
-                (tags::OWNER, self.owner.as_str()),
-            ],
-        )
-        .await?;
-        let hub = Arc::new(ReplyHub::start(sqs, url));
-        hubs.insert(scope.clone(), hub.clone());
-        Ok(hub)
+/// A private worker's subnet must reach the services its purpose needs.
+async fn preflight(cloud: &Cloud, spec: &LaunchSpec, subnet: &str) -> Result<()> {
+    let report = verify::verify(
+        cloud,
+        &VerifySpec {
+            subnets: vec![ResourceRef {
+                id: subnet.to_string(),
+                scope: spec.scope.clone(),
+            }],
+            services: spec
+                .purpose
+                .services()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            repository_vpc: None,
+            from: None,
+        },
+    )
+    .await?;
+    if report.ok() {
+        return Ok(());
     }
+    Err(WorkerError::Preflight {
+        subnet: subnet.to_string(),
+        findings: report.findings.iter().map(|f| f.to_string()).collect(),
+    })
+}
 
-    /// The VPC, subnet and groups for workers in a region: the declared
-    /// configuration, else the region's default VPC and one of its subnets.
-    async fn network(
+/// The region's configured image, else the one the SSM public parameter names.
+async fn image(cloud: &Cloud, scope: &Scope, cfg: &RegionConfig, param: &str) -> Result<String> {
+    if let Some(ami) = &cfg.ami {
+        return Ok(ami.clone());
+    }
+    let out = cloud
+        .ssm(scope)
+        .await
+        .get_parameter()
+        .name(param)
+        .send()
+        .await
+        .map_err(aws("ssm:GetParameter"))?;
+    out.parameter()
+        .and_then(|p| p.value())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            WorkerError::invalid(
+                "ami",
+                format!("SSM parameter {param} in {scope} holds no image id"),
+            )
+        })
+}
+
+async fn check_instance_profile(cloud: &Cloud, scope: &Scope, name: &str) -> Result<()> {
+    let iam = cloud.iam(scope).await;
+    let found = iam
+        .get_instance_profile()
+        .instance_profile_name(name)
+        .send()
+        .await;
+    match found.map_err(|e| AwsError::from_sdk("iam:GetInstanceProfile", e)) {
+        Err(e) if e.code_is("NoSuchEntity") => Err(WorkerError::invalid(
+            "instance_profile",
+            format!("instance profile {name:?} does not exist in {}; create it (with the worker role) or change [workers] instance_profile", scope.account),
+        )),
+        other => other.map(drop).map_err(Into::into),
+    }
+}
+
+/// Whose a worker is, for its tags.
+pub(super) struct Ids<'a> {
+    pub worker: &'a str,
+    pub job: &'a str,
+    /// `host:pid:start` of the skiff process that launches it.
+    pub owner: &'a str,
+}
+
+/// The tags of a worker's instance and volumes: the user's (the call's over
+/// the settings' of the same key), then skiff's own.
+pub(super) fn instance_tags(
+    spec: &LaunchSpec,
+    ids: &Ids<'_>,
+    user_tags: BTreeMap<String, String>,
+    expires_after: Duration,
+) -> Vec<(String, String)> {
+    let expires =
+        chrono::Utc::now() + chrono::Duration::from_std(expires_after).unwrap_or_default();
+    let mut user = user_tags;
+    user.extend(spec.tags.clone());
+    let mut all: Vec<(String, String)> = user.into_iter().collect();
+    all.extend([
+        (
+            "Name".to_string(),
+            format!("skiff-{}-{}", spec.purpose.as_str(), ids.worker),
+        ),
+        (tags::WORKER.to_string(), ids.worker.to_string()),
+        (tags::JOB.to_string(), ids.job.to_string()),
+        (tags::PURPOSE.to_string(), spec.purpose.as_str().to_string()),
+        (
+            tags::EXPIRES.to_string(),
+            expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+        (tags::OWNER.to_string(), ids.owner.to_string()),
+        (tags::RESOURCE.to_string(), spec.resource.id.clone()),
+    ]);
+    all
+}
+
+/// One RunInstances call, fully decided.
+pub(super) struct Request<'a> {
+    pub spec: &'a LaunchSpec,
+    pub checked: &'a Checked,
+    pub instance_profile: Option<&'a str>,
+    pub user_data: String,
+    pub tags: Vec<(String, String)>,
+}
+
+impl Request<'_> {
+    /// Launches the instance; returns its id.
+    pub(super) async fn send(
         &self,
-        scope: &Scope,
-        cfg: &RegionConfig,
-    ) -> Result<(String, String, Vec<String>)> {
-        let ec2 = self.cloud.ec2(scope).await;
-        if let Some(subnet) = &cfg.subnet {
-            let s = crate::network::subnet::lookup(
-                &self.cloud,
-                "subnet",
-                &ResourceRef {
-                    id: subnet.clone(),
-                    scope: scope.clone(),
-                },
-            )
-            .await
-            .map_err(|e| match e {
-                crate::network::NetError::Invalid { message, .. } => {
-                    WorkerError::Settings(format!("the worker subnet of {scope}: {message}"))
-                }
-                other => other.into(),
-            })?;
-            if let Some(vpc) = &cfg.vpc {
-                if &s.vpc_id != vpc {
-                    return Err(WorkerError::Settings(format!(
-                        "worker subnet {} of {} is in {}, not in the configured VPC {vpc}",
-                        s.id, scope.region, s.vpc_id
-                    )));
-                }
-            }
-            return Ok((s.vpc_id, s.id, cfg.security_groups.clone()));
-        }
-        let vpc = match &cfg.vpc {
-            Some(v) => v.clone(),
-            None => {
-                let out = ec2
-                    .describe_vpcs()
-                    .filters(filter("is-default", ["true"]))
-                    .send()
-                    .await
-                    .map_err(aws("ec2:DescribeVpcs"))?;
-                out.vpcs()
-                    .iter()
-                    .find(|v| v.is_default() == Some(true))
-                    .and_then(|v| v.vpc_id())
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        WorkerError::Settings(format!(
-                                "{} has no default VPC and no worker configuration; declare one with workers.configuration{{region = \"{}\", vpc = …, subnet = …}} or [workers.regions.{}] in skiff.toml",
-                                scope, scope.region, scope.region
-                            ),
-                        )
-                    })?
-            }
-        };
-        let subnets = crate::network::subnet::of_vpc(
-            &self.cloud,
-            &ResourceRef {
-                id: vpc.clone(),
-                scope: scope.clone(),
-            },
-        )
-        .await?;
-        let mut subnets: Vec<_> = subnets.into_iter().collect();
-        subnets.sort_by(|a, b| a.az.cmp(&b.az).then(a.id.cmp(&b.id)));
-        let subnet = subnets.first().ok_or_else(|| {
-            WorkerError::Settings(format!("VPC {vpc} in {scope} has no subnet for workers"))
-        })?;
-        Ok((vpc, subnet.id.clone(), cfg.security_groups.clone()))
-    }
-
-    async fn image(&self, scope: &Scope, cfg: &RegionConfig) -> Result<String> {
-        if let Some(ami) = &cfg.ami {
-            return Ok(ami.clone());
-        }
-        let param = self.settings.lock().unwrap().file.ami_parameter.clone();
-        let out = self
-            .cloud
-            .ssm(scope)
-            .await
-            .get_parameter()
-            .name(&param)
-            .send()
-            .await
-            .map_err(|e| WorkerError::Aws(AwsError::from_sdk("ssm:GetParameter", e)))?;
-        out.parameter()
-            .and_then(|p| p.value())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                WorkerError::invalid(
-                    "ami",
-                    format!("SSM parameter {param} in {scope} holds no image id"),
-                )
-            })
-    }
-
-    async fn check_instance_profile(&self, scope: &Scope, name: &str) -> Result<()> {
-        match self
-            .cloud
-            .iam(scope)
-            .await
-            .get_instance_profile()
-            .instance_profile_name(name)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = AwsError::from_sdk("iam:GetInstanceProfile", e);
-                if e.code_is("NoSuchEntity") {
-                    Err(WorkerError::invalid(
-                        "instance_profile",
-                        format!("instance profile {name:?} does not exist in {}; create it (with the worker role) or change [workers] instance_profile", scope.account),
-                    ))
-                } else {
-                    Err(e.into())
-                }
-            }
-        }
-    }
-
-    /// Launches a worker and waits until its agent answers.
-    pub async fn deploy(&self, spec: LaunchSpec) -> Result<Arc<Worker>> {
-        let started = Instant::now();
-        let scope = spec.scope.clone();
-        let (cfg, profile, launcher, expires_after, visibility, agent_url, user_tags) = {
-            let s = self.settings.lock().unwrap();
-            (
-                s.for_scope(&scope.account, &scope.region, &self.cloud.backup_account()),
-                s.file.instance_profile.clone(),
-                s.file.launcher,
-                s.expires_after(),
-                s.file.visibility_timeout,
-                s.file.agent_url.clone().unwrap_or_else(default_agent_url),
-                s.tags.clone(),
-            )
-        };
-        // Everything that can be refused is checked before anything is created.
-        if !InstanceType::values().contains(&spec.instance_type.as_str()) {
-            return Err(WorkerError::invalid(
-                "instance_type",
-                format!("unknown instance type {:?}", spec.instance_type),
-            ));
-        }
-        let (vpc, subnet, groups) = self.network(&scope, &cfg).await?;
-        if spec.private {
-            let report = verify::verify(
-                &self.cloud,
-                &VerifySpec {
-                    subnets: vec![ResourceRef {
-                        id: subnet.clone(),
-                        scope: scope.clone(),
-                    }],
-                    services: spec
-                        .purpose
-                        .services()
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                    repository_vpc: None,
-                    from: None,
-                },
-            )
-            .await?;
-            if !report.ok() {
-                return Err(WorkerError::Preflight {
-                    subnet: subnet.clone(),
-                    findings: report.findings.iter().map(|f| f.to_string()).collect(),
-                });
-            }
-        }
-        if let Some(p) = &profile {
-            self.check_instance_profile(&scope, p).await?;
-        }
-        let ami = self.image(&scope, &cfg).await?;
-
-        let permit = self
-            .semaphore(&scope.region)
-            .acquire_owned()
-            .await
-            .map_err(|_| WorkerError::Lost("worker pool closed".into()))?;
-        let hub = self.hub(&scope).await?;
-        let worker_id = new_id();
-        let sqs = self.cloud.sqs(&scope).await;
-        let task_queue = channel::create_queue(
-            &sqs,
-            &task_queue_name(&worker_id),
-            visibility,
-            &[
-                (tags::WORKER, worker_id.as_str()),
-                (tags::JOB, self.job_id.as_str()),
-                (tags::OWNER, self.owner.as_str()),
-            ],
-        )
-        .await?;
-        let mut guard = LaunchGuard {
-            abandoned: &self.abandoned,
-            launch: Some(Abandoned {
-                scope: scope.clone(),
-                instance_id: None,
-                task_queue: task_queue.clone(),
-            }),
-        };
-        let mut ready = hub.subscribe(Route::Ready(worker_id.clone()));
-
-        let expires =
-            chrono::Utc::now() + chrono::Duration::from_std(expires_after).unwrap_or_default();
-        let mut all_tags: Vec<(String, String)> =
-            user_tags.into_iter().chain(spec.tags.clone()).collect();
-        all_tags.extend([
-            (
-                "Name".to_string(),
-                format!("skiff-{}-{}", spec.purpose.as_str(), worker_id),
-            ),
-            (tags::WORKER.to_string(), worker_id.clone()),
-            (tags::JOB.to_string(), self.job_id.clone()),
-            (tags::PURPOSE.to_string(), spec.purpose.as_str().to_string()),
-            (
-                tags::EXPIRES.to_string(),
-                expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            ),
-            (tags::OWNER.to_string(), self.owner.clone()),
-            ("skiff:resource".to_string(), spec.resource.id.clone()),
-        ]);
-        let tag_spec = |kind: ResourceType| {
-            let mut b = TagSpecification::builder().resource_type(kind);
-            for (k, v) in &all_tags {
-                b = b.tags(Tag::builder().key(k).value(v).build());
-            }
-            b.build()
-        };
-        let ud = user_data(&agent_url, &worker_id, &task_queue, &hub.url, &scope.region);
+        ec2: &aws_sdk_ec2::Client,
+    ) -> std::result::Result<String, AwsError> {
+        let tag_spec = |kind| tags::specification(kind, self.tags.iter().cloned());
+        let site = &self.checked.site;
         let mut nic = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
-            .subnet_id(&subnet)
-            .associate_public_ip_address(!spec.private)
+            .subnet_id(&site.subnet)
+            .associate_public_ip_address(!self.spec.private)
             .delete_on_termination(true);
-        for g in &groups {
+        for g in &site.security_groups {
             nic = nic.groups(g);
         }
-        let ec2 = self.cloud.ec2(&scope).await;
         let mut run = ec2
             .run_instances()
-            .image_id(&ami)
-            .instance_type(InstanceType::from(spec.instance_type.as_str()))
+            .image_id(&self.checked.ami)
+            .instance_type(InstanceType::from(self.spec.instance_type.as_str()))
             .min_count(1)
             .max_count(1)
             .network_interfaces(nic.build())
-            .user_data(base64::engine::general_purpose::STANDARD.encode(ud))
+            .user_data(base64::engine::general_purpose::STANDARD.encode(&self.user_data))
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             .tag_specifications(tag_spec(ResourceType::Instance))
             .tag_specifications(tag_spec(ResourceType::Volume));
-        if let Some(p) = &profile {
+        if let Some(p) = self.instance_profile {
             run = run
                 .iam_instance_profile(IamInstanceProfileSpecification::builder().name(p).build());
         }
-        let out = match run.send().await {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = channel::delete_queue(&sqs, &task_queue).await;
-                guard.disarm();
-                return Err(WorkerError::Aws(AwsError::from_sdk("ec2:RunInstances", e)));
-            }
-        };
-        let instance_id = out
+        let out = run
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ec2:RunInstances", e))?;
+        Ok(out
             .instances()
             .first()
             .and_then(|i| i.instance_id())
             .unwrap_or_default()
-            .to_string();
-        if let Some(l) = guard.launch.as_mut() {
-            l.instance_id = Some(instance_id.clone());
-        }
-        tracing::info!(
-            "launched {} worker {worker_id} ({instance_id}, {}) in {scope}",
-            spec.purpose.as_str(),
-            spec.instance_type
-        );
-        let mut worker = Worker {
-            id: worker_id.clone(),
-            instance_id: instance_id.clone(),
-            scope: scope.clone(),
-            purpose: spec.purpose,
-            job_id: self.job_id.clone(),
-            resource_id: spec.resource.id.clone(),
-            vpc,
-            subnet,
-            instance_type: spec.instance_type.clone(),
-            private_ip: None,
-            public_ip: None,
-            task_queue,
-            ready_after: Duration::ZERO,
-            hub: hub.clone(),
-            agent: Mutex::new(None),
-            removed: AtomicBool::new(false),
-            _permit: Mutex::new(Some(permit)),
-        };
-        // From here on, a failure removes what was created.
-        let result: Result<()> = async {
-            let inst = wait_running(&ec2, &instance_id).await?;
-            worker.private_ip = inst.private_ip_address().map(str::to_string);
-            worker.public_ip = inst.public_ip_address().map(str::to_string);
-            let ready_within = match launcher {
-                Launcher::Local => {
-                    let agent = self.start_local_agent(&worker).await?;
-                    *worker.agent.lock().unwrap() = Some(agent);
-                    Duration::from_secs(60)
-                }
-                Launcher::Ec2 => Duration::from_secs(600),
-            };
-            match tokio::time::timeout(ready_within, ready.recv()).await {
-                Ok(Some(_)) => Ok(()),
-                _ => Err(WorkerError::Lost(format!(
-                    "worker {worker_id} ({instance_id}) did not answer within {} s; it has been removed",
-                    ready_within.as_secs()
-                ))),
-            }
-        }
-        .await;
-        hub.unsubscribe(&Route::Ready(worker_id.clone()));
-        worker.ready_after = started.elapsed();
-        let worker = Arc::new(worker);
-        if let Err(e) = result {
-            let _ = self.remove(&worker).await;
-            guard.disarm();
-            return Err(e);
-        }
-        tracing::info!(
-            "worker {worker_id} ready after {:.1} s",
-            worker.ready_after.as_secs_f64()
-        );
-        self.live.lock().unwrap().insert(worker_id, worker.clone());
-        guard.disarm();
-        Ok(worker)
-    }
-
-    async fn start_local_agent(&self, w: &Worker) -> Result<LocalAgent> {
-        let creds = self.cloud.credentials(&w.scope).await.map_err(|e| {
-            WorkerError::Lost(format!(
-                "no credentials for the local agent in {}: {e}",
-                w.scope
-            ))
-        })?;
-        std::fs::create_dir_all(&self.log_dir)
-            .map_err(|e| WorkerError::Io(format!("{}: {e}", self.log_dir.display())))?;
-        let log = self.log_dir.join(format!("{}.log", w.id));
-        let mut cmd = tokio::process::Command::new(&self.agent_exe);
-        cmd.args([
-            "agent",
-            "--worker-id",
-            &w.id,
-            "--instance-id",
-            &w.instance_id,
-            "--task-queue",
-            &w.task_queue,
-            "--reply-queue",
-            &w.hub.url,
-            "--region",
-            &w.scope.region,
-        ])
-        .env("AWS_ACCESS_KEY_ID", creds.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key())
-        .env("AWS_REGION", &w.scope.region)
-        .env_remove("AWS_PROFILE")
-        .stdin(std::process::Stdio::null())
-        // If skiff goes away in an orderly way, its agents go with it.
-        .kill_on_drop(true);
-        match creds.session_token() {
-            Some(t) => cmd.env("AWS_SESSION_TOKEN", t),
-            None => cmd.env_remove("AWS_SESSION_TOKEN"),
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let gave_up = Arc::new(Mutex::new(None));
-        let spawn =
-            move |cmd: &mut tokio::process::Command| -> std::io::Result<tokio::process::Child> {
-                let out = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)?;
-                cmd.stdout(out.try_clone()?).stderr(out);
-                cmd.spawn()
-            };
-        let mut child = spawn(&mut cmd)
-            .map_err(|e| WorkerError::Io(format!("cannot start the local agent: {e}")))?;
-        let (s, g, wid) = (stop.clone(), gave_up.clone(), w.id.clone());
-        let supervisor = tokio::spawn(async move {
-            let mut restarts = 0;
-            loop {
-                tokio::select! {
-                    status = child.wait() => {
-                        if s.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        match status {
-                            Ok(st) if st.success() => return,
-                            st => {
-                                restarts += 1;
-                                if restarts > 5 {
-                                    *g.lock().unwrap() = Some(format!("the agent of worker {wid} died {restarts} times ({st:?})"));
-                                    return;
-                                }
-                                tracing::warn!("agent of worker {wid} exited ({st:?}); restarting it");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                                match spawn(&mut cmd) {
-                                    Ok(c) => child = c,
-                                    Err(e) => {
-                                        *g.lock().unwrap() = Some(format!("cannot restart the agent of worker {wid}: {e}"));
-                                        return;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if s.load(Ordering::SeqCst) {
-                            let _ = child.kill().await;
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(LocalAgent {
-            stop,
-            gave_up,
-            supervisor,
-        })
-    }
-
-    /// Terminates a worker's instance, deletes its task queue and stops its
-    /// local agent. Idempotent.
-    pub async fn remove(&self, w: &Worker) -> Result<()> {
-        if w.removed.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        self.live.lock().unwrap().remove(&w.id);
-        let agent = w.agent.lock().unwrap().take();
-        if let Some(agent) = agent {
-            agent.stop.store(true, Ordering::SeqCst);
-            // Wait for the agent to be gone (the supervisor kills it).
-            let _ = tokio::time::timeout(Duration::from_secs(5), agent.supervisor).await;
-        }
-        let ec2 = self.cloud.ec2(&w.scope).await;
-        let terminated = ec2
-            .terminate_instances()
-            .instance_ids(&w.instance_id)
-            .send()
-            .await
-            .map_err(aws("ec2:TerminateInstances"));
-        let sqs = self.cloud.sqs(&w.scope).await;
-        let queue = channel::delete_queue(&sqs, &w.task_queue).await;
-        w._permit.lock().unwrap().take();
-        tracing::info!("removed worker {} ({})", w.id, w.instance_id);
-        terminated?;
-        queue
-    }
-
-    /// Removes every worker of the job and its reply queues: the end of a job,
-    /// whatever ended it.
-    pub async fn remove_all(&self) {
-        let abandoned: Vec<Abandoned> = std::mem::take(&mut *self.abandoned.lock().unwrap());
-        for a in abandoned {
-            let sqs = self.cloud.sqs(&a.scope).await;
-            if let Err(e) = channel::delete_queue(&sqs, &a.task_queue).await {
-                tracing::error!("could not delete task queue {}: {e}", a.task_queue);
-            }
-            if let Some(id) = &a.instance_id {
-                let ec2 = self.cloud.ec2(&a.scope).await;
-                match ec2.terminate_instances().instance_ids(id).send().await {
-                    Ok(_) => tracing::info!("removed worker {id}, whose launch was cancelled"),
-                    Err(e) => tracing::error!(
-                        "could not remove worker {id}, whose launch was cancelled: {}; `skiff workers reap` will",
-                        AwsError::from_sdk("ec2:TerminateInstances", e)
-                    ),
-                }
-            }
-        }
-        let workers = self.live();
-        let results = futures::future::join_all(workers.iter().map(|w| self.remove(w))).await;
-        for (w, r) in workers.iter().zip(results) {
-            if let Err(e) = r {
-                tracing::error!(
-                    "could not remove worker {} ({}): {e}; `skiff workers reap` will",
-                    w.id,
-                    w.instance_id
-                );
-            }
-        }
-        let hubs: Vec<(Scope, Arc<ReplyHub>)> = self.hubs.lock().await.drain().collect();
-        for (scope, hub) in hubs {
-            let sqs = self.cloud.sqs(&scope).await;
-            if let Err(e) = channel::delete_queue(&sqs, &hub.url).await {
-                tracing::error!("could not delete reply queue {}: {e}", hub.url);
-            }
-        }
-    }
-
-    /// Runs a task on a worker and waits for its result; `on_event` sees
-    /// `started` and `progress` events.
-    pub async fn run(
-        &self,
-        w: &Worker,
-        op: &str,
-        args: Value,
-        mut on_event: impl FnMut(&Event),
-    ) -> Result<Value> {
-        if w.is_removed() {
-            return Err(WorkerError::Lost(format!(
-                "worker {} has been removed",
-                w.id
-            )));
-        }
-        let task = Task {
-            task_id: new_id(),
-            job_id: self.job_id.clone(),
-            worker_id: w.id.clone(),
-            op: op.to_string(),
-            args,
-        };
-        let route = Route::Task(task.task_id.clone());
-        let mut rx = w.hub.subscribe(route.clone());
-        let sqs = self.cloud.sqs(&w.scope).await;
-        let result = async {
-            channel::send(&sqs, &w.task_queue, &task).await?;
-            let liveness = Duration::from_secs(self.settings.lock().unwrap().file.liveness_timeout);
-            let mut last_word = Instant::now();
-            let mut last_state_check = Instant::now();
-            loop {
-                tokio::select! {
-                    reply = rx.recv() => {
-                        let Some(reply) = reply else {
-                            return Err(WorkerError::Lost(format!("reply channel of worker {} closed", w.id)));
-                        };
-                        last_word = Instant::now();
-                        match reply.event {
-                            Event::Finished { result } => return Ok(result),
-                            Event::Failed { error } => return Err(WorkerError::Task(error)),
-                            ref e => on_event(e),
-                        }
-                    }
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        if w.is_removed() {
-                            return Err(WorkerError::Lost(format!("worker {} was removed while running {op}", w.id)));
-                        }
-                        if let Some(why) = w.agent.lock().unwrap().as_ref().and_then(|a| a.gave_up.lock().unwrap().clone()) {
-                            return Err(WorkerError::Lost(why));
-                        }
-                        if last_word.elapsed() > liveness {
-                            return Err(WorkerError::Lost(format!(
-                                "worker {} ({}) sent nothing for {} s while running {op}",
-                                w.id, w.instance_id, liveness.as_secs()
-                            )));
-                        }
-                        if last_state_check.elapsed() > Duration::from_secs(30) {
-                            last_state_check = Instant::now();
-                            let ec2 = self.cloud.ec2(&w.scope).await;
-                            if let Ok(out) = ec2.describe_instances().instance_ids(&w.instance_id).send().await {
-                                let state = out.reservations().iter().flat_map(|r| r.instances()).next()
-                                    .and_then(|i| i.state()).and_then(|s| s.name()).cloned();
-                                if matches!(state, Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown | InstanceStateName::Stopped)) {
-                                    return Err(WorkerError::Lost(format!(
-                                        "worker instance {} is {} while running {op}", w.instance_id, state.unwrap().as_str()
-                                    )));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        .await;
-        w.hub.unsubscribe(&route);
-        result
+            .to_string())
     }
 }
 
-async fn wait_running(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<aws_sdk_ec2::types::Instance> {
+/// Waits (up to 300 s) until the instance runs.
+pub(super) async fn wait_running(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+) -> Result<aws_sdk_ec2::types::Instance> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let out = ec2
@@ -844,6 +302,22 @@ async fn wait_running(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<aws_sdk_ec2
     }
 }
 
+/// Waits until the worker's agent announces itself on `ready`.
+pub(super) async fn wait_ready(
+    ready: &mut mpsc::UnboundedReceiver<Reply>,
+    within: Duration,
+    worker_id: &str,
+    instance_id: &str,
+) -> Result<()> {
+    match tokio::time::timeout(within, ready.recv()).await {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(WorkerError::Lost(format!(
+            "worker {worker_id} ({instance_id}) did not answer within {} s; it has been removed",
+            within.as_secs()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,5 +334,51 @@ mod tests {
         assert!(ud.starts_with("#!/bin/bash\n"));
         assert!(ud.contains("skiff agent --worker-id w1 --instance-id $instance --task-queue 'https://sqs/q1' --reply-queue 'https://sqs/r1' --region eu-west-1"));
         assert!(ud.contains("Restart=on-failure"));
+    }
+
+    #[test]
+    fn instance_tags_are_the_users_then_skiffs_own() {
+        let scope = Scope {
+            account: "default".into(),
+            region: "eu-west-1".into(),
+        };
+        let spec = LaunchSpec {
+            purpose: Purpose::Backup,
+            resource: Resource {
+                kind: super::super::ResourceKind::Volume,
+                id: "vol-1".into(),
+                scope: scope.clone(),
+                size_gib: 8,
+            },
+            scope,
+            instance_type: "c5.large".into(),
+            private: false,
+            tags: BTreeMap::from([("team".into(), "call".into())]),
+        };
+        let ids = Ids {
+            worker: "w1",
+            job: "j1",
+            owner: "host:1:2",
+        };
+        let settings = BTreeMap::from([("team".into(), "settings".into())]);
+        let all = instance_tags(&spec, &ids, settings, Duration::from_secs(60));
+        let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "team",
+                "Name",
+                tags::WORKER,
+                tags::JOB,
+                tags::PURPOSE,
+                tags::EXPIRES,
+                tags::OWNER,
+                tags::RESOURCE
+            ]
+        );
+        // One tag per key: the call's value over the settings'.
+        assert_eq!(all[0].1, "call");
+        assert_eq!(all[1].1, "skiff-backup-w1");
+        assert_eq!(all[7].1, "vol-1");
     }
 }

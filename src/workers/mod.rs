@@ -6,30 +6,27 @@ pub mod agent;
 pub mod channel;
 pub mod jobs;
 pub mod launch;
+mod local;
+pub mod network;
 pub mod placement;
+pub mod pool;
 pub mod reaper;
 mod settings;
+mod task;
 
-pub use launch::{Worker, WorkerPool};
+pub use launch::LaunchSpec;
 pub use placement::{Purpose, Resource, ResourceKind};
+pub use pool::{Worker, WorkerPool};
 // The `[workers]` schema is config's; re-exported where callers look for it.
 pub use crate::config::workers::{Launcher, RegionConfig, WorkersConfig};
-pub use settings::{instance_type_for_size, WorkerSettings};
+pub use settings::{instance_type_for_size, is_instance_type, WorkerSettings};
 
 use crate::cloud::AwsError;
 use crate::failure::{Error, Failure, Kind};
 use crate::network::NetError;
 
-/// Tags skiff puts on every worker instance (and reads back in the reaper).
-pub mod tags {
-    pub const WORKER: &str = "skiff:worker";
-    pub const JOB: &str = "skiff:job";
-    pub const PURPOSE: &str = "skiff:purpose";
-    pub const EXPIRES: &str = "skiff:expires";
-    /// `host:pid` of the skiff process that launched it, so the reaper on that
-    /// host can tell a live job from a dead one.
-    pub const OWNER: &str = "skiff:owner";
-}
+/// The tags skiff puts on workers, defined below estate and workers alike.
+pub use crate::cloud::tags;
 
 /// Queue names: the task queue of one worker, the reply queue of one job.
 pub fn task_queue_name(worker_id: &str) -> String {

@@ -10,7 +10,8 @@
 //! | retention, health, flr | the repository's | backup |
 
 use super::{Result, WorkerError};
-use crate::cloud::Scope;
+use crate::cloud::{Cloud, Scope};
+use crate::estate::{self, EstateError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Purpose {
@@ -135,9 +136,39 @@ pub struct Resource {
     pub size_gib: u64,
 }
 
-/// The region and account a worker for `purpose` on `resource` runs in.
-/// `requested` is the account the caller asked for, if any; `backup_account`
-/// the configured backup account.
+impl Resource {
+    /// `id` of `kind` in `scope`, looked up in the estate for the size of
+    /// its volumes; an id that names nothing there is refused as `resource`.
+    pub async fn look_up(
+        cloud: &Cloud,
+        kind: ResourceKind,
+        id: String,
+        scope: Scope,
+    ) -> Result<Resource> {
+        let size_gib = match kind {
+            ResourceKind::Instance => estate::attached_size_gib(cloud, &scope, &id).await,
+            ResourceKind::Volume => estate::describe_volume(cloud, &scope, &id)
+                .await
+                .map(|v| v.size_gib as u64),
+            ResourceKind::Snapshot => estate::describe_snapshot(cloud, &scope, &id)
+                .await
+                .map(|s| s.size_gib as u64),
+            ResourceKind::Repository | ResourceKind::Target => Ok(0),
+        }
+        .map_err(|e| match e {
+            EstateError::Invalid { message, .. } => WorkerError::invalid("resource", message),
+            EstateError::Aws(a) => WorkerError::Aws(a),
+            EstateError::Timeout(m) => WorkerError::Lost(m),
+        })?;
+        Ok(Resource {
+            kind,
+            id,
+            scope,
+            size_gib,
+        })
+    }
+}
+
 /// "a backup", "an archive".
 pub fn article(word: &str) -> String {
     if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
@@ -147,6 +178,9 @@ pub fn article(word: &str) -> String {
     }
 }
 
+/// The region and account a worker for `purpose` on `resource` runs in.
+/// `requested` is the account the caller asked for, if any; `backup_account`
+/// the configured backup account.
 pub fn place(
     purpose: Purpose,
     resource: &Resource,

@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use aws_sdk_ec2::types::InstanceStateName;
 use chrono::{DateTime, Utc};
 
-use super::{channel, jobs, tags, Result, WorkerError};
-use crate::cloud::{AwsError, Cloud, Scope};
+use super::channel::{self, aws};
+use super::{jobs, tags, Result};
+use crate::cloud::{Cloud, Scope};
 use crate::network::filter;
 
 #[derive(Debug, Clone)]
@@ -84,7 +85,7 @@ pub async fn list(cloud: &Cloud, scope: &Scope) -> Result<Vec<LiveWorker>> {
             .set_next_token(token)
             .send()
             .await
-            .map_err(|e| WorkerError::Aws(AwsError::from_sdk("ec2:DescribeInstances", e)))?;
+            .map_err(aws("ec2:DescribeInstances"))?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
             let state = i.state().and_then(|s| s.name()).cloned();
             if matches!(
@@ -160,9 +161,7 @@ pub async fn reap(cloud: &Cloud, scope: &Scope, now: DateTime<Utc>) -> Result<Re
                     .instance_ids(&w.instance_id)
                     .send()
                     .await
-                    .map_err(|e| {
-                        WorkerError::Aws(AwsError::from_sdk("ec2:TerminateInstances", e))
-                    })?;
+                    .map_err(aws("ec2:TerminateInstances"))?;
                 tracing::info!(
                     "reaped worker {} ({}) in {}: {:?}",
                     w.worker_id,
@@ -181,7 +180,7 @@ pub async fn reap(cloud: &Cloud, scope: &Scope, now: DateTime<Utc>) -> Result<Re
             .queue_name_prefix(prefix)
             .send()
             .await
-            .map_err(|e| WorkerError::Aws(AwsError::from_sdk("sqs:ListQueues", e)))?;
+            .map_err(aws("sqs:ListQueues"))?;
         for url in out.queue_urls() {
             let name = url.rsplit('/').next().unwrap_or_default();
             let id = &name[prefix.len()..];

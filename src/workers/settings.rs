@@ -22,8 +22,13 @@ pub struct WorkerSettings {
     pub tags: BTreeMap<String, String>,
 }
 
-/// Instance type by the total size of the source volumes (GiB): larger
-/// volumes get more cores and network bandwidth.
+/// Whether EC2 knows `t` as an instance type.
+pub fn is_instance_type(t: &str) -> bool {
+    aws_sdk_ec2::types::InstanceType::values().contains(&t)
+}
+
+/// Instance type by the total size of the source volumes (GiB), as
+/// docs/workers.md describes under Settings.
 pub fn instance_type_for_size(gib: u64) -> &'static str {
     if gib < 1024 {
         "c5.large"

@@ -1,0 +1,135 @@
+//! The local launcher (`[workers] launcher = "local"`): the emulator's
+//! instances run nothing, so `skiff agent` runs here as a process bound to
+//! the instance, with the worker account's credentials, and is restarted when
+//! it dies as systemd's `Restart=on-failure` would.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::pool::Worker;
+use super::{Result, WorkerError};
+use crate::cloud::Cloud;
+
+/// Restarts after which the supervisor gives up on an agent.
+const MAX_RESTARTS: u32 = 5;
+
+/// A local agent process standing in for an emulated instance's user data.
+pub(super) struct LocalAgent {
+    stop: Arc<AtomicBool>,
+    gave_up: Arc<Mutex<Option<String>>>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl LocalAgent {
+    /// Starts `exe agent …` for worker `w`, logging to `log_dir/<worker>.log`.
+    pub(super) async fn start(
+        cloud: &Cloud,
+        exe: &Path,
+        log_dir: &Path,
+        w: &Worker,
+    ) -> Result<LocalAgent> {
+        let creds = cloud.credentials(&w.scope).await.map_err(|e| {
+            WorkerError::Lost(format!(
+                "no credentials for the local agent in {}: {e}",
+                w.scope
+            ))
+        })?;
+        std::fs::create_dir_all(log_dir)
+            .map_err(|e| WorkerError::Io(format!("{}: {e}", log_dir.display())))?;
+        let log = log_dir.join(format!("{}.log", w.id));
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args([
+            "agent",
+            "--worker-id",
+            &w.id,
+            "--instance-id",
+            &w.instance_id,
+            "--task-queue",
+            &w.task_queue,
+            "--reply-queue",
+            &w.hub.url,
+            "--region",
+            &w.scope.region,
+        ])
+        .env("AWS_ACCESS_KEY_ID", creds.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key())
+        .env("AWS_REGION", &w.scope.region)
+        .env_remove("AWS_PROFILE")
+        .stdin(std::process::Stdio::null())
+        // If skiff goes away in an orderly way, its agents go with it.
+        .kill_on_drop(true);
+        match creds.session_token() {
+            Some(t) => cmd.env("AWS_SESSION_TOKEN", t),
+            None => cmd.env_remove("AWS_SESSION_TOKEN"),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let gave_up = Arc::new(Mutex::new(None));
+        let spawn =
+            move |cmd: &mut tokio::process::Command| -> std::io::Result<tokio::process::Child> {
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?;
+                cmd.stdout(out.try_clone()?).stderr(out);
+                cmd.spawn()
+            };
+        let mut child = spawn(&mut cmd)
+            .map_err(|e| WorkerError::Io(format!("cannot start the local agent: {e}")))?;
+        let (s, g, wid) = (stop.clone(), gave_up.clone(), w.id.clone());
+        let supervisor = tokio::spawn(async move {
+            let mut restarts = 0;
+            loop {
+                tokio::select! {
+                    status = child.wait() => {
+                        if s.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        match status {
+                            Ok(st) if st.success() => return,
+                            st => {
+                                restarts += 1;
+                                if restarts > MAX_RESTARTS {
+                                    *g.lock().unwrap() = Some(format!("the agent of worker {wid} died {restarts} times ({st:?})"));
+                                    return;
+                                }
+                                tracing::warn!("agent of worker {wid} exited ({st:?}); restarting it");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                match spawn(&mut cmd) {
+                                    Ok(c) => child = c,
+                                    Err(e) => {
+                                        *g.lock().unwrap() = Some(format!("cannot restart the agent of worker {wid}: {e}"));
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if s.load(Ordering::SeqCst) {
+                            let _ = child.kill().await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(LocalAgent {
+            stop,
+            gave_up,
+            supervisor,
+        })
+    }
+
+    /// Why the supervisor gave up on the agent, once it has.
+    pub(super) fn gave_up(&self) -> Option<String> {
+        self.gave_up.lock().unwrap().clone()
+    }
+
+    /// Stops the agent and waits (up to 5 s) until the supervisor has killed it.
+    pub(super) async fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.supervisor).await;
+    }
+}

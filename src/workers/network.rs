@@ -1,0 +1,128 @@
+//! Where in a region workers run: the VPC, subnet and security groups —
+//! checked against each other when a script declares them, and chosen at
+//! each launch (the declared ones, else the region's default VPC).
+
+use super::channel::aws;
+use super::settings::RegionConfig;
+use super::{Result, WorkerError};
+use crate::cloud::{Cloud, Scope};
+use crate::network::subnet::{self, Subnet};
+use crate::network::{filter, security_group, vpc, NetError, ResourceRef};
+
+/// The network a worker is launched into.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub vpc: String,
+    pub subnet: String,
+    pub security_groups: Vec<String>,
+}
+
+/// The subnet `r`, checked to lie in `vpc` when one is given.
+async fn subnet_in(cloud: &Cloud, r: &ResourceRef, vpc: Option<&str>) -> Result<Subnet> {
+    let s = subnet::lookup(cloud, "subnet", r).await?;
+    match vpc {
+        Some(v) if s.vpc_id != v => Err(WorkerError::invalid(
+            "subnet",
+            format!("{} is in {}, not in {v}", s.id, s.vpc_id),
+        )),
+        _ => Ok(s),
+    }
+}
+
+/// Checks a declared worker network: the subnet lies in the VPC, and every
+/// group in that VPC (the given one, or the subnet's). Returns the VPC, when
+/// one was given or follows from the subnet.
+pub async fn check(
+    cloud: &Cloud,
+    scope: &Scope,
+    vpc: Option<&ResourceRef>,
+    subnet: Option<&ResourceRef>,
+    security_groups: &[String],
+) -> Result<Option<String>> {
+    let vpc_id = match (vpc, subnet) {
+        (_, Some(s)) => Some(
+            subnet_in(cloud, s, vpc.map(|v| v.id.as_str()))
+                .await?
+                .vpc_id,
+        ),
+        (Some(v), None) => Some(vpc::lookup(cloud, "vpc", v).await?.id),
+        (None, None) => None,
+    };
+    let found =
+        security_group::lookup_many(cloud, "security_groups", scope, security_groups).await?;
+    if let Some(v) = &vpc_id {
+        if let Some((i, g)) = found.iter().enumerate().find(|(_, g)| &g.vpc_id != v) {
+            return Err(WorkerError::invalid(
+                format!("security_groups[{}]", i + 1),
+                format!("{} is in {}, not in {v}", g.id, g.vpc_id),
+            ));
+        }
+    }
+    Ok(vpc_id)
+}
+
+/// The network for workers in `scope`: the declared configuration, else the
+/// region's default VPC and its first subnet (by zone, then id).
+pub async fn choose(cloud: &Cloud, scope: &Scope, cfg: &RegionConfig) -> Result<Site> {
+    let security_groups = cfg.security_groups.clone();
+    if let Some(subnet) = &cfg.subnet {
+        let r = ResourceRef {
+            id: subnet.clone(),
+            scope: scope.clone(),
+        };
+        let s = subnet_in(cloud, &r, cfg.vpc.as_deref())
+            .await
+            .map_err(|e| match e {
+                WorkerError::Invalid { message, .. }
+                | WorkerError::Net(NetError::Invalid { message, .. }) => {
+                    WorkerError::Settings(format!("the worker subnet of {scope}: {message}"))
+                }
+                other => other,
+            })?;
+        return Ok(Site {
+            vpc: s.vpc_id,
+            subnet: s.id,
+            security_groups,
+        });
+    }
+    let vpc = match &cfg.vpc {
+        Some(v) => v.clone(),
+        None => default_vpc(cloud, scope).await?,
+    };
+    let r = ResourceRef {
+        id: vpc.clone(),
+        scope: scope.clone(),
+    };
+    let mut subnets = subnet::of_vpc(cloud, &r).await?;
+    subnets.sort_by(|a, b| a.az.cmp(&b.az).then(a.id.cmp(&b.id)));
+    let subnet = subnets.into_iter().next().ok_or_else(|| {
+        WorkerError::Settings(format!("VPC {vpc} in {scope} has no subnet for workers"))
+    })?;
+    Ok(Site {
+        vpc,
+        subnet: subnet.id,
+        security_groups,
+    })
+}
+
+async fn default_vpc(cloud: &Cloud, scope: &Scope) -> Result<String> {
+    let out = cloud
+        .ec2(scope)
+        .await
+        .describe_vpcs()
+        .filters(filter("is-default", ["true"]))
+        .send()
+        .await
+        .map_err(aws("ec2:DescribeVpcs"))?;
+    out.vpcs()
+        .iter()
+        .find(|v| v.is_default() == Some(true))
+        .and_then(|v| v.vpc_id())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            WorkerError::Settings(format!(
+                "{scope} has no default VPC and no worker configuration; declare one with workers.configuration{{region = \"{r}\", vpc = …, subnet = …}} or [workers.regions.{r}] in skiff.toml",
+                r = scope.region
+            ))
+        })
+}
