@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::history::{History, Outcome, RunRecord, Trigger};
+use super::history::{FileRecord, History, Outcome, PolicyRecord, RunRecord, Trigger};
 
 pub const SOCKET_FILE: &str = "serve.sock";
 
@@ -119,13 +119,9 @@ pub enum Event {
 /// A policy as `skiff policies` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyStatus {
-    pub name: String,
-    pub file: String,
-    pub declared_at: String,
-    pub version: i64,
-    pub schedule: String,
-    pub enabled: bool,
-    pub next_run: Option<DateTime<Utc>>,
+    /// The policy as loaded (the same record the history keeps).
+    #[serde(flatten)]
+    pub policy: PolicyRecord,
     /// The run in progress, if any.
     pub running: Option<i64>,
     pub last: Option<RunRecord>,
@@ -141,6 +137,18 @@ pub struct FileStatus {
     pub loaded_at: Option<DateTime<Utc>>,
     /// Why the file on disk does not load (the active version, if any, stays).
     pub error: Option<String>,
+}
+
+impl From<FileRecord> for FileStatus {
+    fn from(f: FileRecord) -> FileStatus {
+        FileStatus {
+            file: f.file,
+            version: f.version,
+            digest: f.digest,
+            loaded_at: f.loaded_at,
+            error: f.error,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

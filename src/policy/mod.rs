@@ -1,13 +1,19 @@
-//! What a policy declares, as typed values: what to protect (`select`),
-//! when (`schedule`), where to (`repository`), how long (`retention`), what
-//! goes to cold storage (`archive`), and where its workers run (`worker`).
-//! Built from Lua by `src/api/policy.rs`; scheduled by the engine.
+//! The policy model: what a policy declares, as typed values — what to
+//! protect (`select`), when (`schedule`), where to (`repository`), how long
+//! (`retention`), what goes to cold storage (`archive`), where its workers
+//! run (`worker`) — and what a run is told and reports (`run`). Below both
+//! the Lua surface (`api::policy` builds it) and `serve` (which schedules
+//! and runs it); knows nothing of Lua.
+
+pub mod run;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::schedule::Schedule;
+pub use run::{RunInfo, RunNote, RunTotals};
+use schedule::Schedule;
 
 /// A declared policy.
 #[derive(Debug, Clone)]
