@@ -171,7 +171,7 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    pub(super) fn at(s: &str) -> DateTime<Utc> {
+    fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 

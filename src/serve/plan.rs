@@ -179,7 +179,12 @@ mod tests {
         let mut t = Timers::default();
         let hourly = Schedule::cron("@hourly").unwrap();
         t.schedule("hourly", &hourly, true, at("2026-01-01T10:00:30Z"));
-        t.schedule("minutely", &every_minute(), true, at("2026-01-01T10:00:30Z"));
+        t.schedule(
+            "minutely",
+            &every_minute(),
+            true,
+            at("2026-01-01T10:00:30Z"),
+        );
         let got = drain(&mut t, "2026-01-01T12:00:00Z");
         let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["minutely", "hourly"]);
@@ -231,7 +236,10 @@ mod tests {
             "three missed: one run, standing for the latest"
         );
         assert_eq!(t.missed("a", &hourly, false, now), None, "disabled");
-        assert_eq!(t.missed("a", &hourly, true, at("2026-01-01T10:59:00Z")), None);
+        assert_eq!(
+            t.missed("a", &hourly, true, at("2026-01-01T10:59:00Z")),
+            None
+        );
     }
 
     #[test]
@@ -284,7 +292,10 @@ mod tests {
         };
         assert_eq!(files_to_reload(&c, dir, files()), [c.clone(), b.clone()]);
         assert_eq!(files_to_reload(&lib, dir, files()), [a.clone(), b.clone()]);
-        assert_eq!(files_to_reload(Path::new("/p/x.txt"), dir, files()), Vec::<PathBuf>::new());
+        assert_eq!(
+            files_to_reload(Path::new("/p/x.txt"), dir, files()),
+            Vec::<PathBuf>::new()
+        );
         assert_eq!(
             files_to_reload(Path::new("/p/sub/d.lua"), dir, files()),
             [b.clone()],

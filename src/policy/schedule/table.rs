@@ -392,7 +392,7 @@ fn day_of_month(d: &DayArg, in_month: Option<u32>) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{at, nexts};
+    use super::super::tests::nexts;
     use super::*;
 
     fn table() -> Table {

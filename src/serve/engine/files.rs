@@ -242,7 +242,8 @@ impl Engine {
             match self.history.first_seen(&name, now) {
                 Ok(first) => {
                     let last = self.history.last_fire(&name).ok().flatten();
-                    self.timers.fired(&name, last.map_or(first, |l| l.max(first)));
+                    self.timers
+                        .fired(&name, last.map_or(first, |l| l.max(first)));
                 }
                 Err(e) => tracing::error!("{e}"),
             }

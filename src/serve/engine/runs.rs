@@ -165,7 +165,8 @@ impl Engine {
                 });
             });
             let version = run_version;
-            let end = match crate::api::policy_run::prepare_run(&version.vm, &policy, &info, notes) {
+            let end = match crate::api::policy_run::prepare_run(&version.vm, &policy, &info, notes)
+            {
                 Err(e) => RunEnd::Failed(format!("cannot start the run: {e}")),
                 Ok((f, args)) => {
                     let call = crate::api::with_job_pool(pool.clone(), version.vm.call(f, args));
