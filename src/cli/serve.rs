@@ -238,7 +238,7 @@ pub async fn policies_view(dir: &std::path::Path) -> anyhow::Result<Option<Polic
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let files = history.files()?.into_iter().map(FileStatus::from).collect();
+    let files = history.files()?;
     Ok(Some(PoliciesView {
         live: false,
         policies,

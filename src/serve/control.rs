@@ -127,29 +127,8 @@ pub struct PolicyStatus {
     pub last: Option<RunRecord>,
 }
 
-/// A policy file as `skiff policies` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileStatus {
-    pub file: String,
-    /// The active version (0: none ever loaded).
-    pub version: i64,
-    pub digest: String,
-    pub loaded_at: Option<DateTime<Utc>>,
-    /// Why the file on disk does not load (the active version, if any, stays).
-    pub error: Option<String>,
-}
-
-impl From<FileRecord> for FileStatus {
-    fn from(f: FileRecord) -> FileStatus {
-        FileStatus {
-            file: f.file,
-            version: f.version,
-            digest: f.digest,
-            loaded_at: f.loaded_at,
-            error: f.error,
-        }
-    }
-}
+/// A policy file as `skiff policies` shows it: the record the history keeps.
+pub type FileStatus = FileRecord;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoliciesView {

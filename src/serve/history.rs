@@ -125,8 +125,11 @@ pub struct FileRecord {
     pub version: i64,
     pub digest: String,
     pub loaded_at: Option<DateTime<Utc>>,
-    /// The last load error, when the file on disk does not load.
+    /// The last load error, when the file on disk does not load (the
+    /// active version, if any, stays).
     pub error: Option<String>,
+    /// Kept in the history only; `skiff policies` does not show it.
+    #[serde(skip)]
     pub error_at: Option<DateTime<Utc>>,
 }
 

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use self::runs::{RunEnd, Running};
 use super::control::{
-    self, Command, Event, FileStatus, Hub, PoliciesView, PolicyStatus, RunningView, StatusView,
+    self, Command, Event, Hub, PoliciesView, PolicyStatus, RunningView, StatusView,
 };
 use super::history::{FileRecord, History, PolicyRecord, Trigger};
 use super::loader::{LoadFailure, Loaded};
@@ -381,11 +381,7 @@ impl Engine {
                     last: self.history.last_outcome(&s.policy.name).ok().flatten(),
                 })
                 .collect(),
-            files: self
-                .files
-                .values()
-                .map(|f| FileStatus::from(f.record()))
-                .collect(),
+            files: self.files.values().map(FileState::record).collect(),
         }
     }
 
