@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use crate::policy::schedule::Schedule;
+use crate::policy::Policy;
 
 /// The policies' timers. Every (re)scheduling of a policy gets a new
 /// generation, and a timer whose generation is no longer its policy's is
@@ -102,6 +103,25 @@ pub fn version_number(previous: Option<(i64, &str)>, digest: &str) -> i64 {
         Some((number, _)) => number + 1,
         None => 1,
     }
+}
+
+/// Why a file that loaded may not become active: it declares a policy
+/// whose name another file already declares. `declared(name)` gives the
+/// file and `file:line` of the active policy of that name, if any.
+pub fn name_clash<'a>(
+    file: &Path,
+    loaded: &[Policy],
+    declared: impl Fn(&str) -> Option<(&'a Path, &'a str)>,
+) -> Option<String> {
+    loaded.iter().find_map(|p| {
+        let (other_file, other_at) = declared(&p.name)?;
+        (other_file != file).then(|| {
+            format!(
+                "{}: policy: opts.name: a policy named {:?} is already declared at {}",
+                p.declared_at, p.name, other_at
+            )
+        })
+    })
 }
 
 /// Whether `p` is a policy file: `*.lua`, not hidden (editors' swap files).
@@ -250,6 +270,41 @@ mod tests {
         // Only failed loads so far (version 0, no digest).
         assert_eq!(version_number(Some((0, "")), "abc"), 1);
         assert_eq!(version_number(Some((0, "")), ""), 1);
+    }
+
+    fn policy(name: &str, at: &str) -> Policy {
+        Policy {
+            name: name.into(),
+            schedule: Schedule::cron("@daily").unwrap(),
+            select: Default::default(),
+            repository: crate::policy::Repository::at("/repo"),
+            retention: Default::default(),
+            archive: None,
+            worker: Default::default(),
+            enabled: true,
+            custom_run: false,
+            declared_at: at.into(),
+        }
+    }
+
+    #[test]
+    fn a_name_another_file_declares_refuses_the_file() {
+        let (a, b) = (Path::new("/p/a.lua"), Path::new("/p/b.lua"));
+        let active = |name: &str| (name == "nightly").then_some((a, "/p/a.lua:3"));
+        // A new version of the same file may keep its names.
+        assert_eq!(
+            name_clash(a, &[policy("nightly", "/p/a.lua:4")], active),
+            None
+        );
+        assert_eq!(
+            name_clash(b, &[policy("weekly", "/p/b.lua:1")], active),
+            None
+        );
+        assert_eq!(
+            name_clash(b, &[policy("weekly", "/p/b.lua:1"), policy("nightly", "/p/b.lua:9")], active)
+                .as_deref(),
+            Some("/p/b.lua:9: policy: opts.name: a policy named \"nightly\" is already declared at /p/a.lua:3")
+        );
     }
 
     #[test]

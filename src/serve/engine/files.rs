@@ -13,7 +13,7 @@ use super::{Engine, FileState, Msg, Scheduled, Version};
 use crate::serve::control::Event;
 use crate::serve::history::{FileRecord, PolicyRecord};
 use crate::serve::loader::{self, LoadFailure, Loaded};
-use crate::serve::plan::{files_to_reload, is_policy_file, version_number, FileDeps};
+use crate::serve::plan::{files_to_reload, is_policy_file, name_clash, version_number, FileDeps};
 use crate::serve::ServeError;
 
 impl Engine {
@@ -188,19 +188,13 @@ impl Engine {
 
     /// Validates a loaded file against the others and makes it the active version.
     pub(super) fn swap(&mut self, key: &Path, loaded: Loaded, initial: bool) {
-        for p in &loaded.policies {
-            if let Some(other) = self.policies.get(&p.name) {
-                if other.file_key != key {
-                    let failure = LoadFailure {
-                        message: format!(
-                            "{}: policy: opts.name: a policy named {:?} is already declared at {}",
-                            p.declared_at, p.name, other.policy.declared_at
-                        ),
-                        deps: loaded.deps.clone(),
-                    };
-                    return self.load_failed(key, failure);
-                }
-            }
+        let declared = |name: &str| {
+            let s = self.policies.get(name)?;
+            Some((s.file_key.as_path(), s.policy.declared_at.as_str()))
+        };
+        if let Some(message) = name_clash(key, &loaded.policies, declared) {
+            let deps = loaded.deps.clone();
+            return self.load_failed(key, LoadFailure { message, deps });
         }
         let Some(state) = self.files.get(key) else {
             return;
