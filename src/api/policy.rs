@@ -47,40 +47,6 @@ pub fn seal(vm: &Vm) {
     }
 }
 
-/// A count option: an integer ≥ 0.
-#[derive(Debug, Clone, Copy, Default)]
-struct Count(u32);
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Count;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an integer ≥ 0")
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Count, E> {
-                u32::try_from(n)
-                    .map(Count)
-                    .map_err(|_| E::custom(format!("expected an integer ≥ 0, got {n}")))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Count, E> {
-                u32::try_from(n)
-                    .map(Count)
-                    .map_err(|_| E::custom(format!("{n} is too large")))
-            }
-            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Count, E> {
-                if n.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&n) {
-                    Ok(Count(n as u32))
-                } else {
-                    Err(E::custom(format!("expected an integer ≥ 0, got {n}")))
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// Where a repository password comes from: `{env = …}`, `{file = …}` or
 /// `{ssm = …, account?, region?}`.
 struct PasswordOpt(Password);
@@ -244,28 +210,10 @@ struct SelectOpts {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RetentionOpts {
-    keep_last: Option<Count>,
-    keep_daily: Option<Count>,
-    keep_weekly: Option<Count>,
-    keep_monthly: Option<Count>,
-    keep_yearly: Option<Count>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ArchiveOpts {
     repository: RepoArg,
     storage_class: String,
     points: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WorkerOpts {
-    account: Option<String>,
-    private: Option<bool>,
-    profile: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -275,9 +223,9 @@ struct PolicyOpts {
     schedule: ScheduleSpec,
     select: SelectOpts,
     repository: RepoArg,
-    retention: RetentionOpts,
+    retention: Retention,
     archive: Option<ArchiveOpts>,
-    worker: Option<WorkerOpts>,
+    worker: Option<WorkerChoice>,
     enabled: Option<bool>,
     /// Taken out before parsing (a function); listed here so messages name it.
     #[allow(dead_code)]
@@ -494,14 +442,7 @@ fn declare_policy(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
         accounts: s.accounts.0,
     };
 
-    let r = o.retention;
-    let retention = Retention {
-        keep_last: r.keep_last.unwrap_or_default().0,
-        keep_daily: r.keep_daily.unwrap_or_default().0,
-        keep_weekly: r.keep_weekly.unwrap_or_default().0,
-        keep_monthly: r.keep_monthly.unwrap_or_default().0,
-        keep_yearly: r.keep_yearly.unwrap_or_default().0,
-    };
+    let retention = o.retention;
     if retention.keeps_nothing() {
         return Err(ApiError::field(
             P,
@@ -510,28 +451,19 @@ fn declare_policy(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
         ));
     }
 
-    let worker = match o.worker {
-        None => WorkerChoice::default(),
-        Some(w) => {
-            if let Some(a) = &w.account {
-                check_account(ctx, P, "worker.account", a)?;
-            }
-            if let Some(p) = &w.profile {
-                if !aws_sdk_ec2::types::InstanceType::values().contains(&p.as_str()) {
-                    return Err(ApiError::field(
-                        P,
-                        "worker.profile",
-                        format!("unknown instance type {p:?}"),
-                    ));
-                }
-            }
-            WorkerChoice {
-                account: w.account,
-                private: w.private,
-                profile: w.profile,
-            }
+    let worker = o.worker.unwrap_or_default();
+    if let Some(a) = &worker.account {
+        check_account(ctx, P, "worker.account", a)?;
+    }
+    if let Some(p) = &worker.profile {
+        if !aws_sdk_ec2::types::InstanceType::values().contains(&p.as_str()) {
+            return Err(ApiError::field(
+                P,
+                "worker.profile",
+                format!("unknown instance type {p:?}"),
+            ));
         }
-    };
+    }
 
     let at = super::caller_location(lua, 1).unwrap_or_default();
     let mut d = declarations_mut(lua, P)?;

@@ -10,7 +10,8 @@ pub mod schedule;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
 
 pub use run::{RunInfo, RunNote, RunTotals};
 use schedule::Schedule;
@@ -100,13 +101,46 @@ pub enum Password {
 
 /// Grandfather-father-son retention: the newest `keep_last` points, and the
 /// newest point of each of the last `keep_daily` days (weeks, months, years).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Read from Lua as written (`retention = {keep_daily = 7}`); a rule not
+/// given keeps nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Retention {
+    #[serde(default, deserialize_with = "count")]
     pub keep_last: u32,
+    #[serde(default, deserialize_with = "count")]
     pub keep_daily: u32,
+    #[serde(default, deserialize_with = "count")]
     pub keep_weekly: u32,
+    #[serde(default, deserialize_with = "count")]
     pub keep_monthly: u32,
+    #[serde(default, deserialize_with = "count")]
     pub keep_yearly: u32,
+}
+
+/// A count: an integer ≥ 0 (Lua may hand over a whole float).
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u32;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer ≥ 0")
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<u32, E> {
+            u32::try_from(n).map_err(|_| E::custom(format!("expected an integer ≥ 0, got {n}")))
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<u32, E> {
+            u32::try_from(n).map_err(|_| E::custom(format!("{n} is too large")))
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<u32, E> {
+            if n.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&n) {
+                Ok(n as u32)
+            } else {
+                Err(E::custom(format!("expected an integer ≥ 0, got {n}")))
+            }
+        }
+    }
+    d.deserialize_any(V)
 }
 
 impl Retention {
@@ -149,7 +183,8 @@ impl ArchivePoints {
 }
 
 /// Where the policy's backup workers run (placement rules apply otherwise).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerChoice {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
