@@ -13,6 +13,7 @@ pub mod host;
 pub mod mover;
 pub mod network;
 pub mod ops;
+pub mod policy;
 pub mod repo;
 pub mod serve;
 pub mod workers;

@@ -9,6 +9,7 @@ mod ec2;
 mod net;
 mod opts;
 pub mod policy;
+pub mod policy_run;
 mod util;
 mod volume;
 mod workers;
@@ -122,6 +123,31 @@ end
 return wrap, Error
 "#;
 
+/// `file:line` of the nearest script frame at or above stack `first_level`,
+/// passing over C functions and skiff's own chunks (the wrapper, `pcall`).
+pub(crate) fn caller_location(lua: &Lua, first_level: usize) -> Option<String> {
+    for level in first_level..16 {
+        let found = lua.inspect_stack(level, |d| {
+            let src = d.source();
+            if src.what == "C" {
+                return None;
+            }
+            match (src.short_src, d.current_line()) {
+                (Some(s), Some(l)) if !s.contains(&crate::host::INTERNAL_CHUNK[1..]) => {
+                    Some(format!("{s}:{l}"))
+                }
+                _ => None,
+            }
+        });
+        match found {
+            None => return None,
+            Some(Some(w)) => return Some(w),
+            Some(None) => continue,
+        }
+    }
+    None
+}
+
 /// Builds primitives for one VM.
 pub struct Registrar {
     lua: Lua,
@@ -133,28 +159,7 @@ impl Registrar {
     fn new(lua: &Lua, ctx: Arc<Context>) -> mlua::Result<Registrar> {
         // Level 0 is this function, 1 the wrapper, 2 whatever called the
         // primitive: the script, or `pcall` (then the script is further up).
-        let where_ = lua.create_function(|lua, ()| {
-            for level in 2..12 {
-                let found = lua.inspect_stack(level, |d| {
-                    let src = d.source();
-                    if src.what == "C" {
-                        return None;
-                    }
-                    match (src.short_src, d.current_line()) {
-                        (Some(s), Some(l)) if !s.contains(&crate::host::INTERNAL_CHUNK[1..]) => {
-                            Some(format!("{s}:{l}"))
-                        }
-                        _ => None,
-                    }
-                });
-                match found {
-                    None => return Ok(None),
-                    Some(Some(w)) => return Ok(Some(w)),
-                    Some(None) => continue,
-                }
-            }
-            Ok(None)
-        })?;
+        let where_ = lua.create_function(|lua, ()| Ok(caller_location(lua, 2)))?;
         let (wrap, error_mt): (Function, Table) = lua
             .load(WRAPPER)
             .set_name(crate::host::INTERNAL_CHUNK)

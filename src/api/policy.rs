@@ -2,29 +2,27 @@
 //! serve`. Each is checked when it is made (unknown options, a bad cron
 //! expression, an unknown repository name, a duplicate name) and raised at
 //! the line that wrote it; the VM keeps what was declared for the engine,
-//! which also runs policies through [`prepare_run`].
-
-use std::sync::Arc;
+//! which runs the policies through [`super::policy_run`].
 
 use mlua::{Function, Lua, MultiValue, Table, Value};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::opts::{self, List, Tags};
 use super::{ApiError, ApiResult, Context, Registrar};
 use crate::failure::Kind;
 use crate::host::Vm;
-use crate::serve::policy::{
+use crate::policy::schedule::{Schedule, ScheduleSpec};
+use crate::policy::{
     check_location, check_name, is_location, Archive, ArchivePoints, Password, Policy, Repository,
     Retention, Selection, WorkerChoice,
 };
-use crate::serve::schedule::{self, DayArg, Schedule};
 
 const P: &str = "policy";
 const R: &str = "repository";
 
 /// Registry key of the table of declared policies (name → policy table).
-const POLICY_TABLES: &str = "skiff.policies";
+pub(super) const POLICY_TABLES: &str = "skiff.policies";
 
 /// What a VM's script declared, in order.
 #[derive(Default)]
@@ -47,273 +45,6 @@ pub fn declarations(vm: &Vm) -> (Vec<Policy>, Vec<Repository>) {
 pub fn seal(vm: &Vm) {
     if let Some(mut d) = vm.lua().app_data_mut::<Declarations>() {
         d.sealed = true;
-    }
-}
-
-/// `file:line` of the script that called the primitive.
-fn caller(lua: &Lua) -> String {
-    for level in 1..16 {
-        let found = lua.inspect_stack(level, |d| {
-            let src = d.source();
-            if src.what == "C" {
-                return None;
-            }
-            match (src.short_src, d.current_line()) {
-                (Some(s), Some(l)) if !s.contains(&crate::host::INTERNAL_CHUNK[1..]) => {
-                    Some(format!("{s}:{l}"))
-                }
-                _ => None,
-            }
-        });
-        match found {
-            None => break,
-            Some(Some(w)) => return w,
-            Some(None) => continue,
-        }
-    }
-    String::new()
-}
-
-/// A count option: an integer ≥ 0.
-#[derive(Debug, Clone, Copy, Default)]
-struct Count(u32);
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Count;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an integer ≥ 0")
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Count, E> {
-                u32::try_from(n)
-                    .map(Count)
-                    .map_err(|_| E::custom(format!("expected an integer ≥ 0, got {n}")))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Count, E> {
-                u32::try_from(n)
-                    .map(Count)
-                    .map_err(|_| E::custom(format!("{n} is too large")))
-            }
-            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Count, E> {
-                if n.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&n) {
-                    Ok(Count(n as u32))
-                } else {
-                    Err(E::custom(format!("expected an integer ≥ 0, got {n}")))
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// One value or a list of them (`daily = "02:00"` or `daily = {"02:00", "14:00"}`).
-struct OneOrMany<T> {
-    items: Vec<T>,
-    listed: bool,
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = OneOrMany<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a value or a list of values")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::new();
-                while let Some(v) = seq.next_element()? {
-                    items.push(v);
-                }
-                Ok(OneOrMany {
-                    items,
-                    listed: true,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
-                Ok(OneOrMany {
-                    items: vec![T::deserialize(de::value::MapAccessDeserializer::new(m))?],
-                    listed: false,
-                })
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(OneOrMany {
-                    items: vec![T::deserialize(de::value::StrDeserializer::new(s))?],
-                    listed: false,
-                })
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-                Ok(OneOrMany {
-                    items: vec![T::deserialize(de::value::I64Deserializer::new(n))?],
-                    listed: false,
-                })
-            }
-            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
-                Ok(OneOrMany {
-                    items: vec![T::deserialize(de::value::F64Deserializer::new(n))?],
-                    listed: false,
-                })
-            }
-            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
-                Ok(OneOrMany {
-                    items: vec![T::deserialize(de::value::BoolDeserializer::new(b))?],
-                    listed: false,
-                })
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// A day or month: a number or a name.
-struct DayOpt(DayArg);
-
-impl<'de> Deserialize<'de> for DayOpt {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = DayOpt;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number or a name")
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<DayOpt, E> {
-                Ok(DayOpt(DayArg::Number(n)))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<DayOpt, E> {
-                Ok(DayOpt(DayArg::Number(n.min(i64::MAX as u64) as i64)))
-            }
-            fn visit_f64<E: de::Error>(self, n: f64) -> Result<DayOpt, E> {
-                if n.fract() == 0.0 && n.abs() < 1e15 {
-                    Ok(DayOpt(DayArg::Number(n as i64)))
-                } else {
-                    Err(E::custom(format!("expected a whole number, got {n}")))
-                }
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<DayOpt, E> {
-                Ok(DayOpt(DayArg::Name(s.to_string())))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WeeklyOpts {
-    day: OneOrMany<DayOpt>,
-    at: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MonthlyOpts {
-    day: OneOrMany<DayOpt>,
-    at: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct YearlyOpts {
-    month: DayOpt,
-    day: DayOpt,
-    at: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScheduleTableOpts {
-    daily: Option<OneOrMany<String>>,
-    weekly: Option<OneOrMany<WeeklyOpts>>,
-    monthly: Option<OneOrMany<MonthlyOpts>>,
-    yearly: Option<OneOrMany<YearlyOpts>>,
-}
-
-/// `schedule`: a cron expression or a table of runs.
-enum ScheduleArg {
-    Cron(String),
-    Table(ScheduleTableOpts),
-}
-
-impl<'de> Deserialize<'de> for ScheduleArg {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ScheduleArg;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str(
-                    "a cron expression or a table {daily = …, weekly = …, monthly = …, yearly = …}",
-                )
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ScheduleArg, E> {
-                Ok(ScheduleArg::Cron(s.to_string()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<ScheduleArg, A::Error> {
-                Ok(ScheduleArg::Table(ScheduleTableOpts::deserialize(
-                    de::value::MapAccessDeserializer::new(m),
-                )?))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl ScheduleArg {
-    fn build(self) -> Result<Schedule, (String, String)> {
-        match self {
-            ScheduleArg::Cron(s) => Schedule::cron(&s).map_err(|e| (String::new(), e)),
-            ScheduleArg::Table(t) => {
-                let mut table = schedule::Table::default();
-                if let Some(d) = t.daily {
-                    if d.listed {
-                        table.listed.push("daily");
-                    }
-                    table.daily = d.items;
-                }
-                if let Some(w) = t.weekly {
-                    if w.listed {
-                        table.listed.push("weekly");
-                    }
-                    table.weekly = w
-                        .items
-                        .into_iter()
-                        .map(|w| schedule::Weekly {
-                            day: w.day.items.into_iter().map(|d| d.0).collect(),
-                            at: w.at,
-                        })
-                        .collect();
-                }
-                if let Some(m) = t.monthly {
-                    if m.listed {
-                        table.listed.push("monthly");
-                    }
-                    table.monthly = m
-                        .items
-                        .into_iter()
-                        .map(|m| schedule::Monthly {
-                            day: m.day.items.into_iter().map(|d| d.0).collect(),
-                            at: m.at,
-                        })
-                        .collect();
-                }
-                if let Some(y) = t.yearly {
-                    if y.listed {
-                        table.listed.push("yearly");
-                    }
-                    table.yearly = y
-                        .items
-                        .into_iter()
-                        .map(|y| schedule::Yearly {
-                            month: y.month.0,
-                            day: y.day.0,
-                            at: y.at,
-                        })
-                        .collect();
-                }
-                Schedule::table(&table)
-            }
-        }
     }
 }
 
@@ -480,16 +211,6 @@ struct SelectOpts {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RetentionOpts {
-    keep_last: Option<Count>,
-    keep_daily: Option<Count>,
-    keep_weekly: Option<Count>,
-    keep_monthly: Option<Count>,
-    keep_yearly: Option<Count>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ArchiveOpts {
     repository: RepoArg,
     storage_class: String,
@@ -498,22 +219,14 @@ struct ArchiveOpts {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WorkerOpts {
-    account: Option<String>,
-    private: Option<bool>,
-    profile: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PolicyOpts {
     name: String,
-    schedule: ScheduleArg,
+    schedule: ScheduleSpec,
     select: SelectOpts,
     repository: RepoArg,
-    retention: RetentionOpts,
+    retention: Retention,
     archive: Option<ArchiveOpts>,
-    worker: Option<WorkerOpts>,
+    worker: Option<WorkerChoice>,
     enabled: Option<bool>,
     /// Taken out before parsing (a function); listed here so messages name it.
     #[allow(dead_code)]
@@ -634,7 +347,7 @@ fn declare_repository(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
     {
         check_account(ctx, R, "password.account", a)?;
     }
-    let at = caller(lua);
+    let at = super::caller_location(lua, 1).unwrap_or_default();
     let repo = Repository {
         kind: "repository",
         name: Some(o.name.clone()),
@@ -691,7 +404,7 @@ fn declare_policy(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
     };
     let o: PolicyOpts = opts::parse(P, v)?;
     check_name(&o.name).map_err(|m| ApiError::field(P, "name", m))?;
-    let schedule = o.schedule.build().map_err(|(field, m)| {
+    let schedule = Schedule::from_spec(&o.schedule).map_err(|(field, m)| {
         let f = if field.is_empty() {
             "schedule".to_string()
         } else {
@@ -730,14 +443,7 @@ fn declare_policy(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
         accounts: s.accounts.0,
     };
 
-    let r = o.retention;
-    let retention = Retention {
-        keep_last: r.keep_last.unwrap_or_default().0,
-        keep_daily: r.keep_daily.unwrap_or_default().0,
-        keep_weekly: r.keep_weekly.unwrap_or_default().0,
-        keep_monthly: r.keep_monthly.unwrap_or_default().0,
-        keep_yearly: r.keep_yearly.unwrap_or_default().0,
-    };
+    let retention = o.retention;
     if retention.keeps_nothing() {
         return Err(ApiError::field(
             P,
@@ -746,30 +452,21 @@ fn declare_policy(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
         ));
     }
 
-    let worker = match o.worker {
-        None => WorkerChoice::default(),
-        Some(w) => {
-            if let Some(a) = &w.account {
-                check_account(ctx, P, "worker.account", a)?;
-            }
-            if let Some(p) = &w.profile {
-                if !aws_sdk_ec2::types::InstanceType::values().contains(&p.as_str()) {
-                    return Err(ApiError::field(
-                        P,
-                        "worker.profile",
-                        format!("unknown instance type {p:?}"),
-                    ));
-                }
-            }
-            WorkerChoice {
-                account: w.account,
-                private: w.private,
-                profile: w.profile,
-            }
+    let worker = o.worker.unwrap_or_default();
+    if let Some(a) = &worker.account {
+        check_account(ctx, P, "worker.account", a)?;
+    }
+    if let Some(p) = &worker.profile {
+        if !aws_sdk_ec2::types::InstanceType::values().contains(&p.as_str()) {
+            return Err(ApiError::field(
+                P,
+                "worker.profile",
+                format!("unknown instance type {p:?}"),
+            ));
         }
-    };
+    }
 
-    let at = caller(lua);
+    let at = super::caller_location(lua, 1).unwrap_or_default();
     let mut d = declarations_mut(lua, P)?;
     let repository = resolve_repo(ctx, &d.repositories, "repository", o.repository)?;
     let archive = match o.archive {
@@ -884,133 +581,6 @@ fn policy_table(
         t.set("run", f)?;
     }
     Ok(t)
-}
-
-/// What a run is told about itself (`ctx` in `run = function(ctx) … end`).
-#[derive(Debug, Clone)]
-pub struct RunInfo {
-    pub run_id: i64,
-    pub job: String,
-    pub trigger: String,
-    pub scheduled: chrono::DateTime<chrono::Utc>,
-    pub version: i64,
-}
-
-/// Something a run reports while it runs.
-#[derive(Debug, Clone)]
-pub enum RunNote {
-    Log(String),
-    Progress(serde_json::Value),
-}
-
-/// What a finished run reported in its result table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RunTotals {
-    pub points: Option<i64>,
-    pub bytes: Option<i64>,
-}
-
-/// The function to call for a run of `policy` and its arguments: the
-/// policy's own `run(ctx)`, else `require("skiff.policy_run")(policy, ctx)`.
-pub fn prepare_run(
-    vm: &Vm,
-    policy: &str,
-    info: &RunInfo,
-    notes: Arc<dyn Fn(RunNote) + Send + Sync>,
-) -> mlua::Result<(Function, MultiValue)> {
-    let lua = vm.lua();
-    let all: Table = lua.named_registry_value(POLICY_TABLES)?;
-    let table: Table = all.get(policy).map_err(|_| {
-        mlua::Error::runtime(format!("policy {policy:?} is not declared in this VM"))
-    })?;
-    let ctx = lua.create_table()?;
-    ctx.set("run", info.run_id)?;
-    ctx.set("policy", &table)?;
-    ctx.set("job", info.job.as_str())?;
-    ctx.set("trigger", info.trigger.as_str())?;
-    ctx.set(
-        "scheduled",
-        info.scheduled
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )?;
-    ctx.set(
-        "scheduled_at",
-        info.scheduled.timestamp_millis() as f64 / 1000.0,
-    )?;
-    ctx.set("version", info.version)?;
-    let n = notes.clone();
-    ctx.set(
-        "log",
-        lua.create_function(move |lua, args: MultiValue| {
-            let tostring: Function = lua.globals().get("tostring")?;
-            let mut parts = Vec::new();
-            for v in args {
-                parts.push(match v {
-                    Value::Table(_) => crate::host::pretty::pretty(&v),
-                    other => tostring.call::<String>(other)?,
-                });
-            }
-            n(RunNote::Log(parts.join(" ")));
-            Ok(())
-        })?,
-    )?;
-    let n = notes;
-    ctx.set(
-        "progress",
-        lua.create_function(move |lua, v: Value| {
-            use mlua::LuaSerdeExt;
-            let json: serde_json::Value = lua.from_value(v).map_err(|e| {
-                mlua::Error::runtime(format!(
-                    "ctx.progress: expected a table of plain values: {e}"
-                ))
-            })?;
-            n(RunNote::Progress(json));
-            Ok(())
-        })?,
-    )?;
-    match table.get::<Value>("run")? {
-        Value::Function(f) => Ok((f, MultiValue::from_vec(vec![Value::Table(ctx)]))),
-        _ => {
-            let require: Function = lua.globals().get("require")?;
-            let f: Function = require.call("skiff.policy_run")?;
-            Ok((
-                f,
-                MultiValue::from_vec(vec![Value::Table(table), Value::Table(ctx)]),
-            ))
-        }
-    }
-}
-
-/// Reads `points` and `bytes` from a run's result table, if it returned one.
-pub fn run_totals(values: &MultiValue) -> Result<RunTotals, String> {
-    let Some(first) = values.iter().next() else {
-        return Ok(RunTotals::default());
-    };
-    let t = match first {
-        Value::Nil => return Ok(RunTotals::default()),
-        Value::Table(t) => t,
-        other => {
-            return Err(format!(
-                "a run returns nil or a table {{points = …, bytes = …}}, not a {}",
-                other.type_name()
-            ))
-        }
-    };
-    let int = |k: &str| -> Result<Option<i64>, String> {
-        match t.get::<Value>(k).unwrap_or(Value::Nil) {
-            Value::Nil => Ok(None),
-            Value::Integer(i) if i >= 0 => Ok(Some(i)),
-            Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(Some(n as i64)),
-            other => Err(format!(
-                "the run's result.{k}: expected an integer ≥ 0, got {}",
-                crate::host::pretty::pretty(&other)
-            )),
-        }
-    };
-    Ok(RunTotals {
-        points: int("points")?,
-        bytes: int("bytes")?,
-    })
 }
 
 pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {

@@ -232,29 +232,13 @@ pub async fn policies_view(dir: &std::path::Path) -> anyhow::Result<Option<Polic
         .map(|p| -> anyhow::Result<PolicyStatus> {
             let last = history.last_outcome(&p.name)?;
             Ok(PolicyStatus {
-                name: p.name,
-                file: p.file,
-                declared_at: p.declared_at,
-                version: p.version,
-                schedule: p.schedule,
-                enabled: p.enabled,
-                next_run: p.next_run,
+                policy: p,
                 running: None,
                 last,
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let files = history
-        .files()?
-        .into_iter()
-        .map(|f| FileStatus {
-            file: f.file,
-            version: f.version,
-            digest: f.digest,
-            loaded_at: f.loaded_at,
-            error: f.error,
-        })
-        .collect();
+    let files = history.files()?;
     Ok(Some(PoliciesView {
         live: false,
         policies,
@@ -281,13 +265,14 @@ pub async fn policies_main(a: PoliciesArgs) -> anyhow::Result<i32> {
     let rows: Vec<Vec<String>> = view
         .policies
         .iter()
-        .map(|p| {
-            let state = match (p.running, p.enabled) {
+        .map(|s| {
+            let p = &s.policy;
+            let state = match (s.running, p.enabled) {
                 (Some(run), _) => format!("running (run {run})"),
                 (None, false) => "disabled".into(),
                 (None, true) => "idle".into(),
             };
-            let last = p
+            let last = s
                 .last
                 .as_ref()
                 .map(|r| format!("{} {} (run {})", r.outcome.as_str(), when(r.ended), r.id))

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::history::{History, Outcome, RunRecord, Trigger};
+use super::history::{FileRecord, History, Outcome, PolicyRecord, RunRecord, Trigger};
 
 pub const SOCKET_FILE: &str = "serve.sock";
 
@@ -119,29 +119,16 @@ pub enum Event {
 /// A policy as `skiff policies` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyStatus {
-    pub name: String,
-    pub file: String,
-    pub declared_at: String,
-    pub version: i64,
-    pub schedule: String,
-    pub enabled: bool,
-    pub next_run: Option<DateTime<Utc>>,
+    /// The policy as loaded (the same record the history keeps).
+    #[serde(flatten)]
+    pub policy: PolicyRecord,
     /// The run in progress, if any.
     pub running: Option<i64>,
     pub last: Option<RunRecord>,
 }
 
-/// A policy file as `skiff policies` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileStatus {
-    pub file: String,
-    /// The active version (0: none ever loaded).
-    pub version: i64,
-    pub digest: String,
-    pub loaded_at: Option<DateTime<Utc>>,
-    /// Why the file on disk does not load (the active version, if any, stays).
-    pub error: Option<String>,
-}
+/// A policy file as `skiff policies` shows it: the record the history keeps.
+pub type FileStatus = FileRecord;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoliciesView {

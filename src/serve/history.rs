@@ -125,8 +125,11 @@ pub struct FileRecord {
     pub version: i64,
     pub digest: String,
     pub loaded_at: Option<DateTime<Utc>>,
-    /// The last load error, when the file on disk does not load.
+    /// The last load error, when the file on disk does not load (the
+    /// active version, if any, stays).
     pub error: Option<String>,
+    /// Kept in the history only; `skiff policies` does not show it.
+    #[serde(skip)]
     pub error_at: Option<DateTime<Utc>>,
 }
 
@@ -202,6 +205,19 @@ pub struct History {
 }
 
 const RUN_COLUMNS: &str = "id, policy, file, version, digest, trigger, scheduled, started, ended, outcome, points, bytes, error, job";
+
+const FILE_COLUMNS: &str = "file, version, digest, loaded_at, error, error_at";
+
+fn file_row(r: &rusqlite::Row) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        file: r.get(0)?,
+        version: r.get(1)?,
+        digest: r.get(2)?,
+        loaded_at: parse_ts(r.get(3)?),
+        error: r.get(4)?,
+        error_at: parse_ts(r.get(5)?),
+    })
+}
 
 fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -394,18 +410,9 @@ impl History {
     pub fn file(&self, file: &str) -> Result<Option<FileRecord>> {
         self.with(|c| {
             c.query_row(
-                "SELECT file, version, digest, loaded_at, error, error_at FROM files WHERE file = ?1",
+                &format!("SELECT {FILE_COLUMNS} FROM files WHERE file = ?1"),
                 params![file],
-                |r| {
-                    Ok(FileRecord {
-                        file: r.get(0)?,
-                        version: r.get(1)?,
-                        digest: r.get(2)?,
-                        loaded_at: parse_ts(r.get(3)?),
-                        error: r.get(4)?,
-                        error_at: parse_ts(r.get(5)?),
-                    })
-                },
+                file_row,
             )
             .optional()
         })
@@ -413,19 +420,8 @@ impl History {
 
     pub fn files(&self) -> Result<Vec<FileRecord>> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT file, version, digest, loaded_at, error, error_at FROM files ORDER BY file",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(FileRecord {
-                    file: r.get(0)?,
-                    version: r.get(1)?,
-                    digest: r.get(2)?,
-                    loaded_at: parse_ts(r.get(3)?),
-                    error: r.get(4)?,
-                    error_at: parse_ts(r.get(5)?),
-                })
-            })?;
+            let mut st = c.prepare(&format!("SELECT {FILE_COLUMNS} FROM files ORDER BY file"))?;
+            let rows = st.query_map([], file_row)?;
             rows.collect()
         })
     }

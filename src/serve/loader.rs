@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::api::{self, Context};
 use crate::host::Vm;
 use crate::network::Waits;
-use crate::serve::policy::Policy;
+use crate::policy::Policy;
 use crate::serve::ServeConfig;
 use crate::workers::{WorkerPool, WorkerSettings};
 

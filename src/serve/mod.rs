@@ -8,8 +8,7 @@ pub mod control;
 mod engine;
 pub mod history;
 mod loader;
-pub mod policy;
-pub mod schedule;
+pub mod plan;
 mod watch;
 
 use std::future::Future;

@@ -1,13 +1,20 @@
-//! What a policy declares, as typed values: what to protect (`select`),
-//! when (`schedule`), where to (`repository`), how long (`retention`), what
-//! goes to cold storage (`archive`), and where its workers run (`worker`).
-//! Built from Lua by `src/api/policy.rs`; scheduled by the engine.
+//! The policy model: what a policy declares, as typed values — what to
+//! protect (`select`), when (`schedule`), where to (`repository`), how long
+//! (`retention`), what goes to cold storage (`archive`), where its workers
+//! run (`worker`) — and what a run is told and reports (`run`). Below both
+//! the Lua surface (`api::policy` builds it) and `serve` (which schedules
+//! and runs it); knows nothing of Lua.
+
+pub mod run;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
 
-use super::schedule::Schedule;
+pub use run::{RunInfo, RunNote, RunTotals};
+use schedule::Schedule;
 
 /// A declared policy.
 #[derive(Debug, Clone)]
@@ -94,13 +101,46 @@ pub enum Password {
 
 /// Grandfather-father-son retention: the newest `keep_last` points, and the
 /// newest point of each of the last `keep_daily` days (weeks, months, years).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Read from Lua as written (`retention = {keep_daily = 7}`); a rule not
+/// given keeps nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Retention {
+    #[serde(default, deserialize_with = "count")]
     pub keep_last: u32,
+    #[serde(default, deserialize_with = "count")]
     pub keep_daily: u32,
+    #[serde(default, deserialize_with = "count")]
     pub keep_weekly: u32,
+    #[serde(default, deserialize_with = "count")]
     pub keep_monthly: u32,
+    #[serde(default, deserialize_with = "count")]
     pub keep_yearly: u32,
+}
+
+/// A count: an integer ≥ 0 (Lua may hand over a whole float).
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u32;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer ≥ 0")
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<u32, E> {
+            u32::try_from(n).map_err(|_| E::custom(format!("expected an integer ≥ 0, got {n}")))
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<u32, E> {
+            u32::try_from(n).map_err(|_| E::custom(format!("{n} is too large")))
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<u32, E> {
+            if n.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&n) {
+                Ok(n as u32)
+            } else {
+                Err(E::custom(format!("expected an integer ≥ 0, got {n}")))
+            }
+        }
+    }
+    d.deserialize_any(V)
 }
 
 impl Retention {
@@ -143,7 +183,8 @@ impl ArchivePoints {
 }
 
 /// Where the policy's backup workers run (placement rules apply otherwise).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerChoice {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
