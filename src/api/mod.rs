@@ -6,6 +6,7 @@
 //! `op`, `message`) for operational failures.
 
 mod ec2;
+mod estate;
 mod net;
 mod opts;
 pub mod policy;

@@ -14,9 +14,10 @@ use crate::failure::Kind;
 use crate::host::Vm;
 use crate::policy::schedule::{Schedule, ScheduleSpec};
 use crate::policy::{
-    check_location, check_name, is_location, Archive, ArchivePoints, Password, Policy, Repository,
-    Retention, Selection, WorkerChoice,
+    check_location, check_name, is_location, Archive, ArchivePoints, Policy, Repository, Retention,
+    Selection, WorkerChoice,
 };
+use crate::repo::password::PasswordSource;
 
 const P: &str = "policy";
 const R: &str = "repository";
@@ -48,72 +49,6 @@ pub fn seal(vm: &Vm) {
     }
 }
 
-/// Where a repository password comes from: `{env = …}`, `{file = …}` or
-/// `{ssm = …, account?, region?}`.
-struct PasswordOpt(Password);
-
-impl<'de> Deserialize<'de> for PasswordOpt {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = PasswordOpt;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a table {env = …}, {file = …} or {ssm = …}")
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<PasswordOpt, E> {
-                Err(E::custom("expected where to read the password ({env = \"VAR\"}, {file = \"…\"} or {ssm = \"/name\"}), not the password itself"))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<PasswordOpt, A::Error> {
-                let (mut account, mut region) = (None, None);
-                let mut sources = Vec::new();
-                while let Some(k) = m.next_key::<String>()? {
-                    match k.as_str() {
-                        "env" => sources.push(("env", m.next_value::<String>()?)),
-                        "file" => sources.push(("file", m.next_value::<String>()?)),
-                        "ssm" => sources.push(("ssm", m.next_value::<String>()?)),
-                        "account" => account = Some(m.next_value::<String>()?),
-                        "region" => region = Some(m.next_value::<String>()?),
-                        _ => {
-                            return Err(de::Error::unknown_field(
-                                &k,
-                                &["env", "file", "ssm", "account", "region"],
-                            ))
-                        }
-                    }
-                }
-                if sources.len() != 1 {
-                    return Err(de::Error::custom(if sources.is_empty() {
-                        "give one of env, file or ssm"
-                    } else {
-                        "give only one of env, file or ssm"
-                    }));
-                }
-                let (kind, v) = sources.remove(0);
-                if kind != "ssm" && (account.is_some() || region.is_some()) {
-                    return Err(de::Error::custom(
-                        "account and region apply to an ssm password only",
-                    ));
-                }
-                if v.is_empty() {
-                    return Err(de::Error::custom(format!(
-                        "{kind}: expected a non-empty string"
-                    )));
-                }
-                Ok(PasswordOpt(match kind {
-                    "env" => Password::Env { env: v },
-                    "file" => Password::File { file: v },
-                    _ => Password::Ssm {
-                        ssm: v,
-                        account,
-                        region,
-                    },
-                }))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RepositoryOpts {
@@ -121,7 +56,7 @@ struct RepositoryOpts {
     location: String,
     region: Option<String>,
     account: Option<String>,
-    password: Option<PasswordOpt>,
+    password: Option<PasswordSource>,
 }
 
 /// A policy's `repository`: a declared name, a location, or the table
@@ -133,7 +68,7 @@ enum RepoArg {
         location: Option<String>,
         region: Option<String>,
         account: Option<String>,
-        password: Option<PasswordOpt>,
+        password: Option<PasswordSource>,
     },
 }
 
@@ -323,7 +258,7 @@ fn resolve_repo(
             Ok(Repository {
                 region,
                 account,
-                password: password.map(|p| p.0),
+                password: password,
                 ..Repository::at(&location)
             })
         }
@@ -341,9 +276,11 @@ fn declare_repository(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
     if let Some(a) = &o.account {
         check_account(ctx, R, "account", a)?;
     }
-    if let Some(PasswordOpt(Password::Ssm {
-        account: Some(a), ..
-    })) = &o.password
+    if let Some(a) = o
+        .password
+        .as_ref()
+        .and_then(PasswordSource::ssm)
+        .and_then(|p| p.account.as_ref())
     {
         check_account(ctx, R, "password.account", a)?;
     }
@@ -354,7 +291,7 @@ fn declare_repository(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
         location: o.location,
         region: o.region,
         account: o.account,
-        password: o.password.map(|p| p.0),
+        password: o.password,
         declared_at: Some(at),
     };
     {

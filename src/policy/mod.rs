@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub use run::{RunInfo, RunNote, RunTotals};
 use schedule::Schedule;
 
+use crate::repo::password::PasswordSource;
+
 /// A declared policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -55,7 +57,7 @@ pub struct Repository {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<Password>,
+    pub password: Option<PasswordSource>,
     /// `file:line` of the `repository{}` call, for declared ones.
     #[serde(skip)]
     pub declared_at: Option<String>,
@@ -78,25 +80,6 @@ impl Repository {
     pub fn label(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.location)
     }
-}
-
-/// Where a repository's password is read from; never the password itself.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Password {
-    Env {
-        env: String,
-    },
-    File {
-        file: String,
-    },
-    Ssm {
-        ssm: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        account: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        region: Option<String>,
-    },
 }
 
 /// Grandfather-father-son retention: the newest `keep_last` points, and the
