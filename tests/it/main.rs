@@ -13,6 +13,7 @@ mod network;
 mod policy_run;
 mod repo_cli;
 mod serve;
+mod serve_lifecycle;
 mod specs;
 mod volume;
 mod workers;
