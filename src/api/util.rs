@@ -34,11 +34,7 @@ fn join(lua: &Lua, args: MultiValue) -> mlua::Result<String> {
 }
 
 fn caller(lua: &Lua) -> String {
-    lua.inspect_stack(1, |d| match (d.source().short_src, d.current_line()) {
-        (Some(s), Some(l)) => format!("{s}:{l}"),
-        _ => String::new(),
-    })
-    .unwrap_or_default()
+    super::caller_location(lua, 1).unwrap_or_default()
 }
 
 pub fn register(lua: &Lua, reg: &Registrar) -> mlua::Result<()> {
