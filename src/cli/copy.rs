@@ -191,6 +191,21 @@ pub fn parse_tags(tags: &[String]) -> anyhow::Result<std::collections::BTreeMap<
         .collect()
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM, with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 pub async fn copy(a: CopyArgs) -> anyhow::Result<i32> {
     let from: Location = a
         .from
@@ -233,7 +248,14 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<i32> {
         } else {
             None
         };
-    let result = a.access.run(op, progress).await;
+    // An interrupted copy is dropped where it stands: a file target is
+    // left as it was and its partial file removed (the sink's Drop).
+    let result = tokio::select! {
+        r = a.access.run(op, progress) => r,
+        signal = interrupted() => Err(anyhow::anyhow!(
+            "interrupted by {signal}; the copy stopped and a file target was left as it was"
+        )),
+    };
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

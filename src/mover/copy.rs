@@ -145,6 +145,14 @@ impl Source {
         }
     }
 
+    /// What a file source is on disk (a target must not be the same).
+    fn file_id(&self) -> Option<super::file::FileId> {
+        match self {
+            Source::File(f) => Some(f.id()),
+            _ => None,
+        }
+    }
+
     /// The CPU pool the source works on, shared with the sink.
     fn pool(&self) -> Option<CpuPool> {
         match self {
@@ -271,7 +279,7 @@ async fn copy_inner(
 
     let (mut sink, to) = match &target {
         Target::File(path) => (
-            Sink::File(FileSink::create(path, size, opts.overwrite).await?),
+            Sink::File(FileSink::create(path, size, opts.overwrite, source.file_id()).await?),
             format!("file:{}", path.display()),
         ),
         Target::Ebs(client) => {

@@ -26,10 +26,33 @@ fn device_size(file: &File, path: &Path) -> Result<u64> {
         .map_err(|e| MoverError::io("file.size", path.display(), e))
 }
 
+/// What a path names once links are followed: a file (device and inode),
+/// or a block device (the device it opens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileId {
+    File { dev: u64, ino: u64 },
+    Device(u64),
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        if meta.file_type().is_block_device() {
+            FileId::Device(meta.rdev())
+        } else {
+            FileId::File {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }
+        }
+    }
+}
+
 struct SourceInner {
     path: PathBuf,
     file: File,
     size: u64,
+    id: FileId,
 }
 
 #[derive(Clone)]
@@ -64,8 +87,14 @@ impl FileSource {
                     path.display()
                 )));
             }
+            let id = FileId::of(&meta);
             Ok(FileSource {
-                inner: Arc::new(SourceInner { path, file, size }),
+                inner: Arc::new(SourceInner {
+                    path,
+                    file,
+                    size,
+                    id,
+                }),
             })
         })
         .await
@@ -77,6 +106,11 @@ impl FileSource {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// What the source is on disk, to refuse a target that is the same.
+    pub fn id(&self) -> FileId {
+        self.inner.id
     }
 
     /// The byte ranges holding data; the whole file where holes cannot be found.
@@ -163,19 +197,34 @@ impl FileSource {
 }
 
 struct SinkInner {
+    /// Where the data is written: a temporary file beside the target (a
+    /// regular file), or the block device itself.
     path: PathBuf,
     file: File,
-    /// The same file opened with O_DIRECT, when the file system allows it:
-    /// page-aligned blocks bypass the page cache, which costs far more CPU
-    /// to fill than the disk takes to write.
+    /// O_DIRECT handle for aligned writes: a restore's pages would otherwise
+    /// fill the page cache, which costs more CPU to fill than the disk takes
+    /// to write.
     direct: Option<File>,
     size: u64,
     block_device: bool,
+    /// The regular file the temporary one becomes when the copy succeeded,
+    /// and whether it replaces one (`overwrite`).
+    target: Option<(PathBuf, bool)>,
+    committed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for SinkInner {
+    /// A copy that failed, was cancelled or was interrupted leaves nothing:
+    /// its temporary file goes, and the target was never touched.
+    fn drop(&mut self) {
+        if self.target.is_some() && !self.committed.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 pub struct FileSink {
     inner: Arc<SinkInner>,
-    created: bool,
 }
 
 #[derive(Clone)]
@@ -183,81 +232,107 @@ pub struct FileWriter {
     inner: Arc<SinkInner>,
 }
 
+/// `.NAME.skiff-partial.PID.RANDOM` beside `target`: visibly not an image.
+fn partial_name(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tag: u32 = rand::random();
+    target.with_file_name(format!(
+        ".{name}.skiff-partial.{}.{tag:08x}",
+        std::process::id()
+    ))
+}
+
 impl FileSink {
-    /// Prepares `path` to receive a volume of `size` bytes: a new sparse file,
-    /// an existing file only with `overwrite`, or a block device at least that big.
-    pub async fn create(path: &Path, size: u64, overwrite: bool) -> Result<FileSink> {
+    /// Prepares `path` to receive a volume of `size` bytes: a new sparse
+    /// file, an existing file only with `overwrite`, or a block device at
+    /// least that big — never the copy's own `source` (after following
+    /// links). A regular file is written under a temporary name and takes
+    /// the target's name only in [`FileSink::finish`], so an existing file
+    /// stays as it was until the copy has succeeded.
+    pub async fn create(
+        path: &Path,
+        size: u64,
+        overwrite: bool,
+        source: Option<FileId>,
+    ) -> Result<FileSink> {
         let path = path.to_path_buf();
         blocking(move || {
+            let invalid = |m: String| MoverError::Invalid(format!("file:{}: {m}", path.display()));
             let existing = std::fs::metadata(&path).ok();
-            let (file, created, block_device) = match existing {
+            if let (Some(m), Some(src)) = (&existing, source) {
+                if FileId::of(m) == src {
+                    return Err(invalid(
+                        "is the copy's source (the same file, or a link to it); a copy never writes over what it reads".into(),
+                    ));
+                }
+            }
+            let (file, path, target, block_device) = match existing {
                 Some(m) if m.file_type().is_block_device() => {
                     let f = std::fs::OpenOptions::new()
                         .write(true)
                         .open(&path)
-                        .map_err(|e| {
-                            MoverError::Invalid(format!("file:{}: {e}", path.display()))
-                        })?;
+                        .map_err(|e| invalid(e.to_string()))?;
                     let dev = device_size(&f, &path)?;
                     if dev < size {
-                        return Err(MoverError::Invalid(format!(
-                            "file:{}: the device holds {dev} bytes, the volume needs {size}",
-                            path.display()
+                        return Err(invalid(format!(
+                            "the device holds {dev} bytes, the volume needs {size}"
                         )));
                     }
-                    (f, false, true)
+                    (f, path.clone(), None, true)
                 }
                 Some(m) if !m.file_type().is_file() => {
-                    return Err(MoverError::Invalid(format!(
-                        "file:{}: not a regular file or block device",
-                        path.display()
-                    )));
+                    return Err(invalid("not a regular file or block device".into()));
                 }
                 Some(_) if !overwrite => {
-                    return Err(MoverError::Invalid(format!(
-                        "file:{}: already exists; remove it or pass overwrite = true",
-                        path.display()
-                    )));
+                    return Err(invalid(
+                        "already exists; remove it or pass overwrite = true".into(),
+                    ));
                 }
-                Some(_) => {
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .truncate(true)
-                        .open(&path)
-                        .map_err(|e| {
-                            MoverError::Invalid(format!("file:{}: {e}", path.display()))
-                        })?;
-                    (f, false, false)
-                }
-                None => {
+                existing => {
+                    // Through a link, the file it names is replaced, not the link.
+                    let target = match &existing {
+                        Some(_) => std::fs::canonicalize(&path).map_err(|e| invalid(e.to_string()))?,
+                        None => path.clone(),
+                    };
+                    let partial = partial_name(&target);
                     let f = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
-                        .open(&path)
-                        .map_err(|e| {
-                            MoverError::Invalid(format!("file:{}: {e}", path.display()))
-                        })?;
-                    (f, true, false)
+                        .open(&partial)
+                        .map_err(|e| invalid(e.to_string()))?;
+                    if let Some(m) = &existing {
+                        let _ = f.set_permissions(m.permissions());
+                    }
+                    let replaces = existing.is_some();
+                    (f, partial, Some((target, replaces)), false)
                 }
             };
+            let mut inner = SinkInner {
+                path,
+                file,
+                direct: None,
+                size,
+                block_device,
+                target,
+                committed: false.into(),
+            };
+            // From here on, a failure drops `inner`, which removes the partial file.
             if !block_device {
-                file.set_len(size)
-                    .map_err(|e| MoverError::io("file.write", path.display(), e))?;
+                inner
+                    .file
+                    .set_len(size)
+                    .map_err(|e| MoverError::io("file.write", inner.path.display(), e))?;
             }
-            let direct = std::fs::OpenOptions::new()
+            inner.direct = std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_DIRECT)
-                .open(&path)
+                .open(&inner.path)
                 .ok();
             Ok(FileSink {
-                inner: Arc::new(SinkInner {
-                    path,
-                    file,
-                    direct,
-                    size,
-                    block_device,
-                }),
-                created,
+                inner: Arc::new(inner),
             })
         })
         .await
@@ -269,28 +344,46 @@ impl FileSink {
         }
     }
 
+    /// The target: the file the copy writes, once it has succeeded.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        match &self.inner.target {
+            Some((target, _)) => target,
+            None => &self.inner.path,
+        }
     }
 
-    /// Makes the written data durable.
+    /// Makes the written data durable, then gives it the target's name:
+    /// replacing the old file at once (`overwrite`), or refusing if a file
+    /// of that name appeared meanwhile.
     pub async fn finish(&self) -> Result<()> {
         let inner = self.inner.clone();
         blocking(move || {
+            let io = |e| MoverError::io("file.write", inner.path.display(), e);
+            inner.file.sync_all().map_err(io)?;
+            let Some((target, replaces)) = &inner.target else {
+                return Ok(());
+            };
+            if *replaces {
+                std::fs::rename(&inner.path, target).map_err(io)?;
+            } else {
+                std::fs::hard_link(&inner.path, target)
+                    .map_err(|e| MoverError::Invalid(format!("file:{}: {e}", target.display())))?;
+                let _ = std::fs::remove_file(&inner.path);
+            }
             inner
-                .file
-                .sync_all()
-                .map_err(|e| MoverError::io("file.write", inner.path.display(), e))
+                .committed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = File::open(dir).and_then(|d| d.sync_all());
+            }
+            Ok(())
         })
         .await
     }
 
-    /// After a failure: removes the file if this copy created it, so no
-    /// half-written image is left to be mistaken for a good one.
+    /// After a failure: nothing of the copy stays (see `Drop`).
     pub async fn abort(self) {
-        if self.created {
-            let _ = tokio::fs::remove_file(&self.inner.path).await;
-        }
+        drop(self);
     }
 }
 
@@ -394,7 +487,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.img");
         std::fs::write(&p, b"keep me").unwrap();
-        let e = FileSink::create(&p, 10, false).await.err().unwrap();
+        let e = FileSink::create(&p, 10, false, None).await.err().unwrap();
         assert!(
             e.to_string()
                 .ends_with("already exists; remove it or pass overwrite = true"),
@@ -402,7 +495,7 @@ mod tests {
         );
         assert_eq!(std::fs::read(&p).unwrap(), b"keep me", "nothing changed");
         let q = dir.path().join("new.img");
-        let s = FileSink::create(&q, 3 * BLOCK_SIZE as u64, false)
+        let s = FileSink::create(&q, 3 * BLOCK_SIZE as u64, false, None)
             .await
             .unwrap();
         s.writer()
@@ -415,8 +508,87 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(std::fs::metadata(&q).unwrap().len(), 3 * BLOCK_SIZE as u64);
+        // Written under a temporary name; the target appears only at the end.
+        assert!(!q.exists());
+        let partial = files_in(dir.path());
+        assert_eq!(partial.len(), 2, "{partial:?}");
         s.abort().await;
         assert!(!q.exists());
+        assert_eq!(
+            files_in(dir.path()),
+            ["out.img"],
+            "nothing of the copy stays"
+        );
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn never_writes_over_its_source_and_replaces_only_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, vec![5u8; BLOCK_SIZE]).unwrap();
+        let link = dir.path().join("link.img");
+        std::os::unix::fs::symlink(&img, &link).unwrap();
+        let hard = dir.path().join("hard.img");
+        std::fs::hard_link(&img, &hard).unwrap();
+        let src = FileSource::open(&img).await.unwrap();
+        for target in [&img, &link, &hard] {
+            let e = FileSink::create(target, BLOCK_SIZE as u64, true, Some(src.id()))
+                .await
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("is the copy's source"), "{e}");
+        }
+        assert_eq!(std::fs::read(&img).unwrap(), vec![5u8; BLOCK_SIZE]);
+
+        // Overwriting another file through a link replaces the file it names,
+        // and only once the copy finished.
+        let other = dir.path().join("other.img");
+        std::fs::write(&other, b"old").unwrap();
+        let to_other = dir.path().join("to-other.img");
+        std::os::unix::fs::symlink(&other, &to_other).unwrap();
+        let s = FileSink::create(&to_other, BLOCK_SIZE as u64, true, Some(src.id()))
+            .await
+            .unwrap();
+        s.writer()
+            .write(
+                0,
+                Data::Bytes {
+                    bytes: bytes::Bytes::from(vec![9u8; BLOCK_SIZE]),
+                    sha: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&other).unwrap(),
+            b"old",
+            "untouched until the end"
+        );
+        s.finish().await.unwrap();
+        drop(s);
+        assert_eq!(std::fs::read(&other).unwrap(), vec![9u8; BLOCK_SIZE]);
+        assert!(std::fs::symlink_metadata(&to_other)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            files_in(dir.path()),
+            [
+                "disk.img",
+                "hard.img",
+                "link.img",
+                "other.img",
+                "to-other.img"
+            ]
+        );
     }
 }

@@ -78,7 +78,9 @@
 --- (default: `{env = "SKIFF_PASSWORD"}`)
 --- @field password? skiff.PasswordSource
 ---
---- Replace an existing target file (a block device is always written).
+--- Replace an existing target file, once the copy has succeeded (it is
+--- written under a temporary name first; a block device is always written
+--- in place). Never the copy's own source.
 --- (default: `false`)
 --- @field overwrite? boolean
 ---

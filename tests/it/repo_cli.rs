@@ -300,3 +300,89 @@ fn killing_skiff_mid_backup_leaves_the_repository_valid_and_the_rerun_completes(
     c.ok(&["copy", &format!("repo:repo#{p}"), "file:out.img"]);
     assert!(same(&img, &c.path("out.img")));
 }
+
+/// The names in the workspace's top folder, sorted.
+fn names_in(c: &Cli) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(c.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_copy_never_writes_over_its_source_and_a_failed_restore_changes_nothing() {
+    let c = Cli::new();
+    let img = c.path("disk.img");
+    images::mixed_image(&img, 24, 5);
+    let before = std::fs::read(&img).unwrap();
+    std::os::unix::fs::symlink("disk.img", c.path("link.img")).unwrap();
+    std::fs::hard_link(&img, c.path("hard.img")).unwrap();
+    for target in ["file:disk.img", "file:link.img", "file:hard.img"] {
+        let (code, _, err) = c.run(&["copy", "file:disk.img", target, "--overwrite"]);
+        assert_eq!(code, 2, "{target}: {err}");
+        assert!(err.contains("is the copy's source"), "{target}: {err}");
+        assert_eq!(std::fs::read(&img).unwrap(), before, "{target}: unchanged");
+    }
+
+    // A restore that fails half way leaves the file it would overwrite as it
+    // was, and nothing partial beside it.
+    c.ok(&["repo", "init", "repo"]);
+    let p = point_of(&c.ok(&["copy", "file:disk.img", "repo:repo"]));
+    let mut packs = files_under(&c.path("repo/data"));
+    packs.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    let mut bytes = std::fs::read(&packs[0]).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&packs[0], &bytes).unwrap();
+    std::fs::write(c.path("keep.img"), b"an image worth keeping").unwrap();
+    let listed = names_in(&c);
+    let (code, _, err) = c.run(&[
+        "copy",
+        &format!("repo:repo#{p}"),
+        "file:keep.img",
+        "--overwrite",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        std::fs::read(c.path("keep.img")).unwrap(),
+        b"an image worth keeping"
+    );
+    assert_eq!(names_in(&c), listed, "no partial image is left");
+}
+
+#[test]
+fn an_interrupted_restore_leaves_no_partial_image() {
+    let c = Cli::new();
+    images::mixed_image(&c.path("big.img"), 800, 6);
+    c.ok(&["repo", "init", "repo"]);
+    c.ok(&["copy", "file:big.img", "repo:repo"]);
+    std::fs::write(c.path("keep.img"), b"keep").unwrap();
+    let listed = names_in(&c);
+    for (target, signal) in [
+        ("file:new.img", libc::SIGINT),
+        ("file:keep.img", libc::SIGTERM),
+    ] {
+        let child = c
+            .command(&["copy", "repo:repo", target, "--overwrite"], "pw")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the partial file to appear, then interrupt.
+        let t = std::time::Instant::now();
+        while !names_in(&c).iter().any(|n| n.contains(".skiff-partial."))
+            && t.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{target}: {err}");
+        assert!(err.contains("interrupted by SIG"), "{target}: {err}");
+        assert_eq!(names_in(&c), listed, "{target}: nothing partial is left");
+        assert_eq!(std::fs::read(c.path("keep.img")).unwrap(), b"keep");
+    }
+}
