@@ -25,7 +25,10 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("stdlib");
+    // Read at run time, not baked in with env!(): a build script compiled for
+    // one checkout is reused by another that shares the target directory.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest).join("stdlib");
     println!("cargo:rerun-if-changed=stdlib");
     let mut files = Vec::new();
     walk(&root, &root, &mut files);

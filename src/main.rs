@@ -1,7 +1,28 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// `skiff … | head` closes stdout early: Rust reports that as a panic in
+/// `println!`; end quietly instead, with the status a shell gives a process
+/// ended by SIGPIPE. (SIGPIPE itself stays ignored, so a closed socket is an
+/// error to handle, never a silent death.)
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
+}
+
 fn main() {
+    quiet_on_closed_stdout();
     let cli = skiff::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| {

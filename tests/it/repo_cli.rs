@@ -386,3 +386,26 @@ fn an_interrupted_restore_leaves_no_partial_image() {
         assert_eq!(std::fs::read(c.path("keep.img")).unwrap(), b"keep");
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let c = Cli::new();
+    c.ok(&["repo", "init", "repo"]);
+    images::mixed_image(&c.path("disk.img"), 4, 8);
+    for _ in 0..3 {
+        c.ok(&["copy", "file:disk.img", "repo:repo"]);
+    }
+    for args in [&["repo", "points", "repo"][..], &["--help"][..]] {
+        let mut child = c
+            .command(args, "pw")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // as `| head -0` does
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
