@@ -67,10 +67,12 @@ pub struct ScriptOpts {
     /// Give scripts the full Lua standard library (os.execute, io.popen, debug, C modules).
     #[arg(long, global = true)]
     pub unsafe_lua: bool,
-    /// Memory limit per script VM, e.g. 256MiB (default from skiff.toml, else 256MiB).
+    /// Memory limit per script VM, e.g. 256MiB; at least 1MiB, and no value
+    /// turns it off (default from skiff.toml, else 256MiB).
     #[arg(long, global = true, value_name = "SIZE")]
     pub memory_limit: Option<ByteSize>,
-    /// Instructions one top-level call may run (default from skiff.toml, else 1e9).
+    /// Instructions one top-level call may run; at least 1000, and no value
+    /// turns it off (default from skiff.toml, else 1e9).
     #[arg(long, global = true, value_name = "N")]
     pub instruction_limit: Option<u64>,
 }
@@ -91,6 +93,9 @@ impl Session {
         }
         if let Some(n) = opts.instruction_limit {
             limits.instruction_limit = n;
+        }
+        if let Err((field, message)) = limits.check() {
+            anyhow::bail!("--{}: {message}", field.replace('_', "-"));
         }
         let mut search_dirs = Vec::new();
         if let Some(dir) = script.and_then(|s| s.parent()) {

@@ -93,6 +93,38 @@ pub struct LuaLimits {
     pub instruction_limit: u64,
 }
 
+impl LuaLimits {
+    /// The smallest memory limit: a VM needs about this much to start.
+    pub const MIN_MEMORY: u64 = 1 << 20;
+    /// The smallest instruction limit: the budget is counted every 1,000.
+    pub const MIN_INSTRUCTIONS: u64 = 1_000;
+
+    /// One rule for skiff.toml and the command line alike: each limit has a
+    /// floor, and no value (0 included) switches a limit off. On a breach,
+    /// the field and what is wrong.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.memory_limit.0 < Self::MIN_MEMORY {
+            return Err((
+                "memory_limit",
+                format!(
+                    "must be at least 1MiB, got {} bytes (no value turns the limit off)",
+                    self.memory_limit.0
+                ),
+            ));
+        }
+        if self.instruction_limit < Self::MIN_INSTRUCTIONS {
+            return Err((
+                "instruction_limit",
+                format!(
+                    "must be at least 1000, got {} (no value turns the limit off)",
+                    self.instruction_limit
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for LuaLimits {
     fn default() -> Self {
         LuaLimits {
@@ -238,11 +270,8 @@ impl Config {
                 ));
             }
         }
-        if self.lua.memory_limit.0 < (1 << 20) {
-            return Err(invalid(
-                "lua.memory_limit".into(),
-                "must be at least 1MiB".into(),
-            ));
+        if let Err((field, message)) = self.lua.check() {
+            return Err(invalid(format!("lua.{field}"), message));
         }
         Ok(())
     }

@@ -270,3 +270,42 @@ async fn every_verb_has_help() {
         );
     }
 }
+
+#[tokio::test]
+async fn no_limit_can_be_switched_off_from_the_file_or_the_command_line() {
+    let ws = Workspace::new("").await;
+    ws.write("ok.lua", "print('ran')\n");
+    for (flag, value, message) in [
+        (
+            "--memory-limit",
+            "0",
+            "--memory-limit: must be at least 1MiB",
+        ),
+        (
+            "--instruction-limit",
+            "0",
+            "--instruction-limit: must be at least 1000",
+        ),
+    ] {
+        let out = ws.skiff(&["run", flag, value, "ok.lua"]).await;
+        out.failed();
+        assert!(out.stderr.contains(message), "{}", out.stderr);
+        assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    }
+    for (toml, message) in [
+        (
+            "[lua]\nmemory_limit = 0\n",
+            "lua.memory_limit: must be at least 1MiB",
+        ),
+        (
+            "[lua]\ninstruction_limit = 0\n",
+            "lua.instruction_limit: must be at least 1000",
+        ),
+    ] {
+        let ws = Workspace::new(toml).await;
+        ws.write("ok.lua", "print('ran')\n");
+        let out = ws.skiff(&["run", "ok.lua"]).await;
+        out.failed();
+        assert!(out.stderr.contains(message), "{}", out.stderr);
+    }
+}
