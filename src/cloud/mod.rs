@@ -40,16 +40,41 @@ pub enum ScopeError {
     BadRegion(String),
 }
 
+/// The area codes AWS region names start with, and the directions that
+/// come before their number.
+const REGION_AREAS: &[&str] = &[
+    "af", "ap", "ca", "cn", "eu", "eusc", "il", "me", "mx", "sa", "us",
+];
+const REGION_DIRECTIONS: &[&str] = &[
+    "north",
+    "south",
+    "east",
+    "west",
+    "central",
+    "northeast",
+    "northwest",
+    "southeast",
+    "southwest",
+];
+
+/// A name of AWS's form: an area, an optional partition (`gov`, `iso`…), a
+/// direction and a number — `us-east-1`, `us-gov-west-1`, `ap-southeast-4`;
+/// not `mars-north-9`.
 fn valid_region(r: &str) -> bool {
-    // e.g. us-east-1, eu-central-2, us-gov-west-1, ap-southeast-4
     let parts: Vec<&str> = r.split('-').collect();
-    parts.len() >= 3
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return false;
+    };
+    (3..=4).contains(&parts.len())
+        && REGION_AREAS.contains(first)
+        && REGION_DIRECTIONS.contains(&parts[parts.len() - 2])
+        && !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
         && parts.iter().all(|p| {
             !p.is_empty()
                 && p.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
-        && parts.last().unwrap().bytes().all(|b| b.is_ascii_digit())
 }
 
 pub struct Cloud {

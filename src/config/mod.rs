@@ -273,6 +273,9 @@ impl Config {
         if let Err((field, message)) = self.lua.check() {
             return Err(invalid(format!("lua.{field}"), message));
         }
+        if let Err((field, message)) = self.workers.check() {
+            return Err(invalid(format!("workers.{field}"), message));
+        }
         Ok(())
     }
 }

@@ -88,6 +88,30 @@ pub struct WorkersConfig {
     pub regions: BTreeMap<String, RegionConfig>,
 }
 
+impl WorkersConfig {
+    /// Values that would stop every job: no worker at all, or a task queue
+    /// whose messages reappear before an agent can extend them. On a breach,
+    /// the field and what is wrong.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.max_per_region == 0 {
+            return Err((
+                "max_per_region",
+                "must be at least 1 (0 would let no job launch a worker)".into(),
+            ));
+        }
+        if self.visibility_timeout < 3 {
+            return Err((
+                "visibility_timeout",
+                format!(
+                    "must be at least 3 seconds (an agent extends it every third), got {}",
+                    self.visibility_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for WorkersConfig {
     fn default() -> Self {
         toml::from_str("").expect("defaults")

@@ -85,6 +85,15 @@ impl CopyOpts {
                 format!("{t:?} is not an RFC 3339 time: {e}"),
             )
         })?;
+        // A day of slack for clocks; a point from the future would outlive
+        // every retention rule.
+        if parsed > chrono::Utc::now() + chrono::Duration::days(1) {
+            return Err(Error::field(
+                Self::NAME,
+                "time",
+                format!("{t:?} is in the future; a point's time is when its data was taken"),
+            ));
+        }
         Ok(Some(
             parsed
                 .with_timezone(&chrono::Utc)
@@ -122,6 +131,13 @@ impl Operation for CopyOpts {
         )?;
         let parent = self.parent_choice()?;
         let time = self.point_time()?;
+        if self.volume.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(Error::field(
+                Self::NAME,
+                "volume",
+                "expected a volume name, got an empty one",
+            ));
+        }
         // Each repository's own password source, else the copy's.
         let password = |p: &Place| p.password.clone().or_else(|| self.password.clone());
         let from_opener = access.opener(password(from))?;

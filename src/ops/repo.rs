@@ -142,6 +142,34 @@ impl InitOpts {
             .password()
             .await
             .map_err(|e| e.into_error(<Self as Operation>::NAME))?;
+        if let crate::repo::RepoUrl::Local(dir) = url {
+            // A repository is made in a new or empty folder, never among
+            // other files (`keys/` and `config` of one that exists are
+            // refused below, with their own message).
+            let others = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| {
+                            !["config", "keys", "data", "index", "points", "lease"]
+                                .contains(&n.as_str())
+                        })
+                        .take(3)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            if !others.is_empty() {
+                return Err(Error::field(
+                    <Self as Operation>::NAME,
+                    "location",
+                    format!(
+                        "{} is not empty (it holds {}); create a repository in a new or empty folder",
+                        url,
+                        others.join(", ")
+                    ),
+                ));
+            }
+        }
         let backend = crate::repo::backend_for(url, s3).map_err(Self::fail)?;
         if let Some(c) = &self.storage_class {
             crate::repo::check_storage_class(c)

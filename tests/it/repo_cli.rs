@@ -409,3 +409,53 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn nonsense_is_refused_before_anything_changes() {
+    let c = Cli::new();
+    images::mixed_image(&c.path("disk.img"), 4, 9);
+    // A repository is not made among other files.
+    std::fs::create_dir(c.path("home")).unwrap();
+    std::fs::write(c.path("home/notes.txt"), b"mine").unwrap();
+    let (code, _, err) = c.run(&["repo", "init", "home"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("LOCATION: home is not empty (it holds notes.txt)"),
+        "{err}"
+    );
+    assert_eq!(files_under(&c.path("home")).len(), 1);
+    c.ok(&["repo", "init", "repo"]);
+    let (code, _, err) = c.run(&["copy", "file:disk.img", "repo:repo", "--volume", ""]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--volume: expected a volume name, got an empty one"),
+        "{err}"
+    );
+    let (code, _, err) = c.run(&[
+        "copy",
+        "file:disk.img",
+        "repo:s3://bucket/prefix",
+        "--region",
+        "mars-north-9",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid region \"mars-north-9\""), "{err}");
+    let points = c.ok(&["repo", "points", "repo"]);
+    assert!(points.ends_with("0 point(s)\n"), "{points}");
+    // Worker settings that would stop every job.
+    for (toml, message) in [
+        (
+            "[workers]\nmax_per_region = 0\n",
+            "workers.max_per_region: must be at least 1",
+        ),
+        (
+            "[workers]\nvisibility_timeout = 0\n",
+            "workers.visibility_timeout: must be at least 3 seconds",
+        ),
+    ] {
+        std::fs::write(c.path("skiff.toml"), toml).unwrap();
+        let (code, _, err) = c.run(&["copy", "file:disk.img", "repo:s3://bucket/p"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(message), "{err}");
+    }
+}

@@ -116,6 +116,10 @@ describe("copy_volume", function()
       "copy_volume: opts.progress: expected function, got number")
     expect(function() copy_volume("file:/a") end):to_fail(
       "copy_volume: expected an options table copy_volume{…}, got string")
+    expect(function() copy_volume({ from = "file:/a", to = "file:/b", volume = "" }) end):to_fail(
+      "copy_volume: opts.volume: expected a volume name, got an empty one")
+    expect(function() copy_volume({ from = "file:/a", to = "file:/b", time = "9999-01-01T00:00:00Z" }) end):to_fail(
+      'copy_volume: opts.time: "9999-01-01T00:00:00Z" is in the future; a point\'s time is when its data was taken')
   end)
 
   it("refuses to overwrite a file unless asked, and changes nothing", function()
