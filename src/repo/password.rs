@@ -166,6 +166,7 @@ impl PasswordSource {
                 }
             },
             PasswordSource::File(path) => {
+                warn_if_others_can_read(path);
                 let mut b = tokio::fs::read(path).await.map_err(|e| {
                     RepoError::Invalid(format!("password file {}: {e}", path.display()))
                 })?;
@@ -202,6 +203,20 @@ impl PasswordSource {
             )));
         }
         Ok(pw)
+    }
+}
+
+/// A password file others can read is a repository others can open.
+fn warn_if_others_can_read(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "password file {} can be read by other users (mode {mode:o}); chmod 600 it",
+                path.display()
+            );
+        }
     }
 }
 

@@ -247,6 +247,15 @@ impl History {
             source,
         };
         let conn = Connection::open(&path).map_err(err)?;
+        // The history names instances, accounts and errors: the owner's only.
+        use std::os::unix::fs::PermissionsExt;
+        for p in [
+            path.clone(),
+            dir.join(format!("{DB_FILE}-wal")),
+            dir.join(format!("{DB_FILE}-shm")),
+        ] {
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")

@@ -36,7 +36,8 @@ impl LocalAgent {
                 w.scope
             ))
         })?;
-        std::fs::create_dir_all(log_dir)
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(log_dir)
             .map_err(|e| WorkerError::Io(format!("{}: {e}", log_dir.display())))?;
         let log = log_dir.join(format!("{}.log", w.id));
         let mut cmd = tokio::process::Command::new(exe);
@@ -68,10 +69,11 @@ impl LocalAgent {
         let gave_up = Arc::new(Mutex::new(None));
         let spawn =
             move |cmd: &mut tokio::process::Command| -> std::io::Result<tokio::process::Child> {
-                let out = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)?;
+                let out = std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new().create(true).append(true),
+                    0o600,
+                )
+                .open(&log)?;
                 cmd.stdout(out.try_clone()?).stderr(out);
                 cmd.spawn()
             };

@@ -231,9 +231,10 @@ async fn a_killed_agent_s_task_reappears_and_completes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the agent reads blocks, then kill it.
+    // Wait (30 s at most: a loaded machine starts agents slowly) until the
+    // agent reads blocks, then kill it.
     let mut killed = false;
-    for _ in 0..300 {
+    for _ in 0..600 {
         let reads = account.counters()["ops"]["GetSnapshotBlock"]
             .as_u64()
             .unwrap_or(0);

@@ -459,3 +459,38 @@ fn nonsense_is_refused_before_anything_changes() {
         assert!(err.contains(message), "{err}");
     }
 }
+
+#[test]
+fn the_repository_is_its_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cli::new();
+    images::mixed_image(&c.path("disk.img"), 8, 10);
+    c.ok(&["repo", "init", "repo"]);
+    c.ok(&["copy", "file:disk.img", "repo:repo"]);
+    let mut seen = 0;
+    let mut stack = vec![c.path("repo")];
+    while let Some(dir) = stack.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", p.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 4, "{seen} files");
+    // A password file others can read is named.
+    std::fs::write(c.path("pw.txt"), "pw\n").unwrap();
+    std::fs::set_permissions(c.path("pw.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = c.run(&["repo", "points", "repo", "--password-file", "pw.txt"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("password file pw.txt can be read by other users (mode 644)"),
+        "{err}"
+    );
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -158,7 +158,6 @@ impl Local {
     /// restore reads each pack once, and filling the page cache with it costs
     /// more CPU than reading it.
     fn open_direct_cached(&self, name: &str) -> Option<Arc<File>> {
-        use std::os::unix::fs::OpenOptionsExt;
         let key = format!("{name}\0direct");
         if let Some(f) = self.files.lock().unwrap().get(&key) {
             return Some(f.clone());
@@ -240,7 +239,11 @@ impl Local {
     fn tmp_beside(root: &Path, name: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
         let path = root.join(name);
         let dir = path.parent().unwrap_or(root).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| RepoError::io("repo.write", dir.display(), e))?;
+        // The repository is its owner's only, as restic keeps it: folders
+        // 0700, files 0600, whatever the umask.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
+            .map_err(|e| RepoError::io("repo.write", dir.display(), e))?;
         let tmp = dir.join(format!(
             "{TMP_PREFIX}{}",
             hex::encode(crate::repo::crypto::random::<8>())
@@ -266,6 +269,7 @@ impl Local {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()
@@ -292,13 +296,13 @@ impl Local {
     /// Like `write_atomic`, with the page-aligned bulk written through O_DIRECT
     /// and the unaligned tail through the page cache.
     fn write_pack(root: &Path, name: &str, data: &AlignedBuf) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         let (path, dir, tmp) = Local::tmp_beside(root, name)?;
         let bulk = data.len() / ALIGN * ALIGN;
         let write = || -> std::io::Result<bool> {
             let direct = match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .custom_flags(libc::O_DIRECT)
                 .open(&tmp)
             {
@@ -381,6 +385,7 @@ impl Local {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| RepoError::io("repo.lease", path.display(), e))?;
         // SAFETY: flock on a file descriptor we own; released when `f` is closed.

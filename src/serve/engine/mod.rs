@@ -146,11 +146,13 @@ fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ServeError> {
         path: path.clone(),
         source,
     };
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(io)?;
     // SAFETY: flock on a descriptor this function owns.
@@ -182,10 +184,13 @@ pub async fn run(
     if !dir.is_dir() {
         return Err(ServeError::NotADir(dir.to_path_buf()));
     }
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| ServeError::StateDir {
-        path: cfg.state_dir.clone(),
-        source,
-    })?;
+    // The state (history, control socket, agent logs) is the owner's only.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&cfg.state_dir)
+        .map_err(|source| ServeError::StateDir {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
     let history = Arc::new(History::open(&cfg.state_dir)?);
     let closed = history.close_interrupted(Utc::now())?;
