@@ -203,10 +203,25 @@ impl KdfParams {
         Ok(Key::from_bytes(out))
     }
 
+    /// The highest costs accepted when reading a key file, so a tampered
+    /// or damaged file cannot make opening allocate without bound or run
+    /// for hours: 2 GiB, 64 passes, 16 lanes.
+    pub const MAX: KdfParams = KdfParams {
+        m_cost: 2 * 1024 * 1024,
+        t_cost: 64,
+        p_cost: 16,
+    };
+
     pub fn is_weaker_than_min(&self) -> bool {
         self.m_cost < Self::MIN.m_cost
             || self.t_cost < Self::MIN.t_cost
             || self.p_cost < Self::MIN.p_cost
+    }
+
+    pub fn is_costlier_than_max(&self) -> bool {
+        self.m_cost > Self::MAX.m_cost
+            || self.t_cost > Self::MAX.t_cost
+            || self.p_cost > Self::MAX.p_cost
     }
 }
 

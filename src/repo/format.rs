@@ -294,6 +294,22 @@ pub struct KeyFile {
     /// base64 of the sealed 32-byte master key.
     pub key: String,
     pub created: String,
+    /// Hex SHA-256 of the fields above that opening uses ([`KeyFile::checksum`]),
+    /// so a damaged file is told from a wrong password. It detects damage,
+    /// not tampering: the AEAD and the cost bounds stand against that.
+    /// Absent in key files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+}
+
+impl KeyFile {
+    pub fn checksum(&self) -> String {
+        let canonical = format!(
+            "{}:{}:{}:{}:{}:{}",
+            self.kdf, self.m_cost, self.t_cost, self.p_cost, self.salt, self.key
+        );
+        hex::encode(super::crypto::sha256(canonical.as_bytes()))
+    }
 }
 
 /// What a copy moved, recorded in each point.

@@ -107,6 +107,11 @@ impl Repo {
             salt: B64.encode(salt),
             key: B64.encode(kek.seal(MASTER_KEY_AAD, master.bytes())),
             created: format::now_rfc3339(),
+            check: None,
+        };
+        let key_file = KeyFile {
+            check: Some(key_file.checksum()),
+            ..key_file
         };
         let key_name = format!("keys/{}", hex::encode(crypto::random::<16>()));
         backend
@@ -184,22 +189,38 @@ impl Repo {
                 t_cost: kf.t_cost,
                 p_cost: kf.p_cost,
             };
-            if kf.kdf != "argon2id" || params.is_weaker_than_min() {
-                return Err(RepoError::corrupt(
-                    "repo.open",
-                    &k.name,
-                    format!(
-                        "refusing key derivation {} {params:?} (below the minimum)",
-                        kf.kdf
-                    ),
+            let damaged = |m: String| RepoError::corrupt("repo.open", &k.name, m);
+            if kf.check.as_ref().is_some_and(|c| *c != kf.checksum()) {
+                return Err(damaged(
+                    "the key file is damaged (its checksum does not match its content); open the repository with another key, or restore keys/ from a copy".into(),
                 ));
+            }
+            if kf.kdf != "argon2id" || params.is_weaker_than_min() {
+                return Err(damaged(format!(
+                    "refusing key derivation {} {params:?} (below the minimum)",
+                    kf.kdf
+                )));
+            }
+            if params.is_costlier_than_max() {
+                return Err(damaged(format!(
+                    "refusing key derivation {params:?}: above the bounds {:?} (a damaged or tampered key file)",
+                    KdfParams::MAX
+                )));
             }
             let salt = B64
                 .decode(&kf.salt)
-                .map_err(|e| RepoError::corrupt("repo.open", &k.name, format!("bad salt: {e}")))?;
+                .map_err(|e| damaged(format!("bad salt: {e}")))?;
             let wrapped = B64
                 .decode(&kf.key)
-                .map_err(|e| RepoError::corrupt("repo.open", &k.name, format!("bad key: {e}")))?;
+                .map_err(|e| damaged(format!("bad key: {e}")))?;
+            if salt.len() < 8 || wrapped.len() != 32 + crypto::OVERHEAD {
+                return Err(damaged(format!(
+                    "a salt of {} bytes and a wrapped key of {} bytes (expected at least 8 and {})",
+                    salt.len(),
+                    wrapped.len(),
+                    32 + crypto::OVERHEAD
+                )));
+            }
             let pw = password.to_vec();
             let kek = tokio::task::spawn_blocking(move || params.derive(&pw, &salt))
                 .await
@@ -290,5 +311,64 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(none, RepoError::NotARepository { .. }), "{none}");
+    }
+
+    /// Rewrites the repository's one key file through `edit`.
+    async fn edit_key(backend: &Backend, edit: impl Fn(&mut serde_json::Value)) {
+        let name = backend.list("keys").await.unwrap()[0].name.clone();
+        let mut kf: serde_json::Value =
+            serde_json::from_slice(&backend.get(&name).await.unwrap()).unwrap();
+        edit(&mut kf);
+        backend
+            .put(&name, Bytes::from(serde_json::to_vec(&kf).unwrap()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn damaged_or_hostile_key_files_are_named_not_taken_for_a_wrong_password() {
+        let fresh = || async {
+            let b = Backend::memory();
+            Repo::init(b.clone(), "mem", b"secret", KdfParams::MIN)
+                .await
+                .unwrap();
+            b
+        };
+        // Costs far beyond reason are refused before any allocation.
+        let b = fresh().await;
+        edit_key(&b, |kf| {
+            kf["m_cost"] = u32::MAX.into();
+            kf.as_object_mut().unwrap().remove("check");
+        })
+        .await;
+        let t = std::time::Instant::now();
+        let e = Repo::open(b, "mem", b"secret").await.err().unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert!(matches!(e, RepoError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("above the bounds"), "{e}");
+        // A flipped character in the wrapped key is damage, not a wrong password.
+        let b = fresh().await;
+        edit_key(&b, |kf| {
+            let mut key = kf["key"].as_str().unwrap().to_string().into_bytes();
+            key[10] = if key[10] == b'A' { b'B' } else { b'A' };
+            kf["key"] = String::from_utf8(key).unwrap().into();
+        })
+        .await;
+        let e = Repo::open(b.clone(), "mem", b"secret").await.err().unwrap();
+        assert!(e.to_string().contains("the key file is damaged"), "{e}");
+        // A truncated key without a checksum (an older key file) is named too.
+        edit_key(&b, |kf| {
+            kf["key"] = "AAAA".into();
+            kf.as_object_mut().unwrap().remove("check");
+        })
+        .await;
+        let e = Repo::open(b, "mem", b"secret").await.err().unwrap();
+        assert!(e.to_string().contains("a wrapped key of 3 bytes"), "{e}");
+        // And a wrong password is still just that.
+        let e = Repo::open(fresh().await, "mem", b"nope")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, RepoError::WrongPassword { .. }), "{e}");
     }
 }
