@@ -186,6 +186,57 @@ impl EbsSource {
         let index = i32::try_from(item.index).map_err(|_| {
             MoverError::Invalid(format!("block index {} is out of range", item.index))
         })?;
+        // A block damaged in transit (a checksum that does not match, a short
+        // body) is read again like a transient fault; only damage that
+        // persists through every attempt fails the copy.
+        let policy = &inner.settings.retry;
+        let mut attempt = 1;
+        let (sha, zero, bytes) = loop {
+            match self.fetch_verified(index, item.index, &token).await {
+                Ok(v) => break v,
+                Err(Fetched::Damaged(m)) if attempt < policy.max_attempts => {
+                    tracing::debug!("{m} (attempt {attempt}); reading it again");
+                    tokio::time::sleep(policy.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(Fetched::Damaged(m)) => {
+                    return Err(MoverError::Integrity {
+                        op: "ebs:GetSnapshotBlock",
+                        message: format!("{m} (in each of {attempt} reads)"),
+                    })
+                }
+                Err(Fetched::Failed(e)) => return Err(e),
+            }
+        };
+        let data = if zero {
+            Data::Zero
+        } else {
+            Data::Bytes {
+                bytes,
+                sha: Some(sha),
+            }
+        };
+        Ok((data, BLOCK_SIZE as u64))
+    }
+}
+
+/// Why one read of a block gave no verified data.
+enum Fetched {
+    /// The data does not match its checksum, or is short: worth reading again.
+    Damaged(String),
+    Failed(MoverError),
+}
+
+impl EbsSource {
+    /// One GetSnapshotBlock (AWS errors retried inside), verified against
+    /// its checksum: the block's SHA-256, whether it is zero, and its bytes.
+    async fn fetch_verified(
+        &self,
+        index: i32,
+        block: u64,
+        token: &str,
+    ) -> std::result::Result<([u8; 32], bool, bytes::Bytes), Fetched> {
+        let inner = &self.inner;
         let (bytes, checksum, algorithm) = retry(&inner.settings.retry, || async {
             inner.limiter.acquire().await;
             let out = inner
@@ -193,7 +244,7 @@ impl EbsSource {
                 .get_snapshot_block()
                 .snapshot_id(&inner.snapshot)
                 .block_index(index)
-                .block_token(&token)
+                .block_token(token)
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("ebs:GetSnapshotBlock", e))?;
@@ -206,24 +257,28 @@ impl EbsSource {
                 .map_err(|e| body_error("ebs:GetSnapshotBlock", e))?;
             Ok((body.into_bytes(), checksum, algorithm))
         })
-        .await?;
-        let bad = |m: String| MoverError::Integrity {
-            op: "ebs:GetSnapshotBlock",
-            message: format!("{} block {}: {m}", inner.snapshot, item.index),
+        .await
+        .map_err(|e| Fetched::Failed(e.into()))?;
+        let what = |m: String| format!("{} block {block}: {m}", inner.snapshot);
+        let permanent = |m: String| {
+            Fetched::Failed(MoverError::Integrity {
+                op: "ebs:GetSnapshotBlock",
+                message: what(m),
+            })
         };
         if bytes.len() != BLOCK_SIZE {
-            return Err(bad(format!(
+            return Err(Fetched::Damaged(what(format!(
                 "expected {BLOCK_SIZE} bytes, got {}",
                 bytes.len()
-            )));
+            ))));
         }
         if algorithm.is_some_and(|a| a != ChecksumAlgorithm::ChecksumAlgorithmSha256) {
-            return Err(bad("the checksum is not SHA-256".into()));
+            return Err(permanent("the checksum is not SHA-256".into()));
         }
         let expected = checksum
             .as_deref()
             .and_then(|c| B64.decode(c).ok())
-            .ok_or_else(|| bad("the response carries no valid checksum".into()))?;
+            .ok_or_else(|| permanent("the response carries no valid checksum".into()))?;
         let (sha, zero, bytes) = inner
             .pool
             .run(move || {
@@ -233,21 +288,13 @@ impl EbsSource {
             })
             .await;
         if expected != sha {
-            return Err(bad(format!(
+            return Err(Fetched::Damaged(what(format!(
                 "checksum mismatch: the service says {}, the data hashes to {}",
                 checksum.unwrap_or_default(),
                 B64.encode(sha)
-            )));
+            ))));
         }
-        let data = if zero {
-            Data::Zero
-        } else {
-            Data::Bytes {
-                bytes,
-                sha: Some(sha),
-            }
-        };
-        Ok((data, BLOCK_SIZE as u64))
+        Ok((sha, zero, bytes))
     }
 }
 

@@ -45,7 +45,8 @@ pub enum MoverError {
     Aws(#[from] AwsError),
     #[error(transparent)]
     Repo(#[from] RepoError),
-    /// Data that does not match its checksum: never retried, never written.
+    /// Data that does not match its checksum, after every attempt to read
+    /// it again: never written.
     #[error("{op}: {message}")]
     Integrity { op: &'static str, message: String },
     /// The caller's progress callback asked to stop.

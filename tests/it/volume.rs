@@ -351,6 +351,25 @@ async fn wrong_checksums_are_caught_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_damaged_in_transit_is_read_again() {
+    let f = Fixture::new().await;
+    let img = f.path("d.img");
+    images::sparse_image(&img, GIB, 12, 0..30);
+    let snap = f.snapshot_of(&img).await;
+    // Three reads in ten come back with a checksum that does not match.
+    f.account.faults(r#"{"corrupt_rate": 0.3}"#);
+    let out = f.path("out.img");
+    f.copy(&format!("ebs:{snap}"), &file(&out), None)
+        .await
+        .unwrap();
+    let counters = f.account.counters();
+    f.account.reset_faults();
+    assert!(same(&out, &img), "the restore is bit-exact");
+    let reads = counters["ops"]["GetSnapshotBlock"].as_u64().unwrap();
+    assert!(reads > 30, "damaged blocks were read again: {counters}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_run_completes() {
     let f = Fixture::new().await;
     let img = f.path("t.img");
