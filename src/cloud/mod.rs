@@ -77,6 +77,14 @@ fn valid_region(r: &str) -> bool {
         })
 }
 
+/// Connect and read timeouts for every call of a client.
+fn timeouts(connect: f64, read: f64) -> aws_smithy_types::timeout::TimeoutConfig {
+    aws_smithy_types::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs_f64(connect))
+        .read_timeout(std::time::Duration::from_secs_f64(read))
+        .build()
+}
+
 pub struct Cloud {
     base: SdkConfig,
     config: Arc<Config>,
@@ -87,7 +95,11 @@ pub struct Cloud {
 impl Cloud {
     /// Loads the ambient AWS configuration (environment, profiles, SSO, IMDS…).
     pub async fn load(config: Arc<Config>) -> Cloud {
-        let base = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let t = config.aws;
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts(t.connect_timeout, t.read_timeout))
+            .load()
+            .await;
         Self::with_base(base, config)
     }
 
@@ -248,8 +260,14 @@ impl Cloud {
         aws_sdk_ssm::Client::new(&self.sdk(scope).await)
     }
 
+    /// SQS, whose long polls wait 20 s by design: its read timeout is at
+    /// least 30 s whatever `[aws] read_timeout` says.
     pub async fn sqs(&self, scope: &Scope) -> aws_sdk_sqs::Client {
-        aws_sdk_sqs::Client::new(&self.sdk(scope).await)
+        let t = self.config.aws;
+        let conf = aws_sdk_sqs::config::Builder::from(&self.sdk(scope).await)
+            .timeout_config(timeouts(t.connect_timeout, t.read_timeout.max(30.0)))
+            .build();
+        aws_sdk_sqs::Client::from_conf(conf)
     }
 
     pub async fn iam(&self, scope: &Scope) -> aws_sdk_iam::Client {

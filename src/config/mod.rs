@@ -67,9 +67,49 @@ pub struct Config {
     pub lua: LuaLimits,
     #[serde(default)]
     pub workers: WorkersConfig,
+    #[serde(default)]
+    pub aws: AwsTimeouts,
     /// Where the file was read from, for messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[aws]`: how long any AWS call may wait, so a stalled endpoint is an
+/// error to retry, never a wait without end. Seconds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsTimeouts {
+    /// To open a connection (default 10).
+    pub connect_timeout: f64,
+    /// For an answer once a request is sent (default 60; task-queue long
+    /// polls, which wait 20 s by design, get at least 30).
+    pub read_timeout: f64,
+}
+
+impl Default for AwsTimeouts {
+    fn default() -> Self {
+        AwsTimeouts {
+            connect_timeout: 10.0,
+            read_timeout: 60.0,
+        }
+    }
+}
+
+impl AwsTimeouts {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        for (field, v) in [
+            ("connect_timeout", self.connect_timeout),
+            ("read_timeout", self.read_timeout),
+        ] {
+            if !(0.1..=3600.0).contains(&v) {
+                return Err((
+                    field,
+                    format!("expected seconds between 0.1 and 3600, got {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An account reached by assuming a role through STS from the ambient credentials.
@@ -275,6 +315,9 @@ impl Config {
         }
         if let Err((field, message)) = self.workers.check() {
             return Err(invalid(format!("workers.{field}"), message));
+        }
+        if let Err((field, message)) = self.aws.check() {
+            return Err(invalid(format!("aws.{field}"), message));
         }
         Ok(())
     }

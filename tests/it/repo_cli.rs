@@ -494,3 +494,50 @@ fn the_repository_is_its_owners_only() {
         "{err}"
     );
 }
+
+#[test]
+fn a_stalled_aws_endpoint_is_an_error_not_a_wait_without_end() {
+    // An endpoint that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let c = Cli::new();
+    std::fs::write(
+        c.path("skiff.toml"),
+        "region = \"us-east-1\"\n[aws]\nconnect_timeout = 1\nread_timeout = 0.5\n",
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let mut child = c
+        .command(&["copy", "ebs:snap-0123abcd", "file:out.img"], "pw")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("skiff still waits on a stalled endpoint after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.to_lowercase().contains("timeout") || err.to_lowercase().contains("timed out"),
+        "{err}"
+    );
+    assert!(!c.path("out.img").exists());
+}
