@@ -541,3 +541,27 @@ fn a_stalled_aws_endpoint_is_an_error_not_a_wait_without_end() {
     );
     assert!(!c.path("out.img").exists());
 }
+
+#[test]
+fn read_data_reads_packs_no_index_lists() {
+    let c = Cli::new();
+    images::mixed_image(&c.path("disk.img"), 24, 11);
+    c.ok(&["repo", "init", "repo"]);
+    c.ok(&["copy", "file:disk.img", "repo:repo"]);
+    // As after an interrupted write: packs in the store, no index naming them.
+    for f in files_under(&c.path("repo/index")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let clean = c.ok(&["repo", "check", "repo", "--read-data"]);
+    assert!(clean.contains("no errors"), "{clean}");
+    assert!(!clean.contains(", 0 B verified"), "{clean}");
+    let mut packs = files_under(&c.path("repo/data"));
+    packs.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    let mut bytes = std::fs::read(&packs[0]).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&packs[0], &bytes).unwrap();
+    let name = packs[0].file_name().unwrap().to_string_lossy().into_owned();
+    let (code, out, _) = c.run(&["repo", "check", "repo", "--read-data"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ERRORS FOUND") && out.contains(&name), "{out}");
+}
