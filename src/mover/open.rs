@@ -41,6 +41,17 @@ impl Opener {
         settings: MoverSettings,
     ) -> Opener {
         let pool = CpuPool::new(settings.cpu_threads);
+        Opener::with_pool(password, password_aws, settings, pool)
+    }
+
+    /// An opener on an existing CPU pool: the two ends of one copy share
+    /// one pool instead of starting a thread per core each.
+    pub fn with_pool(
+        password: PasswordSource,
+        password_aws: Option<Aws>,
+        settings: MoverSettings,
+        pool: CpuPool,
+    ) -> Opener {
         Opener {
             password,
             password_aws,

@@ -141,7 +141,7 @@ impl Operation for CopyOpts {
         // Each repository's own password source, else the copy's.
         let password = |p: &Place| p.password.clone().or_else(|| self.password.clone());
         let from_opener = access.opener(password(from))?;
-        let to_opener = access.opener(password(to))?;
+        let to_opener = access.opener_beside(&from_opener, password(to))?;
         let fail = |e: mover::MoverError| e.into_error(Self::NAME);
         let mut tags = self.tags.clone();
         // A task's repository target is opened once: to find what an earlier

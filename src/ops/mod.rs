@@ -187,12 +187,38 @@ impl Access<'_> {
 
     /// What opens repositories with `password` (default: $SKIFF_PASSWORD).
     pub fn opener(&self, password: Option<PasswordSource>) -> Result<Opener, Error> {
+        let (password, aws) = self.password(password)?;
+        Ok(Opener::new(password, aws, MoverSettings::default()))
+    }
+
+    /// As [`Access::opener`], on the CPU pool of `beside` (the other end of
+    /// the same copy), so one copy starts one pool.
+    pub fn opener_beside(
+        &self,
+        beside: &Opener,
+        password: Option<PasswordSource>,
+    ) -> Result<Opener, Error> {
+        let (password, aws) = self.password(password)?;
+        Ok(Opener::with_pool(
+            password,
+            aws,
+            beside.settings.clone(),
+            beside.pool.clone(),
+        ))
+    }
+
+    /// The password source (default: $SKIFF_PASSWORD) and, for an SSM one,
+    /// the AWS access that reads it.
+    fn password(
+        &self,
+        password: Option<PasswordSource>,
+    ) -> Result<(PasswordSource, Option<Aws>), Error> {
         let password = password.unwrap_or_default();
         let aws = match password.ssm() {
             Some(p) => self.aws("password", true, p.account.as_deref(), p.region.as_deref())?,
             None => None,
         };
-        Ok(Opener::new(password, aws, MoverSettings::default()))
+        Ok((password, aws))
     }
 
     /// Opens the repository at `location`, once for the whole operation.
