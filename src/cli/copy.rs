@@ -11,7 +11,7 @@ use clap::Args;
 use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::failure::Error;
-use crate::mover::{CopyResult, Location, Progress, ProgressFn};
+use crate::mover::{CopyResult, Location, Progress, ProgressFn, Stop};
 use crate::ops::{CopyOpts, Operation, ParentArg, RunCx};
 use crate::repo::password::PasswordSource;
 
@@ -74,17 +74,46 @@ impl AccessOpts {
         *account = self.account.clone();
         *region = self.region.clone();
         let cloud = self.cloud(op.needs_aws()).await?;
+        let stop = Stop::default();
+        let stoppable = op.stoppable();
         let cx = RunCx {
             cloud,
             task: None,
             progress,
+            stop: stop.clone(),
         };
-        op.run(cx).await.map_err(|e| match e {
+        let run = op.run(cx);
+        tokio::pin!(run);
+        let outcome = tokio::select! {
+            r = &mut run => r,
+            signal = super::signal() => {
+                let reason = format!("interrupted by {signal}");
+                if !stoppable {
+                    // Nothing to clean up: the operation is safe to drop where it stands.
+                    anyhow::bail!("{reason}");
+                }
+                // Let the operation remove what it created; a second signal
+                // (or a stalled clean-up) ends it at once.
+                eprintln!("skiff: {reason}; cleaning up (interrupt again to leave at once)");
+                stop.request(reason.clone());
+                tokio::select! {
+                    r = &mut run => r,
+                    again = super::signal() => anyhow::bail!("{reason}, then by {again} during the clean-up"),
+                    _ = tokio::time::sleep(CLEANUP_LIMIT) => anyhow::bail!(
+                        "{reason}; the clean-up did not end within {} s", CLEANUP_LIMIT.as_secs()
+                    ),
+                }
+            }
+        };
+        outcome.map_err(|e| match e {
             Error::Usage(m) => anyhow::anyhow!(flag_wording(O::NAME, &m)),
             Error::Fail(f) => anyhow::Error::new(f),
         })
     }
 }
+
+/// How long an interrupted operation may take to remove what it created.
+const CLEANUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `repo.init: opts.storage_class: …` → `--storage-class: …`; `opts.from` →
 /// `FROM`, `opts.location` → `LOCATION`.
@@ -191,21 +220,6 @@ pub fn parse_tags(tags: &[String]) -> anyhow::Result<std::collections::BTreeMap<
         .collect()
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM, with the signal's name.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
-}
-
 pub async fn copy(a: CopyArgs) -> anyhow::Result<i32> {
     let from: Location = a
         .from
@@ -248,14 +262,7 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<i32> {
         } else {
             None
         };
-    // An interrupted copy is dropped where it stands: a file target is
-    // left as it was and its partial file removed (the sink's Drop).
-    let result = tokio::select! {
-        r = a.access.run(op, progress) => r,
-        signal = interrupted() => Err(anyhow::anyhow!(
-            "interrupted by {signal}; the copy stopped and a file target was left as it was"
-        )),
-    };
+    let result = a.access.run(op, progress).await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

@@ -32,8 +32,12 @@ pub enum Source {
 pub enum Target {
     /// A new image file (or an existing one with `overwrite`, or a block device).
     File(PathBuf),
-    /// A new EBS snapshot, through this client.
-    Ebs(aws_sdk_ebs::Client),
+    /// A new EBS snapshot, written through the EBS client; the EC2 client
+    /// deletes it when the copy fails or is stopped.
+    Ebs {
+        ebs: aws_sdk_ebs::Client,
+        ec2: aws_sdk_ec2::Client,
+    },
     /// A new restore point in this repository.
     Repo(Arc<Repo>),
 }
@@ -64,6 +68,8 @@ pub struct CopyOptions {
     /// image under the date it was taken.
     pub time: Option<String>,
     pub settings: MoverSettings,
+    /// Ends the copy early, cleaning up like any failure.
+    pub stop: super::Stop,
 }
 
 /// How far a copy is, for progress bars and callbacks: the same table in a
@@ -282,13 +288,14 @@ async fn copy_inner(
             Sink::File(FileSink::create(path, size, opts.overwrite, source.file_id()).await?),
             format!("file:{}", path.display()),
         ),
-        Target::Ebs(client) => {
+        Target::Ebs { ebs, ec2 } => {
             let desc = opts
                 .description
                 .clone()
                 .unwrap_or_else(|| format!("skiff copy of {from}"));
             let s = EbsSink::start(
-                client.clone(),
+                ebs.clone(),
+                ec2.clone(),
                 size,
                 &opts.tags,
                 &desc,
@@ -387,20 +394,24 @@ async fn copy_inner(
                         blocks_done: counts.read,
                         seconds: started.elapsed().as_secs_f64(),
                     })
-                    .map_err(MoverError::Stopped)?;
+                    .map_err(|m| {
+                        MoverError::Stopped(format!("stopped by the progress callback: {m}"))
+                    })?;
                 }
             }
         }
         Ok::<(), MoverError>(())
     };
-    if let Err(e) = run.await {
+    let stopped = async { MoverError::Stopped(opts.stop.wait().await) };
+    let failed = tokio::select! {
+        r = run => r.err(),
+        e = stopped => Some(e),
+    };
+    if let Some(e) = failed {
         match sink {
             Sink::File(s) => s.abort().await,
             Sink::Repo(s) => s.abort().await,
-            Sink::Ebs(s) => tracing::warn!(
-                "{}: left incomplete after the failure; AWS fails it when its timeout ends",
-                s.snapshot()
-            ),
+            Sink::Ebs(s) => s.abort().await,
         }
         return Err(e);
     }

@@ -400,6 +400,7 @@ pub async fn volume_of(ec2: &aws_sdk_ec2::Client, snapshot: &str) -> Option<Stri
 
 struct SinkInner {
     client: aws_sdk_ebs::Client,
+    ec2: aws_sdk_ec2::Client,
     snapshot: String,
     settings: EbsSettings,
     limiter: RateLimiter,
@@ -422,6 +423,7 @@ impl EbsSink {
     /// Starts a snapshot big enough for `size` bytes (EBS sizes are whole GiB).
     pub async fn start(
         client: aws_sdk_ebs::Client,
+        ec2: aws_sdk_ec2::Client,
         size: u64,
         tags: &std::collections::BTreeMap<String, String>,
         description: &str,
@@ -453,6 +455,7 @@ impl EbsSink {
         Ok(EbsSink {
             inner: Arc::new(SinkInner {
                 client,
+                ec2,
                 snapshot,
                 limiter: RateLimiter::new(settings.requests_per_second),
                 settings: settings.clone(),
@@ -509,6 +512,39 @@ impl EbsSink {
             });
         }
         Ok(inner.snapshot.clone())
+    }
+}
+
+impl EbsSink {
+    /// Deletes the snapshot after a failed or stopped copy, so no pending
+    /// snapshot is left behind (and billed); says what it did either way.
+    pub async fn abort(self) {
+        let inner = self.inner;
+        let deleted = retry(&inner.settings.retry, || async {
+            match inner
+                .ec2
+                .delete_snapshot()
+                .snapshot_id(&inner.snapshot)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ec2:DeleteSnapshot", e))
+            {
+                Err(e) if e.code_is("InvalidSnapshot.NotFound") => Ok(()),
+                other => other.map(drop),
+            }
+        })
+        .await;
+        match deleted {
+            Ok(()) => tracing::warn!(
+                "{}: deleted the incomplete snapshot this copy had started",
+                inner.snapshot
+            ),
+            Err(e) => tracing::error!(
+                "{}: the incomplete snapshot this copy had started could not be deleted ({e}); delete it with `aws ec2 delete-snapshot --snapshot-id {}`",
+                inner.snapshot,
+                inner.snapshot
+            ),
+        }
     }
 }
 

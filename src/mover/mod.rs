@@ -14,6 +14,7 @@ pub mod pool;
 pub mod repository;
 pub mod retry;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +28,50 @@ use crate::failure::{Failure, Kind};
 use crate::repo::buf::{AlignedBuf, ALIGN};
 use crate::repo::crypto::Id;
 use crate::repo::RepoError;
+
+/// A request to stop running copies, shared between whoever asks (a signal
+/// handler, a cancelled run) and the copies, which end with
+/// [`MoverError::Stopped`] and clean up what they created as after any
+/// failure. The first reason given is kept.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<StopState>);
+
+#[derive(Default)]
+struct StopState {
+    reason: OnceLock<String>,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    pub fn request(&self, reason: impl Into<String>) {
+        if self.0.reason.set(reason.into()).is_ok() {
+            self.0.notify.notify_waiters();
+        }
+    }
+
+    pub fn requested(&self) -> Option<&str> {
+        self.0.reason.get().map(String::as_str)
+    }
+
+    /// Resolves with the reason once a stop is requested.
+    pub async fn wait(&self) -> String {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.requested() {
+                return r.to_string();
+            }
+            notified.await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Stop").field(&self.requested()).finish()
+    }
+}
 
 pub const BLOCK_SIZE: usize = crate::repo::format::BLOCK_SIZE as usize;
 
@@ -49,8 +94,9 @@ pub enum MoverError {
     /// it again: never written.
     #[error("{op}: {message}")]
     Integrity { op: &'static str, message: String },
-    /// The caller's progress callback asked to stop.
-    #[error("stopped by the progress callback: {0}")]
+    /// The caller asked to stop (its progress callback, or a [`Stop`]):
+    /// the copy cleaned up as after any failure.
+    #[error("{0}")]
     Stopped(String),
 }
 

@@ -126,7 +126,10 @@ impl Opener {
             ))),
             Location::Ebs(None) => {
                 let a = aws.ok_or_else(|| needs_aws("ebs:"))?;
-                Ok(Target::Ebs(a.cloud.ebs(&a.scope).await))
+                Ok(Target::Ebs {
+                    ebs: a.cloud.ebs(&a.scope).await,
+                    ec2: a.cloud.ec2(&a.scope).await,
+                })
             }
             Location::Repo { point: Some(p), .. } => Err(MoverError::Invalid(format!(
                 "{loc} as a target: a copy into a repository makes a new point; leave out #{p}"

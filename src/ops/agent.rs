@@ -48,6 +48,7 @@ impl Executor for AgentOps {
                 cloud: self.cloud.clone(),
                 task: Some(task.task_id.clone()),
                 progress: Some(&mut report),
+                stop: Default::default(),
             };
             let outcome = match Op::parse(&task.op, task.args.clone()) {
                 Ok(op) => op.run(cx).await,

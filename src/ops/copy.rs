@@ -184,10 +184,15 @@ impl Operation for CopyOpts {
                 lease_wait: std::time::Duration::from_secs(self.wait),
                 ..to_opener.settings.clone()
             },
+            stop: cx.stop.clone(),
         };
         mover::copy(source, target, &copy_opts, cx.progress)
             .await
             .map_err(fail)
+    }
+
+    fn stoppable(&self) -> bool {
+        true
     }
 
     fn for_worker(&mut self, w: &ForWorker<'_>) -> Result<(), Error> {

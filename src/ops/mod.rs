@@ -26,7 +26,7 @@ pub use worker::ForWorker;
 
 use crate::cloud::{Cloud, Scope};
 use crate::failure::{Error, Failure};
-use crate::mover::{Aws, MoverSettings, Opener, ProgressFn};
+use crate::mover::{Aws, MoverSettings, Opener, ProgressFn, Stop};
 use crate::repo::password::PasswordSource;
 use crate::repo::Repo;
 
@@ -40,6 +40,9 @@ pub struct RunCx<'a> {
     /// The worker task this run serves, when it runs in an agent.
     pub task: Option<String>,
     pub progress: Option<ProgressFn<'a>>,
+    /// Asks the run to end early, removing what it created (see
+    /// [`Operation::stoppable`]).
+    pub stop: Stop,
 }
 
 /// One operation's options, read with unknown fields refused; its run; and
@@ -54,6 +57,14 @@ pub trait Operation: Serialize + DeserializeOwned + Send {
     /// Checks the options as a worker in `w`'s scope will use them and makes
     /// every account and region explicit (see [`ForWorker`]).
     fn for_worker(&mut self, w: &ForWorker<'_>) -> Result<(), Error>;
+
+    /// Whether the run watches [`RunCx::stop`] and cleans up after itself
+    /// when it fires. One that does not leaves nothing half-made when it is
+    /// dropped where it stands (a repository stays consistent at every
+    /// await), so an interrupted caller may simply drop it.
+    fn stoppable(&self) -> bool {
+        false
+    }
 
     /// The operation's own password source, account and region (the
     /// command line's `--password-*`, `--account` and `--region`).

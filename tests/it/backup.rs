@@ -279,3 +279,68 @@ async fn a_killed_agent_s_task_reappears_and_completes() {
     assert_eq!(points.stdout.trim(), "1");
     nothing_left(&[(&ws.account, "us-east-1")]).await;
 }
+
+#[tokio::test]
+async fn an_interrupted_copy_to_ebs_deletes_its_snapshot() {
+    let ws = Workspace::new("").await;
+    let img = ws.path("disk.img");
+    crate::images::sparse_image(&img, 1 << 30, 31, 0..120);
+    // Throttle half the requests so the copy lasts long enough to be interrupted.
+    let account = crate::mover_emu::Account::from_harness(&ws.account);
+    account.faults(r#"{"rate": 0.5, "kinds": ["throttle"]}"#);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let child = ws
+            .command(&["copy", "file:disk.img", "ebs:"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let before = account.counters()["ops"]["PutSnapshotBlock"]
+            .as_u64()
+            .unwrap_or(0);
+        let mut writing = false;
+        for _ in 0..600 {
+            let puts = account.counters()["ops"]["PutSnapshotBlock"]
+                .as_u64()
+                .unwrap_or(0);
+            if puts > before {
+                writing = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(writing, "the copy never started writing blocks");
+        unsafe { libc::kill(child.id().unwrap() as i32, signal) };
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("skiff ends promptly after the signal")
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        let name = if signal == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        assert!(err.contains(&format!("interrupted by {name}")), "{err}");
+        assert!(err.contains("deleted the incomplete snapshot"), "{err}");
+        let left = ws
+            .ec2("us-east-1")
+            .describe_snapshots()
+            .owner_ids("self")
+            .send()
+            .await
+            .unwrap();
+        let left: Vec<_> = left
+            .snapshots()
+            .iter()
+            .filter(|s| s.description().is_some_and(|d| d.contains("disk.img")))
+            .map(|s| s.snapshot_id().unwrap_or_default().to_string())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{name}: snapshots left behind: {left:?}\n{err}"
+        );
+    }
+    account.reset_faults();
+}

@@ -371,6 +371,105 @@ async fn a_block_damaged_in_transit_is_read_again() {
     assert!(reads > blocks, "damaged blocks were read again: {counters}");
 }
 
+/// The snapshots of this account that skiff wrote from `img` (any state).
+async fn snapshots_from(f: &Fixture, img: &Path) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(&f.account.sdk());
+    let desc = format!("skiff copy of {}", file(img));
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    out.snapshots()
+        .iter()
+        .filter(|s| s.description() == Some(desc.as_str()))
+        .map(|s| format!("{} {:?}", s.snapshot_id().unwrap(), s.state()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_stopped_copy_to_ebs_leaves_no_snapshot() {
+    let f = Fixture::new().await;
+    let img = f.path("s.img");
+    images::sparse_image(&img, GIB, 21, 0..80);
+    // A failure after the snapshot started: the callback refuses to go on.
+    let mut refuse = |_: &mover::Progress| Err("enough".to_string());
+    let err = {
+        let opts = CopyOptions {
+            settings: fast_settings(),
+            ..Default::default()
+        };
+        let aws = f.account.aws();
+        let opener = Opener::new(
+            PasswordSource::File(f.password.clone()),
+            None,
+            opts.settings.clone(),
+        );
+        let src = opener
+            .source(&file(&img).parse().unwrap(), Some(&aws), None)
+            .await
+            .unwrap();
+        let dst = opener
+            .target(&"ebs:".parse().unwrap(), Some(&aws))
+            .await
+            .unwrap();
+        mover::copy(src, dst, &opts, Some(&mut refuse))
+            .await
+            .unwrap_err()
+    };
+    assert!(err.to_string().contains("enough"), "{err}");
+    assert_eq!(
+        snapshots_from(&f, &img).await,
+        Vec::<String>::new(),
+        "the failed copy's snapshot is deleted"
+    );
+
+    // A stop asked for from outside, while blocks are being written.
+    let opts = CopyOptions {
+        settings: fast_settings(),
+        ..Default::default()
+    };
+    let stop = opts.stop.clone();
+    let mut ask = move |_: &mover::Progress| {
+        stop.request("interrupted by the test");
+        Ok(())
+    };
+    let aws = f.account.aws();
+    let opener = Opener::new(
+        PasswordSource::File(f.password.clone()),
+        None,
+        opts.settings.clone(),
+    );
+    let src = opener
+        .source(&file(&img).parse().unwrap(), Some(&aws), None)
+        .await
+        .unwrap();
+    let dst = opener
+        .target(&"ebs:".parse().unwrap(), Some(&aws))
+        .await
+        .unwrap();
+    let err = mover::copy(src, dst, &opts, Some(&mut ask))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MoverError::Stopped(ref m) if m == "interrupted by the test"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshots_from(&f, &img).await,
+        Vec::<String>::new(),
+        "the stopped copy's snapshot is deleted"
+    );
+    let puts = f.account.counters()["ops"]["PutSnapshotBlock"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        puts < 2 * 80,
+        "the copies stopped early: {puts} blocks written"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_run_completes() {
     let f = Fixture::new().await;
