@@ -65,6 +65,7 @@ pub fn parse_cidr(prim: &str, field: &str, s: &str) -> Result<Cidr, ApiError> {
 async fn vpc_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "ec2.vpc";
     let o: VpcOpts = opts::parse(P, v)?;
+    opts::refuse_own_tags(P, &o.tags)?;
     let cidr = parse_cidr(P, "cidr", &o.cidr)?;
     vpc::validate_vpc_cidr(&cidr).map_err(|m| ApiError::field(P, "cidr", m))?;
     if o.name.trim().is_empty() {
@@ -127,6 +128,7 @@ fn subnet_out(s: &Subnet) -> SubnetOut<'_> {
 async fn subnet_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "ec2.subnet";
     let o: SubnetOpts = opts::parse(P, v)?;
+    opts::refuse_own_tags(P, &o.tags)?;
     let cidr = parse_cidr(P, "cidr", &o.cidr)?;
     let vpc = o.vpc.resolve(
         &ctx,
@@ -277,6 +279,7 @@ impl RuleOpts {
 async fn security_group_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "ec2.security_group";
     let o: SecurityGroupOpts = opts::parse(P, v)?;
+    opts::refuse_own_tags(P, &o.tags)?;
     let ingress = parse_rules(P, &o.ingress)?;
     let vpc = o.vpc.resolve(
         &ctx,

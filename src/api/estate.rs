@@ -268,6 +268,7 @@ async fn snapshot_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         o.account.as_deref(),
         o.region.as_deref(),
     )?;
+    opts::refuse_own_tags(P, &o.tags)?;
     let mut tags = o.tags;
     tags.entry("skiff:managed".into())
         .or_insert_with(|| "true".into());
@@ -366,6 +367,7 @@ async fn volume_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         }
     }
     let az = o.az.unwrap_or_else(|| format!("{}a", scope.region));
+    opts::refuse_own_tags(P, &o.tags)?;
     let mut tags = o.tags;
     tags.entry("skiff:managed".into())
         .or_insert_with(|| "true".into());

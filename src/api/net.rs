@@ -110,6 +110,7 @@ fn ids_in_scope(
 async fn create_endpoint(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     const P: &str = "create_endpoint";
     let o: EndpointOpts = opts::parse(P, v)?;
+    opts::refuse_own_tags(P, &o.tags)?;
     endpoint::check_service(&o.service).map_err(|m| ApiError::field(P, "service", m))?;
     let kind = match &o.kind {
         Some(k) => Kind::parse(k).map_err(|m| ApiError::field(P, "type", m))?,

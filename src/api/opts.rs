@@ -264,6 +264,18 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
 /// A table of string tags as a map (for `tags = {…}` options).
 pub type Tags = std::collections::BTreeMap<String, String>;
 
+/// A script may not write tags in skiff's own namespace.
+pub fn refuse_own_tags(prim: &str, tags: &Tags) -> Result<(), ApiError> {
+    match crate::cloud::tags::own(tags.keys()) {
+        Some(k) => Err(ApiError::field(
+            prim,
+            &format!("tags.{k}"),
+            crate::cloud::tags::OWN_TAG,
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

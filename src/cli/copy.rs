@@ -214,6 +214,9 @@ pub fn summary(r: &CopyResult) -> String {
 pub fn parse_tags(tags: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     tags.iter()
         .map(|t| match t.split_once('=') {
+            Some((k, _)) if k.starts_with(crate::cloud::tags::PREFIX) => {
+                anyhow::bail!("--tag {t:?}: {}", crate::cloud::tags::OWN_TAG)
+            }
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
             _ => anyhow::bail!("--tag {t:?}: expected KEY=VALUE"),
         })

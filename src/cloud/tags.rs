@@ -15,6 +15,16 @@ pub const OWNER: &str = "skiff:owner";
 pub const RESOURCE: &str = "skiff:resource";
 /// Tags starting with this are skiff's own; scripts may not set them.
 pub const PREFIX: &str = "skiff:";
+/// Why a user's tag in skiff's namespace is refused.
+pub const OWN_TAG: &str =
+    "tags starting with \"skiff:\" are skiff's own (it reads them back to find its work); give the tag another name";
+
+/// The first of a user's tag keys that lies in skiff's own namespace.
+pub fn own<'a>(keys: impl IntoIterator<Item = &'a String>) -> Option<&'a str> {
+    keys.into_iter()
+        .map(String::as_str)
+        .find(|k| k.starts_with(PREFIX))
+}
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 

@@ -138,6 +138,13 @@ impl Operation for CopyOpts {
                 "expected a volume name, got an empty one",
             ));
         }
+        if let Some(k) = crate::cloud::tags::own(self.tags.keys()) {
+            return Err(Error::field(
+                Self::NAME,
+                &format!("tags.{k}"),
+                crate::cloud::tags::OWN_TAG,
+            ));
+        }
         // Each repository's own password source, else the copy's.
         let password = |p: &Place| p.password.clone().or_else(|| self.password.clone());
         let from_opener = access.opener(password(from))?;

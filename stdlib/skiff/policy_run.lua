@@ -203,7 +203,12 @@ function M.period(points, point)
   return point.id
 end
 
-local ARCHIVED_FROM = "skiff:archived-from"
+-- The standard point an archive point was copied from: a copy records its
+-- source, `repo:LOCATION#ID`. (Archives written by skiff before scripts were
+-- kept out of the `skiff:` tag namespace also carry `skiff:archived-from`.)
+function M.archived_from(p)
+  return p.tags["skiff:archived-from"] or (p.source or ""):match("^repo:.*#([^#]+)$")
+end
 
 -- Points of the standard repository to copy: per volume, the first of the
 -- policy's points in each period that the archive has no point for yet.
@@ -211,9 +216,10 @@ function M.to_archive(policy, standard_points, archive_points)
   local rule = policy.archive.points
   local have = {}
   for _, p in ipairs(archive_points) do
-    if p.tags[ARCHIVED_FROM] then
+    local origin = M.archived_from(p)
+    if origin then
       have[p.volume .. " " .. M.period(rule, p)] = true
-      have[p.tags[ARCHIVED_FROM]] = true
+      have[origin] = true
     end
   end
   local out = {}
@@ -257,9 +263,11 @@ local function archive(policy, ctx, password)
     local standard = repo.points(at(policy.repository, { password = password, worker = w }))
     local copied = {}
     for _, p in ipairs(M.to_archive(policy, standard, existing)) do
+      -- The point's own tags; skiff's (e.g. the task that wrote it) are not the copy's.
       local tags = {}
-      for k, v in pairs(p.tags) do tags[k] = v end
-      tags[ARCHIVED_FROM] = p.id
+      for k, v in pairs(p.tags) do
+        if not k:find("^skiff:") then tags[k] = v end
+      end
       local r = copy_volume{
         from = { location = "repo:" .. policy.repository.location .. "#" .. p.id,
                  region = policy.repository.region, password = password },

@@ -266,15 +266,7 @@ policy{{
     let archived = archived.as_array().unwrap().clone();
     let from: BTreeMap<String, String> = archived
         .iter()
-        .map(|p| {
-            (
-                p["time"].as_str().unwrap().to_string(),
-                p["tags"]["skiff:archived-from"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            )
-        })
+        .map(|p| (p["time"].as_str().unwrap().to_string(), archived_from(p)))
         .collect();
     let times: Vec<&String> = from.keys().collect();
     assert_eq!(
@@ -295,7 +287,7 @@ policy{{
     // The first archive copy (the first run's) is full; every later one is
     // an incremental of the archive's newest point of the volume.
     for p in &chain {
-        let first = p["tags"]["skiff:archived-from"] == today["id"];
+        let first = archived_from(p) == today["id"].as_str().unwrap();
         assert_eq!(p["parent"].is_null(), first, "{archived:#?}");
     }
     let objects = s3(&ws)
@@ -469,4 +461,11 @@ print(json.encode(ec2.volume{{ snapshot = '{snapshot}' }}.id))"
     assert_eq!(points[0]["stats"]["blocks_new"], 45, "{points:#?}");
     assert!(running(&workers_in(&ws.account, "us-east-1").await).is_empty());
     assert!(skiff_queues(&ws.account, "us-east-1").await.is_empty());
+}
+
+/// The standard point an archive point was copied from (its source's `#ID`).
+fn archived_from(p: &Value) -> String {
+    let source = p["source"].as_str().unwrap();
+    assert!(source.starts_with("repo:"), "{p:#?}");
+    source.rsplit_once('#').unwrap().1.to_string()
 }

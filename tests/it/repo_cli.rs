@@ -440,6 +440,18 @@ fn nonsense_is_refused_before_anything_changes() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid region \"mars-north-9\""), "{err}");
+    let (code, _, err) = c.run(&[
+        "copy",
+        "file:disk.img",
+        "repo:repo",
+        "--tag",
+        "skiff:task=forged",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--tag \"skiff:task=forged\": tags starting with \"skiff:\" are skiff's own"),
+        "{err}"
+    );
     let points = c.ok(&["repo", "points", "repo"]);
     assert!(points.ends_with("0 point(s)\n"), "{points}");
     // Worker settings that would stop every job.

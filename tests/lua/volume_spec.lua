@@ -120,6 +120,8 @@ describe("copy_volume", function()
       "copy_volume: opts.volume: expected a volume name, got an empty one")
     expect(function() copy_volume({ from = "file:/a", to = "file:/b", time = "9999-01-01T00:00:00Z" }) end):to_fail(
       'copy_volume: opts.time: "9999-01-01T00:00:00Z" is in the future; a point\'s time is when its data was taken')
+    expect(function() copy_volume({ from = "file:/a", to = "file:/b", tags = { ["skiff:task"] = "t-1" } }) end):to_fail(
+      'copy_volume: opts.tags.skiff:task: tags starting with "skiff:" are skiff\'s own (it reads them back to find its work); give the tag another name')
   end)
 
   it("refuses to overwrite a file unless asked, and changes nothing", function()
