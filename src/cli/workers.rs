@@ -100,6 +100,9 @@ pub async fn workers_main(cmd: WorkersCmd) -> anyhow::Result<i32> {
                     for q in &r.queues {
                         println!("deleted queue {q}");
                     }
+                    for (id, why) in &r.snapshots {
+                        println!("deleted incomplete snapshot {id} in {scope}: {why}");
+                    }
                 }
                 Err(e) => {
                     eprintln!("skiff workers reap: {scope}: {e}");

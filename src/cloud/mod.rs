@@ -3,6 +3,7 @@
 //! standard AWS chain, `AWS_ENDPOINT_URL` included).
 
 mod error;
+pub mod owner;
 pub mod tags;
 
 use std::collections::HashMap;

@@ -432,8 +432,13 @@ impl EbsSink {
     ) -> Result<EbsSink> {
         let gib = size.div_ceil(GIB).max(1);
         let token = uuid::Uuid::new_v4().to_string();
+        // The owner tag lets the reaper delete the snapshot if this process
+        // dies before completing it (kill -9, a lost host).
+        let owner = crate::cloud::owner::this_owner();
         let tags: Vec<Tag> = tags
             .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([(crate::cloud::tags::OWNER, owner.as_str())])
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
         let timeout = (settings.snapshot_timeout.as_secs() / 60).clamp(10, 4320) as i32;
@@ -441,7 +446,7 @@ impl EbsSink {
             client
                 .start_snapshot()
                 .volume_size(gib as i64)
-                .set_tags((!tags.is_empty()).then(|| tags.clone()))
+                .set_tags(Some(tags.clone()))
                 .description(description)
                 .client_token(&token)
                 .timeout(timeout)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use super::{is_zero, Data, Item, MoverError, Result, Token, BLOCK_SIZE};
+use crate::cloud::owner;
 use crate::repo::buf::{block_buf, ALIGN};
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -232,17 +233,49 @@ pub struct FileWriter {
     inner: Arc<SinkInner>,
 }
 
-/// `.NAME.skiff-partial.PID.RANDOM` beside `target`: visibly not an image.
+const PARTIAL: &str = ".skiff-partial.";
+
+/// `.NAME.skiff-partial.OWNER.RANDOM` beside `target`: visibly not an
+/// image, and naming the process writing it (`host:pid:start`, see
+/// [`owner`]) so a later copy to the same name can tell an abandoned one.
 fn partial_name(target: &Path) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tag: u32 = rand::random();
-    target.with_file_name(format!(
-        ".{name}.skiff-partial.{}.{tag:08x}",
-        std::process::id()
-    ))
+    target.with_file_name(format!(".{name}{PARTIAL}{}.{tag:08x}", owner::this_owner()))
+}
+
+/// Removes the partial files of `target` whose writer died without
+/// cleaning up (kill -9, a crash): their owner ran on this host and is gone.
+/// A partial of a live copy, or one written on another host, is left alone.
+fn sweep_abandoned(target: &Path) {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}{PARTIAL}", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let file = file.to_string_lossy();
+        let Some((who, _)) = file.strip_prefix(&prefix).and_then(|r| r.rsplit_once('.')) else {
+            continue;
+        };
+        if owner::owner_alive(who) == Some(false) && std::fs::remove_file(e.path()).is_ok() {
+            tracing::warn!(
+                "removed {}: a partial image left by an interrupted copy ({who})",
+                e.path().display()
+            );
+        }
+    }
 }
 
 impl FileSink {
@@ -297,6 +330,7 @@ impl FileSink {
                         Some(_) => std::fs::canonicalize(&path).map_err(|e| invalid(e.to_string()))?,
                         None => path.clone(),
                     };
+                    sweep_abandoned(&target);
                     let partial = partial_name(&target);
                     let f = std::fs::OpenOptions::new()
                         .write(true)

@@ -4,7 +4,6 @@
 
 pub mod agent;
 pub mod channel;
-pub mod jobs;
 pub mod launch;
 mod local;
 pub mod network;

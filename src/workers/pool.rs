@@ -16,7 +16,8 @@ use super::launch::{self, Ids, LaunchSpec, Request};
 use super::local::LocalAgent;
 use super::placement::Purpose;
 use super::settings::{Launcher, WorkerSettings};
-use super::{jobs, new_id, reply_queue_name, tags, task_queue_name, Result, WorkerError};
+use super::{new_id, reply_queue_name, tags, task_queue_name, Result, WorkerError};
+use crate::cloud::owner;
 use crate::cloud::{AwsError, Cloud, Scope};
 
 /// A live worker of a pool: its instance, where it runs, and its task queue.
@@ -118,7 +119,7 @@ impl WorkerPool {
             abandoned: Mutex::new(Vec::new()),
             live: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
-            owner: jobs::this_owner(),
+            owner: owner::this_owner(),
             agent_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
             log_dir: state.join("agents"),
         }

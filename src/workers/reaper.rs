@@ -1,6 +1,7 @@
 //! Finding and removing workers that outlived their job: instances tagged
 //! `skiff:worker` whose `skiff:expires` has passed, or whose owning skiff
-//! process (on this host) is gone; and the task and reply queues left behind.
+//! process (on this host) is gone; the task and reply queues left behind; and
+//! snapshots a copy started but never completed (its process died).
 
 use std::collections::BTreeSet;
 
@@ -8,7 +9,8 @@ use aws_sdk_ec2::types::InstanceStateName;
 use chrono::{DateTime, Utc};
 
 use super::channel::{self, aws};
-use super::{jobs, tags, Result};
+use super::{tags, Result};
+use crate::cloud::owner;
 use crate::cloud::{Cloud, Scope};
 use crate::network::filter;
 
@@ -40,7 +42,7 @@ impl LiveWorker {
         if self.expires.is_some_and(|e| e <= now) {
             return Verdict::Expired;
         }
-        match self.owner.as_deref().map(jobs::owner_alive) {
+        match self.owner.as_deref().map(owner::owner_alive) {
             Some(Some(false)) => Verdict::Orphaned,
             _ => Verdict::Keep,
         }
@@ -135,6 +137,8 @@ pub async fn list(cloud: &Cloud, scope: &Scope) -> Result<Vec<LiveWorker>> {
 pub struct Reaped {
     pub terminated: Vec<(LiveWorker, Verdict)>,
     pub queues: Vec<String>,
+    /// Incomplete snapshots deleted: `(id, why)`.
+    pub snapshots: Vec<(String, String)>,
 }
 
 async fn queue_owner(sqs: &aws_sdk_sqs::Client, url: &str) -> Option<String> {
@@ -196,7 +200,7 @@ pub async fn reap(cloud: &Cloud, scope: &Scope, now: DateTime<Utc>) -> Result<Re
             if queue_owner(&sqs, url)
                 .await
                 .as_deref()
-                .map(jobs::owner_alive)
+                .map(owner::owner_alive)
                 == Some(Some(true))
             {
                 continue;
@@ -206,5 +210,55 @@ pub async fn reap(cloud: &Cloud, scope: &Scope, now: DateTime<Utc>) -> Result<Re
             reaped.queues.push(url.to_string());
         }
     }
+    reaped.snapshots = reap_snapshots(&ec2, scope).await?;
     Ok(reaped)
+}
+
+/// Deletes the snapshots a copy to `ebs:` started and will never complete:
+/// pending ones whose owning process (on this host) is gone, and ones the
+/// service failed (state `error`). Only snapshots carrying skiff's owner tag
+/// are considered; a completed snapshot is never touched.
+async fn reap_snapshots(ec2: &aws_sdk_ec2::Client, scope: &Scope) -> Result<Vec<(String, String)>> {
+    use aws_sdk_ec2::types::SnapshotState;
+    let mut out = Vec::new();
+    let mut pages = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(filter("tag-key", [tags::OWNER]))
+        .filters(filter("status", ["pending", "error"]))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(aws("ec2:DescribeSnapshots"))?;
+        for s in page.snapshots() {
+            let id = s.snapshot_id().unwrap_or_default();
+            let owner = s
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(tags::OWNER))
+                .and_then(|t| t.value());
+            let why = match (s.state(), owner.map(owner::owner_alive)) {
+                (Some(SnapshotState::Error), _) => "failed by the service".to_string(),
+                (Some(SnapshotState::Pending), Some(Some(false))) => {
+                    format!(
+                        "its copy ended without completing it ({})",
+                        owner.unwrap_or_default()
+                    )
+                }
+                _ => continue,
+            };
+            match ec2.delete_snapshot().snapshot_id(id).send().await {
+                Ok(_) => {}
+                Err(e) => {
+                    let e = crate::cloud::AwsError::from_sdk("ec2:DeleteSnapshot", e);
+                    if !e.code_is("InvalidSnapshot.NotFound") {
+                        return Err(e.into());
+                    }
+                }
+            }
+            tracing::info!("deleted incomplete snapshot {id} in {scope}: {why}");
+            out.push((id.to_string(), why));
+        }
+    }
+    Ok(out)
 }

@@ -14,6 +14,7 @@ mod policy_run;
 mod repo_cli;
 mod serve;
 mod serve_lifecycle;
+mod soak;
 mod specs;
 mod volume;
 mod workers;

@@ -13,6 +13,9 @@ SKIFF_EBS_EMPTY_PAGE_RATE; for every account) or at run time through
 `POST /skiff/faults` with a JSON body
 `{"account": "123456789012", "rate": 0.2, "kinds": ["throttle", "500"],
   "corrupt_rate": 0, "empty_page_rate": 0}` (account "*" for all).
+S3 requests of the account fail at `"s3_rate"` (kinds in `"s3_kinds"`:
+"slowdown", S3's 503 SlowDown, and "500", its InternalError — both
+documented as retryable, docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
 `GET /skiff/faults?account=…` answers the settings and the request counters
 (per operation and per snapshot), which tests use to prove, e.g., that an
 incremental read only the changed blocks; `DELETE /skiff/faults?account=…`
@@ -24,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import uuid
 
@@ -80,6 +84,8 @@ _DEFAULT = {
     "kinds": [k for k in os.environ.get("SKIFF_EBS_FAULT_KINDS", "throttle,500").split(",") if k],
     "corrupt_rate": _env_float("SKIFF_EBS_CORRUPT_RATE"),
     "empty_page_rate": _env_float("SKIFF_EBS_EMPTY_PAGE_RATE"),
+    "s3_rate": 0.0,
+    "s3_kinds": ["slowdown", "500"],
 }
 _faults = {}  # account -> settings
 _counters = {}  # account -> {"ops": {op: n}, "get_block": {snap: n}, "faults": n}
@@ -129,7 +135,7 @@ def control(environ, start_response):
         body = json.loads(environ["wsgi.input"].read(length) or b"{}")
         account = body.get("account", account)
         s = dict(_DEFAULT)
-        for k in ("rate", "corrupt_rate", "empty_page_rate"):
+        for k in ("rate", "corrupt_rate", "empty_page_rate", "s3_rate"):
             if k in body:
                 s[k] = float(body[k])
         if "kinds" in body:
@@ -137,6 +143,11 @@ def control(environ, start_response):
             if bad:
                 return _json(start_response, "400 Bad Request", {"error": f"unknown fault kinds {bad}; known: {sorted(FAULT_KINDS)}"})
             s["kinds"] = list(body["kinds"])
+        if "s3_kinds" in body:
+            bad = [k for k in body["s3_kinds"] if k not in S3_FAULTS]
+            if bad:
+                return _json(start_response, "400 Bad Request", {"error": f"unknown S3 fault kinds {bad}; known: {sorted(S3_FAULTS)}"})
+            s["s3_kinds"] = list(body["s3_kinds"])
         with _lock:
             _faults[account] = s
     elif method == "DELETE":
@@ -150,6 +161,39 @@ def control(environ, start_response):
             "counters": json.loads(json.dumps(_counters.get(account, {"ops": {}, "get_block": {}, "faults": 0}))),
         }
     return _json(start_response, "200 OK", out)
+
+
+# S3's own error documents (XML), as S3 answers them.
+S3_FAULTS = {
+    "slowdown": ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
+    "500": ("500 Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+}
+_S3_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/[^/]+/[^/]+/s3/aws4_request")
+
+
+def _s3_fault(environ, start_response):
+    """An injected S3 error for this request, or None."""
+    m = _S3_CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+    if not m:
+        return None
+    from moto.iam.models import get_account_id_from
+
+    account = get_account_id_from(m.group(1))
+    s = settings_for(account)
+    if not (s.get("s3_rate", 0) > 0 and s.get("s3_kinds") and random.random() < s["s3_rate"]):
+        return None
+    length = environ.get("CONTENT_LENGTH")
+    if not length and environ.get("HTTP_TRANSFER_ENCODING"):
+        return None  # a body of unknown length: not failed, so the connection stays in step
+    environ["wsgi.input"].read(int(length or 0))
+    with _lock:
+        c = _counters.setdefault(account, {"ops": {}, "get_block": {}, "faults": 0})
+        c["s3_faults"] = c.get("s3_faults", 0) + 1
+    status, code, message = S3_FAULTS[random.choice(s["s3_kinds"])]
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{message}</Message><RequestId>{uuid.uuid4().hex}</RequestId></Error>").encode()
+    start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def _json(start_response, status, value):
@@ -166,6 +210,9 @@ def _install_control_endpoint():
     def call(self, environ, start_response):
         if environ.get("PATH_INFO") == "/skiff/faults":
             return control(environ, start_response)
+        fault = _s3_fault(environ, start_response)
+        if fault is not None:
+            return fault
         return original(self, environ, start_response)
 
     DomainDispatcherApplication.__call__ = call

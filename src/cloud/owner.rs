@@ -1,7 +1,8 @@
-//! Who owns a worker: the skiff process that launched it, written into the
-//! `skiff:owner` tag as `host:pid:start`. The reaper on the same host treats a
-//! worker whose owner is gone as belonging to a job that is no longer known.
-//! (The process start time guards against a reused pid.)
+//! Who owns a worker, or a snapshot being written: the skiff process that
+//! made it, written into the `skiff:owner` tag as `host:pid:start`. The
+//! reaper on the same host treats a worker whose owner is gone as belonging
+//! to a job that is no longer known, and an incomplete snapshot whose owner
+//! is gone as abandoned. (The process start time guards against a reused pid.)
 
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
