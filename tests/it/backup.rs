@@ -185,7 +185,7 @@ async fn instances_in_two_regions_and_accounts_are_backed_up_incrementally_and_r
 }
 
 /// PIDs of `skiff agent` processes serving queues of `account`.
-fn agents_of(account: &str) -> Vec<i32> {
+pub fn agents_of(account: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {

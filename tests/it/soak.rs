@@ -5,6 +5,9 @@
 //! bit-exact, and nothing is left behind: no incomplete snapshot once the
 //! reaper ran, no partial image once the next restore to that name ran.
 //!
+//! Half the backups run on workers (local launcher) through `skiff run`:
+//! their workers, queues and agent processes are gone once the reaper ran.
+//!
 //! `tools/test` runs it with 20 kills of each kind on small images; set
 //! `SKIFF_SOAK_ROUNDS` (kills of each kind) and `SKIFF_SOAK_BLOCKS` (image
 //! size in 512 KiB blocks) for a longer run, `SKIFF_SOAK_SEED` to replay one.
@@ -15,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::harness::Workspace;
+use crate::harness::{Workspace, LOCAL_WORKERS};
 use crate::images::{self, same};
 use crate::mover_emu::Account;
+use crate::workers::{running, skiff_queues, workers_in};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -140,7 +144,7 @@ async fn kill_9_at_random_moments_loses_and_leaks_nothing() {
     let seed = env_or("SKIFF_SOAK_SEED", rand::random::<u32>() as u64);
     eprintln!("soak: seed {seed} (SKIFF_SOAK_SEED replays it), {rounds} kills of each kind, {blocks} blocks");
 
-    let ws = Workspace::new("").await;
+    let ws = Workspace::new(LOCAL_WORKERS).await;
     let account = Account::from_harness(&ws.account);
     let bucket = format!("soak-{}", ws.account.id);
     account
@@ -187,6 +191,23 @@ async fn kill_9_at_random_moments_loses_and_leaks_nothing() {
     let snapshots: Vec<String> = snapshot_image.keys().cloned().collect();
     let repo = s.repo.clone();
     s.must(s.run(&["repo", "init", &repo]).await, "repo init");
+    // Workers read the password from SSM, as on AWS.
+    aws_sdk_ssm::Client::new(&s.account.sdk())
+        .put_parameter()
+        .name("/soak/password")
+        .value("soak password")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    s.ws.write(
+        "worker_backup.lua",
+        r#"local snap, repo = ...
+local w = deploy_worker{ purpose = "backup", resource = { kind = "snapshot", id = snap, region = "us-east-1" } }
+local r = copy_volume{ from = "ebs:" .. snap, to = repo, password = { ssm = "/soak/password" }, worker = w }
+print(r.point)
+"#,
+    );
 
     // 5 % of EBS and S3 requests fail from here on.
     s.account
@@ -207,6 +228,19 @@ async fn kill_9_at_random_moments_loses_and_leaks_nothing() {
     s.must(s.run(&args).await, "first backup");
     let t_backup = t.elapsed();
     let t = Instant::now();
+    let worker_backup = |snap: &str| {
+        vec![
+            "run".to_string(),
+            "worker_backup.lua".into(),
+            snap.to_string(),
+            repo.clone(),
+        ]
+    };
+    let args = worker_backup(&snapshots[1]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    s.must(s.run(&args).await, "first backup on a worker");
+    let t_worker = t.elapsed();
+    let t = Instant::now();
     s.must(s.run(&["repo", "prune", &repo]).await, "first prune");
     let t_prune = t.elapsed();
     let first = s.points().await[0]["id"].as_str().unwrap().to_string();
@@ -222,23 +256,29 @@ async fn kill_9_at_random_moments_loses_and_leaks_nothing() {
         "first restore",
     );
     let t_restore = t.elapsed();
-    eprintln!("soak: backup {t_backup:?}, prune {t_prune:?}, restore {t_restore:?}");
+    eprintln!(
+        "soak: backup {t_backup:?}, on a worker {t_worker:?}, prune {t_prune:?}, restore {t_restore:?}"
+    );
 
     // Kills of backups, prunes and restores, interleaved, until each kind
     // was killed `rounds` times (a run may end before its moment comes: the
     // moments are drawn within how long that kind last took).
-    let mut typical = [t_backup, t_prune, t_restore];
-    let mut killed = [0u64; 3];
+    // Half the backups run on workers (a killed skiff leaves them running
+    // until the reaper comes).
+    let mut typical = [t_backup, t_prune, t_restore, t_worker];
+    let wanted = [rounds.div_ceil(2), rounds, rounds, rounds / 2];
+    let mut killed = [0u64; 4];
     let mut round = 0;
-    while killed.iter().any(|&k| k < rounds) {
+    while (0..4).any(|k| killed[k] < wanted[k]) {
         assert!(round < rounds * 4, "too few kills landed: {killed:?}");
         round += 1;
-        for kind in 0..3 {
-            if killed[kind] >= rounds {
+        for kind in 0..4 {
+            if killed[kind] >= wanted[kind] {
                 continue;
             }
             let args: Vec<String> = match kind {
                 0 => backup(&snapshots[s.rng.random_range(0..snapshots.len())]),
+                3 => worker_backup(&snapshots[s.rng.random_range(0..snapshots.len())]),
                 1 => {
                     // Forget all but a few points now and then, so prunes have work.
                     if round % 3 == 0 {
@@ -282,7 +322,7 @@ async fn kill_9_at_random_moments_loses_and_leaks_nothing() {
             }
         }
     }
-    eprintln!("soak: killed {killed:?} of {rounds} backups, prunes and restores");
+    eprintln!("soak: killed {killed:?} backups, prunes, restores and backups on workers");
     s.account.reset_faults();
 
     // One backup per snapshot, uninterrupted: the repository still takes new data.
@@ -345,6 +385,21 @@ async fn kill_9_at_random_moments_loses_and_leaks_nothing() {
         .filter(|x| x.state() != Some(&aws_sdk_ec2::types::SnapshotState::Completed))
         .map(|x| format!("{} {:?}", x.snapshot_id().unwrap_or_default(), x.state()))
         .collect();
+    // The workers killed runs left are terminated, their agents gone with
+    // their queues.
+    assert!(
+        running(&workers_in(&s.ws.account, "us-east-1").await).is_empty(),
+        "workers left running\n{reaped}"
+    );
+    assert!(skiff_queues(&s.ws.account, "us-east-1").await.is_empty());
+    let t = Instant::now();
+    while !crate::backup::agents_of(&s.ws.account.id).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "agents still running 60 s after the reaper deleted their queues"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
         incomplete.is_empty(),
         "incomplete snapshots left: {incomplete:?}\n{reaped}"
