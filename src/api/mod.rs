@@ -35,6 +35,9 @@ pub struct Context {
     /// The workers of this job (a runbook run, a REPL session); a policy run
     /// brings its own (see [`with_job_pool`]), so read it through [`Context::pool`].
     pub pool: Arc<crate::workers::WorkerPool>,
+    /// Stops the copies this VM's scripts run here (an interrupted `skiff
+    /// run`): each ends with an error after removing what it created.
+    pub stop: crate::mover::Stop,
 }
 
 tokio::task_local! {

@@ -100,7 +100,7 @@ async fn run_op(lua: Lua, ctx: Arc<Context>, name: &'static str, v: Value) -> Ap
                 progress: callback
                     .as_mut()
                     .map(|c| c as &mut (dyn FnMut(&Progress) -> Result<(), String> + Send)),
-                stop: Default::default(),
+                stop: ctx.stop.clone(),
             };
             op.run(cx).await?
         }

@@ -116,6 +116,7 @@ impl Session {
                 cloud,
                 waits: Waits::default(),
                 pool,
+                stop: Default::default(),
             }),
             vm_options: VmOptions {
                 unsafe_lua: opts.unsafe_lua,

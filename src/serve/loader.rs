@@ -62,6 +62,7 @@ pub async fn load(cfg: &ServeConfig, file: &Path) -> Result<Loaded, LoadFailure>
             cloud: cfg.cloud.clone(),
             waits: Waits::default(),
             pool: pool.clone(),
+            stop: Default::default(),
         }),
         &[],
     )
