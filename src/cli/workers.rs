@@ -7,24 +7,24 @@ use clap::{Args, Subcommand};
 use super::{ScriptOpts, Session};
 use crate::ops::agent::AgentOps;
 use crate::workers::agent::{self, AgentArgs};
-use crate::workers::reaper;
+use crate::workers::{publish, reaper};
 
 #[derive(Args, Debug)]
 pub struct AgentCmd {
     /// The worker this agent serves (the `skiff:worker` tag of its instance).
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_WORKER_ID")]
     pub worker_id: String,
     /// The instance the agent runs on (or stands in for, with the local launcher).
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_INSTANCE_ID")]
     pub instance_id: String,
     /// URL of this worker's SQS task queue.
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_TASK_QUEUE")]
     pub task_queue: String,
     /// URL of the job's SQS reply queue.
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_REPLY_QUEUE")]
     pub reply_queue: String,
     /// The worker's region.
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_REGION")]
     pub region: String,
 }
 
@@ -61,6 +61,46 @@ pub enum WorkersCmd {
     Ls(ScopeArgs),
     /// Terminate workers whose time has passed or whose job is gone, and delete their queues.
     Reap(ScopeArgs),
+    /// Upload this skiff binary (or --file) to [workers.agents] under its SHA-256,
+    /// where workers on AWS fetch it; a build already there is left as it is.
+    Publish(PublishArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The binary to publish (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub opts: ScriptOpts,
+}
+
+async fn publish_main(a: &PublishArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&a.opts, None).await?;
+    let Some(agents) = &session.config.workers.agents else {
+        anyhow::bail!(
+            "[workers.agents] location is not set in skiff.toml: where should the agent go? (e.g. location = \"s3://BUCKET/skiff\")"
+        );
+    };
+    let (store, s3) = publish::configured(&session.ctx.cloud, agents)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let p = publish::publish(&s3, &store, a.file.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "{} s3://{}/{} (SHA-256 {}, {} bytes)",
+        if p.uploaded {
+            "published"
+        } else {
+            "already published:"
+        },
+        store.bucket,
+        p.key,
+        p.sha256,
+        p.size
+    );
+    Ok(0)
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +116,7 @@ pub async fn workers_main(cmd: WorkersCmd) -> anyhow::Result<i32> {
     let (args, reap) = match &cmd {
         WorkersCmd::Ls(a) => (a, false),
         WorkersCmd::Reap(a) => (a, true),
+        WorkersCmd::Publish(a) => return publish_main(a).await,
     };
     let session = Session::open(&args.opts, None).await?;
     let cloud = &session.ctx.cloud;

@@ -80,12 +80,26 @@ pub struct WorkersConfig {
     /// SSM parameter naming the default worker image.
     #[serde(default = "default_ami_parameter")]
     pub ami_parameter: String,
-    /// Where `skiff agent` comes from in user data (default: the GitHub release of this version).
-    pub agent_url: Option<String>,
+    /// Where workers on AWS fetch `skiff agent` from (`[workers.agents]`):
+    /// this binary is published there under its SHA-256 on the first launch
+    /// (or by `skiff workers publish`).
+    pub agents: Option<AgentsConfig>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub regions: BTreeMap<String, RegionConfig>,
+}
+
+/// `[workers.agents]`: the S3 location published agents live in.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// `s3://BUCKET/PREFIX`, e.g. a prefix of the repository's bucket.
+    pub location: String,
+    /// The bucket's region (default: the config's region).
+    pub region: Option<String>,
+    /// The account holding the bucket (default: the default account).
+    pub account: Option<String>,
 }
 
 impl WorkersConfig {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
-    IamInstanceProfileSpecification, InstanceNetworkInterfaceSpecification, InstanceStateName,
+    HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName,
     InstanceType, ResourceType, ShutdownBehavior,
 };
 use base64::Engine;
@@ -31,46 +32,6 @@ pub struct LaunchSpec {
     pub instance_type: String,
     pub private: bool,
     pub tags: BTreeMap<String, String>,
-}
-
-/// The user data of a worker on AWS: fetch the agent, run it as a service
-/// that restarts on failure, and power off (terminate) once it exits cleanly.
-pub fn user_data(
-    agent_url: &str,
-    worker_id: &str,
-    task_queue: &str,
-    reply_queue: &str,
-    region: &str,
-) -> String {
-    format!(
-        r#"#!/bin/bash
-# skiff worker {worker_id}: runs `skiff agent` until its task queue is removed.
-set -euo pipefail
-curl -fsSL --retry 5 '{agent_url}' -o /usr/local/bin/skiff
-chmod 0755 /usr/local/bin/skiff
-token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
-instance=$(curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)
-cat > /etc/systemd/system/skiff-agent.service <<UNIT
-[Unit]
-Description=skiff worker agent
-After=network-online.target
-[Service]
-ExecStart=/usr/local/bin/skiff agent --worker-id {worker_id} --instance-id $instance --task-queue '{task_queue}' --reply-queue '{reply_queue}' --region {region}
-Restart=on-failure
-RestartSec=2
-ExecStopPost=/bin/sh -c 'if [ "$$SERVICE_RESULT" = success ]; then systemctl poweroff; fi'
-UNIT
-systemctl daemon-reload
-systemctl enable --now skiff-agent
-"#
-    )
-}
-
-pub(super) fn default_agent_url() -> String {
-    format!(
-        "https://github.com/skiff-backup/skiff/releases/download/v{}/skiff-x86_64-linux",
-        env!("CARGO_PKG_VERSION")
-    )
 }
 
 /// Where and from what image a launch goes, once every check has passed.
@@ -220,7 +181,8 @@ pub(super) struct Request<'a> {
     pub spec: &'a LaunchSpec,
     pub checked: &'a Checked,
     pub instance_profile: Option<&'a str>,
-    pub user_data: String,
+    /// The cloud-config that starts the agent on AWS (see [`super::boot`]).
+    pub user_data: Option<String>,
     pub tags: Vec<(String, String)>,
 }
 
@@ -247,7 +209,19 @@ impl Request<'_> {
             .min_count(1)
             .max_count(1)
             .network_interfaces(nic.build())
-            .user_data(base64::engine::general_purpose::STANDARD.encode(&self.user_data))
+            .set_user_data(
+                self.user_data
+                    .as_ref()
+                    .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
+            )
+            // IMDSv2 only: the agent's credentials never answer a plain GET.
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            // An agent that exits cleanly powers off, and takes its instance with it.
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             .tag_specifications(tag_spec(ResourceType::Instance))
             .tag_specifications(tag_spec(ResourceType::Volume));
@@ -321,20 +295,6 @@ pub(super) async fn wait_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_data_starts_the_agent_as_a_restarting_service() {
-        let ud = user_data(
-            "https://example/skiff",
-            "w1",
-            "https://sqs/q1",
-            "https://sqs/r1",
-            "eu-west-1",
-        );
-        assert!(ud.starts_with("#!/bin/bash\n"));
-        assert!(ud.contains("skiff agent --worker-id w1 --instance-id $instance --task-queue 'https://sqs/q1' --reply-queue 'https://sqs/r1' --region eu-west-1"));
-        assert!(ud.contains("Restart=on-failure"));
-    }
 
     #[test]
     fn instance_tags_are_the_users_then_skiffs_own() {

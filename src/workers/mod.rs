@@ -3,12 +3,14 @@
 //! on success, error, cancellation, or by the reaper when skiff itself died.
 
 pub mod agent;
+pub mod boot;
 pub mod channel;
 pub mod launch;
 mod local;
 pub mod network;
 pub mod placement;
 pub mod pool;
+pub mod publish;
 pub mod reaper;
 mod settings;
 mod task;

@@ -16,9 +16,11 @@ use super::launch::{self, Ids, LaunchSpec, Request};
 use super::local::LocalAgent;
 use super::placement::Purpose;
 use super::settings::{Launcher, WorkerSettings};
+use super::{boot, publish};
 use super::{new_id, reply_queue_name, tags, task_queue_name, Result, WorkerError};
 use crate::cloud::owner;
 use crate::cloud::{AwsError, Cloud, Scope};
+use crate::config::workers::AgentsConfig;
 
 /// A live worker of a pool: its instance, where it runs, and its task queue.
 pub struct Worker {
@@ -96,6 +98,8 @@ pub struct WorkerPool {
     pub agent_exe: PathBuf,
     /// Where local agents write their logs.
     pub log_dir: PathBuf,
+    /// The agent as published to `[workers.agents]`, once per pool.
+    published: tokio::sync::OnceCell<publish::Published>,
 }
 
 impl WorkerPool {
@@ -122,6 +126,7 @@ impl WorkerPool {
             owner: owner::this_owner(),
             agent_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
             log_dir: state.join("agents"),
+            published: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -164,11 +169,33 @@ impl WorkerPool {
         Ok(hub)
     }
 
+    /// This binary, published to the agent store once per pool, and a fresh
+    /// presigned URL for one worker.
+    async fn agent_source(&self, a: &AgentsConfig) -> Result<boot::AgentSource> {
+        let (store, s3) = publish::configured(&self.cloud, a).await?;
+        let published = self
+            .published
+            .get_or_try_init(|| async {
+                let p = publish::publish(&s3, &store, None).await?;
+                if p.uploaded {
+                    tracing::info!(
+                        "published the agent to s3://{}/{} (SHA-256 {})",
+                        store.bucket,
+                        p.key,
+                        p.sha256
+                    );
+                }
+                Ok::<_, WorkerError>(p)
+            })
+            .await?;
+        publish::presign(&s3, &store, published).await
+    }
+
     /// Launches a worker and waits until its agent answers.
     pub async fn deploy(&self, spec: LaunchSpec) -> Result<Arc<Worker>> {
         let started = Instant::now();
         let scope = spec.scope.clone();
-        let (cfg, profile, launcher, expires_after, visibility, agent_url, user_tags, ami_param) = {
+        let (cfg, profile, launcher, expires_after, visibility, agents, user_tags, ami_param) = {
             let s = self.settings.lock().unwrap();
             (
                 s.for_scope(&scope.account, &scope.region, &self.cloud.backup_account()),
@@ -176,16 +203,23 @@ impl WorkerPool {
                 s.file.launcher,
                 s.expires_after(),
                 s.file.visibility_timeout,
-                s.file
-                    .agent_url
-                    .clone()
-                    .unwrap_or_else(launch::default_agent_url),
+                s.file.agents.clone(),
                 s.tags.clone(),
                 s.file.ami_parameter.clone(),
             )
         };
         let checked =
             launch::check(&self.cloud, &spec, &cfg, profile.as_deref(), &ami_param).await?;
+        // On AWS the instance fetches this binary; the local launcher runs it here.
+        let agent = match (&agents, launcher) {
+            (Some(a), _) => Some(self.agent_source(a).await?),
+            (None, Launcher::Local) => None,
+            (None, Launcher::Ec2) => {
+                return Err(WorkerError::Settings(
+                    "[workers.agents] location is not set: workers on AWS fetch the skiff agent from S3 (e.g. location = \"s3://BUCKET/skiff\", a prefix of the repository's bucket)".into(),
+                ))
+            }
+        };
 
         let permit = self
             .semaphore(&scope.region)
@@ -225,13 +259,20 @@ impl WorkerPool {
             spec: &spec,
             checked: &checked,
             instance_profile: profile.as_deref(),
-            user_data: launch::user_data(
-                &agent_url,
-                &worker_id,
-                &task_queue,
-                &hub.url,
-                &scope.region,
-            ),
+            user_data: match &agent {
+                Some(agent) => Some(
+                    boot::cloud_config(&boot::Boot {
+                        worker_id: &worker_id,
+                        task_queue: &task_queue,
+                        reply_queue: &hub.url,
+                        region: &scope.region,
+                        agent,
+                    })
+                    .map_err(|m| WorkerError::invalid("user data", m))?
+                    .render(),
+                ),
+                None => None,
+            },
             tags: launch::instance_tags(&spec, &ids, user_tags, expires_after),
         };
         let ec2 = self.cloud.ec2(&scope).await;

@@ -5,6 +5,7 @@
 mod harness;
 
 mod backup;
+mod boot;
 mod examples;
 mod host;
 mod images;
