@@ -36,7 +36,7 @@ log.info(string.format("%d instance(s) tagged %s=%s", #instances, tag_key, tag_v
 
 local results = parallel(instances, function(inst)
   local w = deploy_worker{
-    purpose = "backup", resource = inst, account = inst.account,
+    purpose = "backup", resource = inst,
     tags = { ["backup-of"] = inst.id },
   }
   local done = {}

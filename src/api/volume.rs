@@ -79,9 +79,9 @@ async fn run_op(lua: Lua, ctx: Arc<Context>, name: &'static str, v: Value) -> Ap
             let worker = super::workers::handle_of(name, &w).map_err(|_| {
                 ApiError::field(name, "worker", "expected a worker from deploy_worker")
             })?;
-            let op = op.for_worker(&ctx.cloud, &worker.scope)?;
+            let (op, roles) = op.for_worker(&ctx.cloud, &worker.scope)?;
             ctx.pool()
-                .run(&worker, op.name(), op.args()?, |e| {
+                .run(&worker, op.name(), op.args()?, roles, |e| {
                     if let (Some(f), Event::Progress(p)) = (&progress, e) {
                         let _ = report(&lua, f, p);
                     }

@@ -298,13 +298,19 @@ pub async fn run_task(lua: &Lua, ctx: &Context, w: Arc<Worker>, task: Value) -> 
     }
     let result = ctx
         .pool()
-        .run(&w, &op, serde_json::Value::Object(args), |e| {
-            if let (Some(f), Event::Progress(p)) = (&progress, e) {
-                if let Ok(t) = super::to_lua(lua, p) {
-                    let _ = f.call::<()>(t);
+        .run(
+            &w,
+            &op,
+            serde_json::Value::Object(args),
+            Default::default(),
+            |e| {
+                if let (Some(f), Event::Progress(p)) = (&progress, e) {
+                    if let Ok(t) = super::to_lua(lua, p) {
+                        let _ = f.call::<()>(t);
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
         .map_err(|e| e.into_error(&op))?;
     super::to_lua(lua, &result)

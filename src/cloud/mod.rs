@@ -6,7 +6,7 @@ mod error;
 pub mod owner;
 pub mod tags;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use aws_config::sts::AssumeRoleProvider;
@@ -15,8 +15,8 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 
 pub use error::{is_retryable_code, AwsError};
 
-use crate::config::Config;
 pub use crate::config::{account_id_of_role, DEFAULT_ACCOUNT};
+use crate::config::{AccountConfig, Config};
 
 /// Where a call goes: an account named in `skiff.toml` (or `default`) and a region.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,6 +125,16 @@ impl Cloud {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The same credentials and settings, reaching these further accounts
+    /// by their roles (a worker given another account's role with a task).
+    pub fn with_accounts(&self, accounts: &BTreeMap<String, AccountConfig>) -> Cloud {
+        let mut config = (*self.config).clone();
+        config
+            .accounts
+            .extend(accounts.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Self::with_base(self.base.clone(), Arc::new(config))
     }
 
     /// Names of every account a script may use, `default` first.

@@ -113,7 +113,7 @@ impl AwsTimeouts {
 }
 
 /// An account reached by assuming a role through STS from the ambient credentials.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
     pub role_arn: String,

@@ -1,5 +1,6 @@
 //! What a worker's agent runs: `ping`, and every [`Op`], acting in the
-//! worker's own account and region. The task's failure travels back as the
+//! worker's own account and region, and in the accounts whose roles came
+//! with the task. The task's failure travels back as the
 //! one [`Failure`] record.
 
 use std::sync::Arc;
@@ -44,8 +45,15 @@ impl Executor for AgentOps {
                 *progress.lock().unwrap() = p.clone();
                 Ok(())
             };
+            // Another account's role, when the task acts there, is assumed
+            // from this worker's own credentials.
+            let cloud = if task.accounts.is_empty() {
+                self.cloud.clone()
+            } else {
+                Arc::new(self.cloud.with_accounts(&task.accounts))
+            };
             let cx = RunCx {
-                cloud: self.cloud.clone(),
+                cloud,
                 task: Some(task.task_id.clone()),
                 progress: Some(&mut report),
                 stop: Default::default(),

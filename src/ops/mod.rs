@@ -128,13 +128,19 @@ macro_rules! operations {
 
             /// The operation as a worker acting in `worker` must receive it:
             /// refused when the worker could not reach its data, with every
-            /// account and region made explicit.
-            pub fn for_worker(mut self, cloud: &Cloud, worker: &Scope) -> Result<Op, Error> {
+            /// region made explicit and every account other than the
+            /// worker's named; and the roles of those accounts, which travel
+            /// with the task.
+            pub fn for_worker(
+                mut self,
+                cloud: &Cloud,
+                worker: &Scope,
+            ) -> Result<(Op, std::collections::BTreeMap<String, crate::config::AccountConfig>), Error> {
                 let w = ForWorker::new(cloud, worker, self.name());
                 match &mut self {
                     $(Op::$variant(o) => o.for_worker(&w)?,)*
                 }
-                Ok(self)
+                Ok((self, w.into_roles()))
             }
 
             pub fn needs_aws(&self) -> bool {

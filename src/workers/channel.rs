@@ -26,6 +26,10 @@ pub struct Task {
     /// SSM parameter name and read by the agent through its instance role.
     #[serde(default)]
     pub args: serde_json::Value,
+    /// The other accounts the task acts in, and the role the agent assumes
+    /// (from its instance role) to act in each. Role ARNs, never secrets.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub accounts: std::collections::BTreeMap<String, crate::config::AccountConfig>,
 }
 
 /// A failed task's failure, carried as scripts will see it.

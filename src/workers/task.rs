@@ -19,6 +19,7 @@ impl WorkerPool {
         w: &Worker,
         op: &str,
         args: Value,
+        accounts: std::collections::BTreeMap<String, crate::config::AccountConfig>,
         mut on_event: impl FnMut(&Event),
     ) -> Result<Value> {
         if w.is_removed() {
@@ -33,6 +34,7 @@ impl WorkerPool {
             worker_id: w.id.clone(),
             op: op.to_string(),
             args,
+            accounts,
         };
         let route = Route::Task(task.task_id.clone());
         let mut rx = w.hub.subscribe(route.clone());

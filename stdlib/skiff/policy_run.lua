@@ -122,8 +122,9 @@ end
 local function backup_instance(policy, ctx, inst, password)
   local w = deploy_worker{
     purpose = "backup", resource = inst.resource,
-    -- EBS direct APIs read a snapshot in the account that owns it.
-    account = policy.worker.account or inst.account,
+    -- The backup account unless the policy asks for the production one; a
+    -- worker there reads the snapshot through the production account's role.
+    account = policy.worker.account,
     private = policy.worker.private,
     profile = policy.worker.profile,
     tags = { policy = policy.name, ["backup-of"] = inst.id },
