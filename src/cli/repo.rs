@@ -195,6 +195,8 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                 }
                 if !report.damaged_packs.is_empty() {
                     println!("damaged packs: {}", report.damaged_packs.join(", "));
+                }
+                if !report.damaged_packs.is_empty() || !report.affected_points.is_empty() {
                     println!(
                         "affected points: {}",
                         if report.affected_points.is_empty() {
@@ -305,7 +307,11 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                     println!(
                         "{} stray pack-named file(s) no index listed: not packs, or unused; {}",
                         r.strays_removed,
-                        if dry_run { "would be removed" } else { "removed" }
+                        if dry_run {
+                            "would be removed"
+                        } else {
+                            "removed"
+                        }
                     );
                 }
                 if r.damaged_index_files_removed > 0 {

@@ -256,10 +256,7 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
             message: if u.removable {
                 format!("{}; `skiff repo repair` removes it", u.message)
             } else {
-                format!(
-                    "{} (written by another version of skiff?)",
-                    u.message
-                )
+                format!("{} (written by another version of skiff?)", u.message)
             },
         });
     }

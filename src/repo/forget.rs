@@ -212,9 +212,12 @@ pub async fn forget_points(
             match matching.as_slice() {
                 [one] => chosen.push(one),
                 [] => {
-                    let damaged = unreadable
-                        .iter()
-                        .find(|u| u.name.rsplit('/').next().is_some_and(|n| n.starts_with(&prefix)));
+                    let damaged = unreadable.iter().find(|u| {
+                        u.name
+                            .rsplit('/')
+                            .next()
+                            .is_some_and(|n| n.starts_with(&prefix))
+                    });
                     return Err(match damaged {
                         Some(u) => RepoError::corrupt(
                             "repo.forget",
@@ -234,7 +237,10 @@ pub async fn forget_points(
                     return Err(RepoError::Invalid(format!(
                         "point prefix {id:?} is ambiguous: {} match ({}); nothing was forgotten",
                         many.len(),
-                        many.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+                        many.iter()
+                            .map(|p| p.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )))
                 }
             }

@@ -127,7 +127,8 @@ pub(crate) fn is_index_name(name: &str) -> bool {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn index_aad(name: &str) -> Vec<u8> {

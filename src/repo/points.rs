@@ -26,8 +26,7 @@ const MAX_POINT_FILE: u64 = 16 << 20;
 fn is_point_name(name: &str) -> bool {
     name.strip_prefix("points/").is_some_and(|b| {
         b.len() == 16
-            && b
-                .bytes()
+            && b.bytes()
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     })
 }
@@ -132,8 +131,8 @@ impl Repo {
                 RepoError::Corrupt { message, .. } => (message, true),
                 e => (e.to_string(), true),
             })?;
-        let p: Point = serde_json::from_slice(&plain)
-            .map_err(|e| (format!("unreadable: {e}"), false))?;
+        let p: Point =
+            serde_json::from_slice(&plain).map_err(|e| (format!("unreadable: {e}"), false))?;
         if p.id != id {
             return Err((format!("names itself {}", p.id), false));
         }
@@ -158,7 +157,12 @@ impl Repo {
         let matching: Vec<_> = listed
             .iter()
             .filter(|l| is_point_name(&l.name))
-            .filter(|l| l.name.rsplit('/').next().is_some_and(|n| n.starts_with(&id)))
+            .filter(|l| {
+                l.name
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with(&id))
+            })
             .collect();
         match matching.as_slice() {
             [one] => self.read_point_file(&one.name).await,

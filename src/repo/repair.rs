@@ -265,30 +265,43 @@ async fn run(
         if !missing.is_empty() {
             let blobs: usize = missing.iter().map(|p| p.entries.len()).sum();
             report.actions.push(format!(
-                "{} pack(s) the index listed are missing from the store ({}{}): their {blobs} blob(s) dropped from the index{}",
+                "{} pack(s) the index listed are missing from the store ({}{}): their {blobs} blob(s) {}",
                 missing.len(),
                 pack_name(&missing[0].pack),
                 if missing.len() > 1 { ", …" } else { "" },
-                if dry { " (would be)" } else { "; the next backup stores those blocks again" }
+                if dry {
+                    "would be dropped from the index"
+                } else {
+                    "dropped from the index; the next backup stores those blocks again"
+                }
             ));
         }
         if unlisted > 0 {
             report.actions.push(format!(
-                "{unlisted} pack(s) no index file listed: indexed from their headers"
+                "{unlisted} pack(s) no index file listed: {} from their headers",
+                if dry { "would be indexed" } else { "indexed" }
             ));
         }
         if disagree > 0 {
             report.actions.push(format!(
-                "{disagree} pack(s) whose index entries disagreed with their headers: indexed from their headers"
+                "{disagree} pack(s) whose index entries disagreed with their headers: {} from their headers",
+                if dry { "would be indexed" } else { "indexed" }
             ));
         }
         let files = good.len().div_ceil(PACKS_PER_INDEX_FILE);
-        report.actions.push(format!(
-            "index rebuilt from the headers of {} pack(s): {files} new index file(s) replace {}{}",
-            good.len(),
-            old_files.len(),
-            if dry { " (would be)" } else { "" }
-        ));
+        report.actions.push(if dry {
+            format!(
+                "the index would be rebuilt from the headers of {} pack(s): {files} new index file(s) would replace {}",
+                good.len(),
+                old_files.len()
+            )
+        } else {
+            format!(
+                "index rebuilt from the headers of {} pack(s): {files} new index file(s) replace {}",
+                good.len(),
+                old_files.len()
+            )
+        });
         if let Some(w) = w.as_deref_mut() {
             w.ensure_lease().await?;
             let owned: Vec<IndexedPack> = good.iter().map(|p| (*p).clone()).collect();
@@ -349,7 +362,11 @@ async fn run(
                 p.time,
                 p.volume,
                 p.what(),
-                if dry { "would be forgotten" } else { "forgotten" }
+                if dry {
+                    "would be forgotten"
+                } else {
+                    "forgotten"
+                }
             ));
             if !dry {
                 report.forgotten.push(p.id.clone());
