@@ -349,7 +349,7 @@ async fn run(
     let reach = reach(repo).await?;
     report.lost_points = reach.lost;
     if opts.forget_lost && !report.lost_points.is_empty() {
-        if let Some(w) = w.as_deref_mut() {
+        if let Some(w) = w {
             w.ensure_lease().await?;
             for p in &report.lost_points {
                 repo.delete_point(&p.id).await?;
@@ -427,4 +427,120 @@ async fn salvage(
         }
     }
     Ok(saved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::testutil::memory_repo;
+    use crate::repo::{format, Point};
+    use bytes::Bytes;
+
+    fn point(id: &str) -> Point {
+        Point {
+            version: 1,
+            id: id.into(),
+            volume: "v".into(),
+            size: 1,
+            block_size: format::BLOCK_SIZE,
+            time: "2026-01-01T00:00:00.000Z".into(),
+            parent: None,
+            source: "file:x".into(),
+            snapshot: None,
+            tags: Default::default(),
+            root: hex::encode(crate::repo::crypto::ZERO_ID),
+            depth: 1,
+            host: "h".into(),
+            stats: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn truncated_foreign_and_other_version_files_are_skipped_named_and_repaired() {
+        let (backend, repo) = memory_repo().await;
+        repo.write_point(&point("00000000000000aa")).await.unwrap();
+        repo.write_point(&point("00000000000000bb")).await.unwrap();
+        let truncated = backend.get("points/00000000000000bb").await.unwrap();
+        backend
+            .put("points/00000000000000bb", truncated.slice(..10))
+            .await
+            .unwrap();
+        // Sealed with the repository's key, but a field this skiff does not know.
+        let mut future = serde_json::to_value(point("00000000000000cc")).unwrap();
+        future["from_the_future"] = true.into();
+        let sealed = super::super::seal_meta(
+            repo.key(),
+            b"skiff point 00000000000000cc",
+            &serde_json::to_vec(&future).unwrap(),
+        );
+        backend
+            .put("points/00000000000000cc", Bytes::from(sealed))
+            .await
+            .unwrap();
+        backend
+            .put("points/notes", Bytes::from_static(b"mine"))
+            .await
+            .unwrap();
+        backend
+            .put(&format!("index/{}", "ab".repeat(32)), Bytes::new())
+            .await
+            .unwrap();
+        backend
+            .put("index/zz", Bytes::from_static(b"junk"))
+            .await
+            .unwrap();
+
+        let repo = Arc::new(Repo::open(backend.clone(), "mem", b"pw").await.unwrap());
+        let points = repo.points().await.unwrap();
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].id, "00000000000000aa");
+        let skipped = repo.skipped();
+        assert_eq!(
+            skipped.keys().collect::<Vec<_>>(),
+            vec![
+                &format!("index/{}", "ab".repeat(32)),
+                &"index/zz".to_string(),
+                &"points/00000000000000bb".to_string(),
+                &"points/00000000000000cc".to_string(),
+                &"points/notes".to_string(),
+            ]
+        );
+        assert!(
+            skipped["points/00000000000000cc"].contains("unknown field"),
+            "{skipped:?}"
+        );
+
+        let report = repair(&repo, &RepairOptions::default()).await.unwrap();
+        let actions = report.actions.join("\n");
+        for gone in [
+            "index/zz",
+            "points/00000000000000bb",
+            "points/notes",
+            &format!("index/{}", "ab".repeat(32)),
+        ] {
+            assert!(actions.contains(&format!("{gone}: ")), "{gone}: {actions}");
+            assert!(backend.get(gone).await.is_err(), "{gone} is removed");
+        }
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.starts_with("points/00000000000000cc")),
+            "{report:?}"
+        );
+        assert!(backend.get("points/00000000000000cc").await.is_ok());
+        let again = repair(&repo, &RepairOptions::default()).await.unwrap();
+        assert!(again.actions.is_empty(), "{again:?}");
+        // What another version's point uses is unknown: prune keeps everything.
+        let pruned = crate::repo::prune::prune(&repo, &Default::default())
+            .await
+            .unwrap();
+        assert!(
+            pruned
+                .notes
+                .iter()
+                .any(|n| n.contains("written by another version of skiff? no data was removed")),
+            "{pruned:?}"
+        );
+    }
 }
