@@ -211,6 +211,8 @@ impl Repo {
         for p in missing.values() {
             index.add_missing(p);
         }
+        drop(missing);
+        drop(good);
         let unlisted: Vec<backend::Listed> = present
             .iter()
             .filter(|(id, _)| !index.has_pack(id))
