@@ -54,7 +54,7 @@ pub enum Command {
     Workers(workers::WorkersCmd),
     /// Copy a volume: file:PATH, ebs:SNAPSHOT_ID / ebs:, repo:LOCATION[#POINT].
     Copy(copy::CopyArgs),
-    /// Repository upkeep: init, points, check, forget, prune.
+    /// Repository upkeep: init, points, check, forget, prune, repair.
     Repo(repo::RepoArgs),
 }
 

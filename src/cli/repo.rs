@@ -1,10 +1,11 @@
-//! `skiff repo init|points|check|forget|prune LOCATION`: repository upkeep.
+//! `skiff repo init|points|check|forget|prune|repair LOCATION`: repository upkeep.
 
 use clap::{Args, Subcommand};
 
 use super::copy::{human, AccessOpts};
 use crate::ops::{
-    CheckOpts, ForgetOpts, Forgotten, InitOpts, Points, PointsOpts, PruneOpts, RepoLocation,
+    CheckOpts, ForgetOpts, Forgotten, InitOpts, Points, PointsOpts, PruneOpts, RepairOpts,
+    RepoLocation,
 };
 
 #[derive(Args, Debug)]
@@ -42,9 +43,13 @@ pub enum RepoCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove restore points that the retention rules do not keep.
+    /// Remove restore points: those the retention rules do not keep, or the
+    /// ones named by id (as `repo points` prints them; a unique prefix will do).
     Forget {
         location: String,
+        /// Forget these points (instead of applying --keep-… rules).
+        #[arg(value_name = "POINT")]
+        points: Vec<String>,
         #[command(flatten)]
         keep: KeepArgs,
         /// Only this volume's points.
@@ -64,6 +69,19 @@ pub enum RepoCommand {
         /// Repack a pack when at least this fraction of it is unused (default 0.05).
         #[arg(long, value_name = "FRACTION")]
         repack_threshold: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from the packs' headers, drop what is gone, remove
+    /// damaged and foreign files, and name the points that lost data.
+    Repair {
+        location: String,
+        /// Also forget the points that lost data (restoring them would fail).
+        #[arg(long)]
+        forget_lost: bool,
+        /// Show what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -177,6 +195,8 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                 }
                 if !report.damaged_packs.is_empty() {
                     println!("damaged packs: {}", report.damaged_packs.join(", "));
+                }
+                if !report.damaged_packs.is_empty() || !report.affected_points.is_empty() {
                     println!(
                         "affected points: {}",
                         if report.affected_points.is_empty() {
@@ -208,6 +228,7 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
         }
         RepoCommand::Forget {
             location,
+            points,
             keep,
             volume,
             dry_run,
@@ -220,11 +241,17 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                 keep_monthly: keep.keep_monthly,
                 keep_yearly: keep.keep_yearly,
                 volume,
+                points,
                 dry_run,
                 ..ForgetOpts::at(repo_location(&location)?)
             };
-            if op.keep().is_empty() {
-                anyhow::bail!("forget: give at least one --keep-last/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly");
+            if op.keep().is_empty() && op.points.is_empty() {
+                anyhow::bail!("forget: give at least one --keep-last/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly, or the ids of the points to forget");
+            }
+            if !op.points.is_empty() && (!op.keep().is_empty() || op.volume.is_some()) {
+                anyhow::bail!(
+                    "forget: give the ids of the points to forget or --keep-… rules (and --volume), not both"
+                );
             }
             let Forgotten { decisions, .. } = a.access.run(op, None).await?;
             if json {
@@ -276,6 +303,76 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                     r.packs_kept,
                     human(r.bytes_freed)
                 );
+                if r.strays_removed > 0 {
+                    println!(
+                        "{} stray pack-named file(s) no index listed: not packs, or unused; {}",
+                        r.strays_removed,
+                        if dry_run {
+                            "would be removed"
+                        } else {
+                            "removed"
+                        }
+                    );
+                }
+                if r.damaged_index_files_removed > 0 {
+                    println!(
+                        "{} damaged index file(s) replaced",
+                        r.damaged_index_files_removed
+                    );
+                }
+                for n in &r.notes {
+                    println!("note: {n}");
+                }
+            }
+            Ok(0)
+        }
+        RepoCommand::Repair {
+            location,
+            forget_lost,
+            dry_run,
+            json,
+        } => {
+            let r = a
+                .access
+                .run(
+                    RepairOpts {
+                        forget_lost,
+                        dry_run,
+                        ..RepairOpts::at(repo_location(&location)?)
+                    },
+                    None,
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(0);
+            }
+            let dry = if dry_run { "dry run: " } else { "" };
+            for line in &r.actions {
+                println!("{dry}{line}");
+            }
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            if r.actions.is_empty() {
+                println!("{dry}nothing to repair");
+            }
+            if !forget_lost {
+                for p in &r.lost_points {
+                    println!(
+                        "lost data: point {}  {}  {}  ({})",
+                        p.id,
+                        p.time,
+                        p.volume,
+                        p.what()
+                    );
+                }
+                if !r.lost_points.is_empty() {
+                    println!(
+                        "{} point(s) lost data: restoring them fails; `skiff repo repair --forget-lost` forgets them",
+                        r.lost_points.len()
+                    );
+                }
             }
             Ok(0)
         }

@@ -277,7 +277,20 @@ async fn copy_inner(
     let (base, items) = match &source {
         Source::File(f) => (Base::Zero, FileSource::items(f.data_ranges().await?)),
         Source::Ebs(e) => {
-            let parent_snapshot = parent.as_ref().and_then(|p| p.snapshot.clone());
+            let mut parent_snapshot = parent.as_ref().and_then(|p| p.snapshot.clone());
+            if let (Some(s), Target::Repo(repo)) = (&parent_snapshot, &target) {
+                // The parent's unchanged blocks would be taken from its block
+                // map unread; some may be in packs that are gone.
+                let lost = repo.index().lost_count();
+                if lost > 0 {
+                    tracing::warn!(
+                        "{}: {lost} blocks are in packs missing from the store; reading all of {} instead of its changes since {s}",
+                        repo.url(),
+                        e.snapshot()
+                    );
+                    parent_snapshot = None;
+                }
+            }
             e.plan(parent_snapshot.as_deref()).await?
         }
         Source::Repo(r) => (Base::Zero, r.items()?),

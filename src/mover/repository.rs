@@ -115,10 +115,10 @@ impl RepoSource {
         let (pack, entry) = inner.repo.locate(&id).ok_or_else(|| RepoError::NotFound {
             op: "repo.restore",
             message: format!(
-                "point {}: block {} ({}) is not in the repository's index; run `skiff repo check`",
+                "point {}: block {}: {}",
                 inner.point.id,
                 item.index,
-                hex::encode(id)
+                inner.repo.why_not_found(&id)
             ),
         })?;
         if entry.kind != BlobKind::Data || entry.raw_len as usize != BLOCK_SIZE {
@@ -306,7 +306,14 @@ impl RepoSink {
         point.root = hex::encode(root);
         point.depth = depth;
         point.stats.bytes_stored = self.writer.stats.bytes_stored;
+        let again = self.preparer.claims.stored_again();
+        let url = self.writer.repo().url().to_string();
         self.writer.commit(&point).await?;
+        if again > 0 {
+            tracing::warn!(
+                "{url}: {again} blocks in missing packs are stored again; run `skiff repo repair`"
+            );
+        }
         Ok(point)
     }
 

@@ -398,6 +398,54 @@ async fn forget_and_prune_free_space_and_keep_the_rest_restorable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_on_an_unreadable_block_map_removes_no_data_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, repo) = (
+        dir.path().join("a.img"),
+        dir.path().join("b.img"),
+        dir.path().join("repo"),
+    );
+    make_image(&a, 31, 12, 0);
+    make_image(&b, 32, 12, 0);
+    let pa = backup(&a, &repo, ParentChoice::Auto).await.unwrap();
+    let before: Vec<PathBuf> = files_under(&repo.join("data"));
+    backup(&b, &repo, ParentChoice::Auto).await.unwrap();
+    // b's block map (the smaller of its two packs) is lost: what b's blocks
+    // are is unknown, so none of them may go.
+    let mut b_packs: Vec<PathBuf> = files_under(&repo.join("data"))
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    b_packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    std::fs::remove_file(&b_packs[0]).unwrap();
+    let r = repo_at(&repo).await;
+    let opts = crate::repo::prune::PruneOptions {
+        repack_threshold: 0.0,
+        ..Default::default()
+    };
+    let report = crate::repo::prune::prune(&r, &opts).await.unwrap();
+    assert_eq!(
+        report.packs_deleted + report.packs_repacked,
+        0,
+        "{report:?}"
+    );
+    assert!(b_packs[1].exists(), "b's data is kept");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("cannot be read in full: no data was removed")),
+        "{report:?}"
+    );
+    assert_eq!(report.points_lost_data.len(), 1, "{report:?}");
+    let out = dir.path().join("out.img");
+    restore(&repo, pa.point.as_ref().unwrap(), &out)
+        .await
+        .unwrap();
+    assert!(same(&out, &a));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_writer_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (img, repo) = (dir.path().join("disk.img"), dir.path().join("repo"));

@@ -1,5 +1,5 @@
 //! Operations: one typed value per thing skiff does where the data is —
-//! copy a volume; create, list, check, forget and prune a repository. The
+//! copy a volume; create, list, check, forget, prune and repair a repository. The
 //! command line, the Lua primitives and a worker's agent all build an [`Op`]
 //! and call its `run`; before a task goes to a worker, [`Op::for_worker`]
 //! rewrites it on its typed fields. Nothing here knows Lua.
@@ -21,6 +21,7 @@ pub use args::{ParentArg, Place, RepoLocation};
 pub use copy::CopyOpts;
 pub use repo::{
     CheckOpts, ForgetOpts, Forgotten, InitOpts, InitOutput, Points, PointsOpts, PruneOpts,
+    RepairOpts,
 };
 pub use worker::ForWorker;
 
@@ -159,6 +160,7 @@ operations! {
     RepoCheck(CheckOpts),
     RepoForget(ForgetOpts),
     RepoPrune(PruneOpts),
+    RepoRepair(RepairOpts),
 }
 
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, Error> {

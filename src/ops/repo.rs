@@ -1,5 +1,5 @@
 //! The repository operations: `repo.init`, `repo.points`, `repo.check`,
-//! `repo.forget`, `repo.prune`. Each opens its repository once.
+//! `repo.forget`, `repo.prune`, `repo.repair`. Each opens its repository once.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,7 @@ use crate::repo::check::CheckReport;
 use crate::repo::forget::{self, Decision, KeepOptions};
 use crate::repo::password::PasswordSource;
 use crate::repo::prune::{self, PruneOptions, PruneReport};
+use crate::repo::repair::{self, RepairOptions, RepairReport};
 use crate::repo::{Point, Repo, RepoError};
 
 /// Declares a repository operation: its options struct — `location`, the
@@ -281,6 +282,9 @@ repo_operation! {
         /// Only points carrying all these tags.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         pub tags: BTreeMap<String, String>,
+        /// Forget these points, by id or unique id prefix, instead of by rules.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub points: Vec<String>,
         #[serde(default)]
         pub dry_run: bool,
         /// Seconds to wait for another writer of the repository (default 0).
@@ -343,10 +347,28 @@ impl ForgetOpts {
 impl ForgetOpts {
     async fn exec(self, cx: RunCx<'_>) -> Result<Forgotten, Error> {
         let keep = self.keep();
+        let wait = std::time::Duration::from_secs(self.wait);
+        if !self.points.is_empty() {
+            if !keep.is_empty() || self.volume.is_some() || !self.tags.is_empty() {
+                return Err(Error::field(
+                    <Self as Operation>::NAME,
+                    "points",
+                    "give point ids or retention rules (keep_*, volume, tags), not both",
+                ));
+            }
+            let repo = self.open(&cx.cloud).await?;
+            let decisions = forget::forget_points(&repo, &self.points, self.dry_run, wait)
+                .await
+                .map_err(Self::fail)?;
+            return Ok(Forgotten {
+                dry_run: self.dry_run,
+                decisions,
+            });
+        }
         if keep.is_empty() {
             return Err(Error::usage(
                 <Self as Operation>::NAME,
-                "opts: give at least one of keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly (forget never removes every point)",
+                "opts: give at least one of keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly (forget never removes every point), or the ids of the points to forget (points)",
             ));
         }
         let repo = self.open(&cx.cloud).await?;
@@ -354,7 +376,6 @@ impl ForgetOpts {
             volume: self.volume.clone(),
             tags: self.tags.clone(),
         };
-        let wait = std::time::Duration::from_secs(self.wait);
         let decisions = forget::forget_only(&repo, &keep, &only, self.dry_run, wait)
             .await
             .map_err(Self::fail)?;
@@ -397,5 +418,30 @@ impl PruneOpts {
         }
         let repo = self.open(&cx.cloud).await?;
         prune::prune(&repo, &po).await.map_err(Self::fail)
+    }
+}
+
+repo_operation! {
+    RepairOpts, "repo.repair" -> RepairReport {
+        /// Forget the points that lost data (default: only name them).
+        #[serde(default)]
+        pub forget_lost: bool,
+        #[serde(default)]
+        pub dry_run: bool,
+        /// Seconds to wait for another writer of the repository (default 0).
+        #[serde(default)]
+        pub wait: u64,
+    }
+}
+
+impl RepairOpts {
+    async fn exec(self, cx: RunCx<'_>) -> Result<RepairReport, Error> {
+        let repo = self.open(&cx.cloud).await?;
+        let opts = RepairOptions {
+            forget_lost: self.forget_lost,
+            dry_run: self.dry_run,
+            wait: std::time::Duration::from_secs(self.wait),
+        };
+        repair::repair(&repo, &opts).await.map_err(Self::fail)
     }
 }

@@ -61,7 +61,7 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
     let mut indexed: BTreeMap<Id, IndexedPack> = BTreeMap::new();
     let loaded: Vec<(String, Result<Vec<IndexedPack>>)> =
         futures::stream::iter(names.into_iter().map(|l| async move {
-            let r = repo.read_index_file(&l.name).await;
+            let r = repo.read_index_listed(&l).await;
             (l.name, r)
         }))
         .buffer_unordered(conc)
@@ -74,22 +74,29 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
                     indexed.entry(p.pack).or_insert(p);
                 }
             }
-            Err(e @ RepoError::Corrupt { .. }) => report.problems.push(Problem {
+            Err(RepoError::Corrupt { message, .. }) => report.problems.push(Problem {
                 kind: "index",
                 object: name,
-                message: e.to_string(),
+                message: format!("{message}; `skiff repo repair` removes it"),
             }),
+            Err(RepoError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
     }
 
-    let listed: HashMap<Id, u64> = repo
-        .backend()
-        .list("data")
-        .await?
-        .into_iter()
-        .filter_map(|l| pack::pack_id_of(&l.name).map(|id| (id, l.size)))
-        .collect();
+    let mut listed: HashMap<Id, u64> = HashMap::new();
+    for l in repo.backend().list("data").await? {
+        match pack::pack_id_of(&l.name) {
+            Some(id) => {
+                listed.insert(id, l.size);
+            }
+            None => report.problems.push(Problem {
+                kind: "pack",
+                object: l.name,
+                message: "not a pack (a foreign file: its name is not a pack's); `skiff repo repair` removes it".into(),
+            }),
+        }
+    }
 
     // Blobs a point may use, with the pack they are in.
     let mut available: HashMap<Id, Id> = HashMap::new();
@@ -104,7 +111,7 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
                 report.problems.push(Problem {
                     kind: "pack",
                     object: pack_name(id),
-                    message: "listed in the index but missing from the store".into(),
+                    message: "listed in the index but missing from the store; `skiff repo repair` drops its entries so the next backup stores its blocks again".into(),
                 });
                 damaged.insert(*id);
                 bad_blobs.extend(p.entries.iter().map(|e| e.id));
@@ -170,6 +177,18 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
                 }
                 unindexed.insert(id, h.entries.clone());
             }
+            (Err(RepoError::Corrupt { message, .. }), None) => {
+                // A stray: nothing indexed is in it, so no point is affected.
+                report.problems.push(Problem {
+                    kind: "pack",
+                    object: pack_name(&id),
+                    message: format!(
+                        "no index lists it and it is not a pack of this repository ({message}); `skiff repo prune` removes it once it is {} minutes old",
+                        repo.settings.lease.duration.as_secs().div_ceil(60)
+                    ),
+                });
+            }
+            (Err(RepoError::NotFound { .. }), _) => {}
             (Err(e @ RepoError::Corrupt { .. }), ix) => {
                 report.problems.push(Problem {
                     kind: "pack",
@@ -229,7 +248,18 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> Result<CheckReport> {
     }
 
     // Points: every block and node they reference must be available and sound.
-    let points = repo.points().await?;
+    let (points, unreadable) = repo.scan_points().await?;
+    for u in unreadable {
+        report.problems.push(Problem {
+            kind: "point",
+            object: u.name,
+            message: if u.removable {
+                format!("{}; `skiff repo repair` removes it", u.message)
+            } else {
+                format!("{} (written by another version of skiff?)", u.message)
+            },
+        });
+    }
     report.points = points.len();
     let mut memo: HashMap<Id, bool> = HashMap::new();
     let mut missing: BTreeMap<Id, ()> = BTreeMap::new();

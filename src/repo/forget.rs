@@ -175,6 +175,100 @@ pub async fn forget_only(
     result
 }
 
+/// Forgets the points named by id or unique id prefix (at least 4 hex
+/// digits, as `repo points` prints them). Every id is resolved before
+/// anything is removed: an unknown or ambiguous one is an error naming it,
+/// and nothing changes. With `dry_run`, only reports.
+pub async fn forget_points(
+    repo: &Repo,
+    ids: &[String],
+    dry_run: bool,
+    wait: std::time::Duration,
+) -> Result<Vec<Decision>> {
+    if ids.is_empty() {
+        return Err(RepoError::Invalid("no point id given".into()));
+    }
+    for id in ids {
+        if id.len() < 4 || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RepoError::Invalid(format!(
+                "point {id:?}: expected a point id (16 hex digits, or a unique prefix of at least 4)"
+            )));
+        }
+    }
+    let lease = if dry_run {
+        None
+    } else {
+        Some(Lease::acquire_waiting(repo, "skiff forget", wait).await?)
+    };
+    let run = async {
+        let (points, unreadable) = repo.scan_points().await?;
+        let mut chosen: Vec<&Point> = Vec::new();
+        for id in ids {
+            let prefix = id.to_ascii_lowercase();
+            let matching: Vec<&Point> = points
+                .iter()
+                .filter(|p| p.id.starts_with(&prefix))
+                .collect();
+            match matching.as_slice() {
+                [one] => chosen.push(one),
+                [] => {
+                    let damaged = unreadable.iter().find(|u| {
+                        u.name
+                            .rsplit('/')
+                            .next()
+                            .is_some_and(|n| n.starts_with(&prefix))
+                    });
+                    return Err(match damaged {
+                        Some(u) => RepoError::corrupt(
+                            "repo.forget",
+                            &u.name,
+                            format!("{} (point {id}); `skiff repo repair` removes it", u.message),
+                        ),
+                        None => RepoError::NotFound {
+                            op: "repo.forget",
+                            message: format!(
+                                "{}: no restore point {id}; nothing was forgotten",
+                                repo.url()
+                            ),
+                        },
+                    });
+                }
+                many => {
+                    return Err(RepoError::Invalid(format!(
+                        "point prefix {id:?} is ambiguous: {} match ({}); nothing was forgotten",
+                        many.len(),
+                        many.iter()
+                            .map(|p| p.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        }
+        chosen.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+        chosen.dedup_by(|a, b| a.id == b.id);
+        if let Some(lease) = &lease {
+            lease.ensure().await?;
+            for p in &chosen {
+                repo.delete_point(&p.id).await?;
+            }
+        }
+        Ok(chosen
+            .into_iter()
+            .map(|p| Decision {
+                point: p.clone(),
+                keep: false,
+                reasons: Vec::new(),
+            })
+            .collect())
+    };
+    let result = run.await;
+    if let Some(l) = lease {
+        l.release().await?;
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,20 +17,24 @@ pub mod pack;
 pub mod password;
 mod points;
 pub mod prune;
+pub mod reach;
+pub mod repair;
 pub mod tree;
 pub mod writer;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 pub use backend::{backend_for, Backend, RepoUrl};
 pub use error::{RepoError, Result};
 pub use format::{Point, PointStats};
 pub use index::Index;
 pub use open::{check_storage_class, STORAGE_CLASSES};
-pub use points::new_point_id;
+pub use points::{new_point_id, Unreadable};
 
 use crypto::{Id, Key};
 use format::{BlobKind, Entry, IndexedPack, RepoConfig};
@@ -81,8 +85,50 @@ pub struct Repo {
     /// Packs found in the store that no index file covers (an interrupted
     /// write); indexed in memory from their headers.
     unindexed: std::sync::Mutex<Vec<IndexedPack>>,
+    /// Every pack-named file no index file lists, as the last load found it.
+    strays: std::sync::Mutex<Vec<Stray>>,
+    /// The readable index files.
     index_files: std::sync::Mutex<Vec<String>>,
+    /// Files in `index/` and `points/` skipped because they cannot be read
+    /// or are not what their folder holds, with why; each is warned about once.
+    skipped: std::sync::Mutex<BTreeMap<String, String>>,
     pub settings: RepoSettings,
+}
+
+/// A pack-named file in `data/` that no index file lists: a pack an
+/// interrupted write left (its header reads), or a file that is not a pack
+/// of this repository.
+#[derive(Debug, Clone)]
+pub struct Stray {
+    pub name: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+    /// Why its header cannot be read, when it cannot.
+    pub damage: Option<String>,
+}
+
+impl Stray {
+    /// Whether it was written less than `grace` ago (or its age is unknown):
+    /// a writer may still be about to index it.
+    pub fn is_young(&self, grace: std::time::Duration) -> bool {
+        self.modified
+            .is_none_or(|t| t.elapsed().unwrap_or_default() < grace)
+    }
+}
+
+/// Index files larger than this are not read (none is: an index file
+/// covers at most a few thousand packs), so a junk file cannot exhaust memory.
+const MAX_INDEX_FILE: u64 = 1 << 30;
+
+/// Whether `name` is an index file's name: `index/` and 64 hex digits.
+pub(crate) fn is_index_name(name: &str) -> bool {
+    name.strip_prefix("index/")
+        .is_some_and(|b| b.len() == 64 && is_lower_hex(b))
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn index_aad(name: &str) -> Vec<u8> {
@@ -115,52 +161,161 @@ fn open_meta(
 }
 
 impl Repo {
-    /// Reads every index file, then indexes packs none of them covers.
+    /// Reads every index file, then indexes packs none of them covers. A
+    /// damaged index file, or a foreign file in `index/`, is skipped with a
+    /// warning naming it (the packs it listed are indexed from their
+    /// headers); packs the index files list but the store lacks are kept
+    /// apart, their blobs lost (see [`Index::add_missing`]).
     pub async fn load_index(&self) -> Result<()> {
         let files = self.backend.list("index").await?;
-        let loaded: Vec<(String, Vec<IndexedPack>)> =
+        let loaded: Vec<(String, Result<Vec<IndexedPack>>)> =
             futures::stream::iter(files.into_iter().map(|f| async move {
-                let packs = self.read_index_file(&f.name).await?;
-                Ok::<_, RepoError>((f.name, packs))
+                let r = self.read_index_listed(&f).await;
+                (f.name, r)
             }))
             .buffer_unordered(self.settings.metadata_concurrency)
-            .try_collect()
-            .await?;
-        let mut index = Index::default();
+            .collect()
+            .await;
+        let mut good = Vec::new();
         let mut names = Vec::new();
-        for (name, packs) in &loaded {
-            for p in packs {
-                index.add(p);
-            }
-            names.push(name.clone());
-        }
-        drop(loaded);
-        let listed = self.backend.list("data").await?;
-        let missing: Vec<_> = listed
-            .into_iter()
-            .filter_map(|l| pack::pack_id_of(&l.name).map(|id| (id, l)))
-            .filter(|(id, _)| !index.has_pack(id))
-            .collect();
-        let recovered: Vec<IndexedPack> =
-            futures::stream::iter(missing.into_iter().map(|(_, l)| async move {
-                match pack::read_header(&self.backend, &self.key, &l.name, l.size).await {
-                    Ok(p) => Ok(Some(p)),
-                    // An unreadable stray pack is reported by `check`; it holds nothing indexed.
-                    Err(RepoError::Corrupt { .. }) => Ok(None),
-                    Err(e) => Err(e),
+        for (name, r) in loaded {
+            match r {
+                Ok(packs) => {
+                    names.push(name);
+                    good.push(packs);
                 }
+                Err(RepoError::Corrupt { message, .. }) => {
+                    self.skip(&name, &message, "`skiff repo repair` removes it")
+                }
+                // Removed since it was listed (a prune replacing the index).
+                Err(RepoError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        names.sort();
+        let listed = self.backend.list("data").await?;
+        let present: HashMap<Id, &backend::Listed> = listed
+            .iter()
+            .filter_map(|l| pack::pack_id_of(&l.name).map(|id| (id, l)))
+            .collect();
+        let mut index = Index::default();
+        let mut missing: HashMap<Id, &IndexedPack> = HashMap::new();
+        for p in good.iter().flatten() {
+            if present.contains_key(&p.pack) {
+                index.add(p);
+            } else {
+                missing.entry(p.pack).or_insert(p);
+            }
+        }
+        // After every present pack, so a blob with a place elsewhere is not lost.
+        for p in missing.values() {
+            index.add_missing(p);
+        }
+        drop(missing);
+        drop(good);
+        let unlisted: Vec<backend::Listed> = present
+            .iter()
+            .filter(|(id, _)| !index.has_pack(id))
+            .map(|(_, l)| (*l).clone())
+            .collect();
+        let headers: Vec<(backend::Listed, Result<IndexedPack>)> =
+            futures::stream::iter(unlisted.into_iter().map(|l| async move {
+                let h = pack::read_header(&self.backend, &self.key, &l.name, l.size).await;
+                (l, h)
             }))
             .buffer_unordered(self.settings.metadata_concurrency)
-            .try_filter_map(|p| async move { Ok(p) })
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        let mut recovered = Vec::new();
+        let mut strays = Vec::new();
+        for (l, h) in headers {
+            let damage = match h {
+                Ok(p) => {
+                    recovered.push(p);
+                    None
+                }
+                // Not a pack of this repository: it holds nothing indexed;
+                // `check` reports it and `prune` removes it.
+                Err(RepoError::Corrupt { message, .. }) => Some(message),
+                Err(RepoError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            strays.push(Stray {
+                name: l.name,
+                size: l.size,
+                modified: l.modified,
+                damage,
+            });
+        }
+        strays.sort_by(|a, b| a.name.cmp(&b.name));
         for p in &recovered {
             index.add(p);
         }
         *self.index.write().unwrap() = index;
         *self.unindexed.lock().unwrap() = recovered;
+        *self.strays.lock().unwrap() = strays;
         *self.index_files.lock().unwrap() = names;
         Ok(())
+    }
+
+    /// Takes the packs the index covers but the store no longer holds out of
+    /// it, after listing `data/` again: a writer does so once it holds the
+    /// lease, so it stores their blocks again instead of deduplicating
+    /// against data that is gone. Returns how many packs were gone.
+    pub async fn forget_missing_packs(&self) -> Result<usize> {
+        let present: HashSet<Id> = self
+            .backend
+            .list("data")
+            .await?
+            .iter()
+            .filter_map(|l| pack::pack_id_of(&l.name))
+            .collect();
+        let mut index = self.index.write().unwrap();
+        let gone: HashSet<Id> = index
+            .present_packs()
+            .filter(|p| !present.contains(*p))
+            .copied()
+            .collect();
+        index.drop_packs(&gone);
+        Ok(gone.len())
+    }
+
+    /// Notes a file that cannot be read, warning about it the first time.
+    pub(crate) fn skip(&self, name: &str, why: &str, hint: &str) {
+        let first = self
+            .skipped
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), why.to_string())
+            .is_none();
+        if first {
+            tracing::warn!("{}: skipped {name}: {why} ({hint})", self.url);
+        }
+    }
+
+    /// The files in `index/` and `points/` skipped so far, with why.
+    pub fn skipped(&self) -> BTreeMap<String, String> {
+        self.skipped.lock().unwrap().clone()
+    }
+
+    /// An index file as listed: refused unread when its name or size says it
+    /// is not one.
+    pub async fn read_index_listed(&self, l: &backend::Listed) -> Result<Vec<IndexedPack>> {
+        if !is_index_name(&l.name) {
+            return Err(RepoError::corrupt(
+                "repo.read_index",
+                &l.name,
+                "not an index file (a foreign file: its name is not 64 hex digits)",
+            ));
+        }
+        if l.size > MAX_INDEX_FILE {
+            return Err(RepoError::corrupt(
+                "repo.read_index",
+                &l.name,
+                format!("{} bytes: larger than any index file", l.size),
+            ));
+        }
+        self.read_index_file(&l.name).await
     }
 
     pub async fn read_index_file(&self, name: &str) -> Result<Vec<IndexedPack>> {
@@ -209,6 +364,11 @@ impl Repo {
 
     pub fn unindexed_packs(&self) -> Vec<IndexedPack> {
         self.unindexed.lock().unwrap().clone()
+    }
+
+    /// Pack-named files no index file listed when the index was loaded.
+    pub fn strays(&self) -> Vec<Stray> {
+        self.strays.lock().unwrap().clone()
     }
 
     pub fn index_file_names(&self) -> Vec<String> {
@@ -261,16 +421,27 @@ impl Repo {
             .await
     }
 
+    /// Why a blob the index does not find is not there, after its id.
+    pub fn why_not_found(&self, id: &Id) -> String {
+        match self.index().lost_in(id) {
+            Some(pack) => format!(
+                "{} was in {}, which is missing from the store (run `skiff repo repair`)",
+                hex::encode(id),
+                pack::pack_name(&pack)
+            ),
+            None => format!(
+                "{} is not in the index (run `skiff repo check`)",
+                hex::encode(id)
+            ),
+        }
+    }
+
     /// A blob's plaintext: fetched, authenticated, decompressed. Fails loudly
     /// on a missing or corrupt blob.
     pub async fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
         let (pack, e) = self.locate(id).ok_or_else(|| RepoError::NotFound {
             op: "repo.read",
-            message: format!(
-                "{} blob {} is not in the index (run `skiff repo check`)",
-                kind.as_str(),
-                hex::encode(id)
-            ),
+            message: format!("{} blob {}", kind.as_str(), self.why_not_found(id)),
         })?;
         if e.kind != kind {
             return Err(RepoError::corrupt(

@@ -155,7 +155,9 @@ impl Repo {
             config,
             index: RwLock::new(Index::default()),
             unindexed: std::sync::Mutex::new(Vec::new()),
+            strays: std::sync::Mutex::new(Vec::new()),
             index_files: std::sync::Mutex::new(Vec::new()),
+            skipped: std::sync::Mutex::new(Default::default()),
             settings: RepoSettings::default(),
         }
     }

@@ -296,6 +296,10 @@ impl PackBuilder {
     }
 }
 
+/// No pack's header is longer (a 32 MiB pack of the smallest possible blobs
+/// would need about 53 MiB): a longer one is damage, and is not read.
+const MAX_HEADER: u64 = 64 << 20;
+
 /// How much of a pack's tail to fetch at first: headers of ~32 MiB packs are
 /// a few KiB, so one request usually gets all of it.
 const TAIL_GUESS: u64 = 64 * 1024;
@@ -324,6 +328,11 @@ pub async fn read_header(
     if hlen + 4 > size {
         return Err(bad(format!(
             "header length {hlen} exceeds the pack's {size} bytes"
+        )));
+    }
+    if hlen > MAX_HEADER {
+        return Err(bad(format!(
+            "header length {hlen} is more than any pack's header ({MAX_HEADER} bytes)"
         )));
     }
     let sealed: Vec<u8> = if hlen + 4 <= first {
@@ -454,5 +463,20 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("does not authenticate"), "{err}");
+
+        // A junk file with a pack's name claiming a huge header: refused unread.
+        let hlen = MAX_HEADER + 1;
+        let mut junk = vec![0u8; hlen as usize + 8];
+        let n = junk.len();
+        junk[n - 4..].copy_from_slice(&(hlen as u32).to_le_bytes());
+        let name = pack_name(&[7; 32]);
+        backend.put(&name, Bytes::from(junk)).await.unwrap();
+        let err = read_header(&backend, &key, &name, n as u64)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("is more than any pack's header"),
+            "{err}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! written last — so a point is visible only when all it references is.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
@@ -20,15 +21,32 @@ use super::Repo;
 pub struct Claims {
     repo: Arc<Repo>,
     claimed: Arc<Mutex<HashSet<Id>>>,
+    /// Claims of blobs the index had in packs missing from the store.
+    stored_again: Arc<AtomicU64>,
 }
 
 impl Claims {
-    /// True exactly once per id not already in the repository: the caller must store it.
+    /// True exactly once per id not already in the repository: the caller
+    /// must store it. A blob whose pack is missing from the store is not in
+    /// the repository any more, and is stored again.
     pub fn claim(&self, id: &Id) -> bool {
-        if self.repo.index().contains(id) {
-            return false;
+        let lost = {
+            let index = self.repo.index();
+            if index.contains(id) {
+                return false;
+            }
+            index.lost_in(id).is_some()
+        };
+        let new = self.claimed.lock().unwrap().insert(*id);
+        if new && lost {
+            self.stored_again.fetch_add(1, Ordering::Relaxed);
         }
-        self.claimed.lock().unwrap().insert(*id)
+        new
+    }
+
+    /// How many blobs of packs missing from the store were claimed to be stored again.
+    pub fn stored_again(&self) -> u64 {
+        self.stored_again.load(Ordering::Relaxed)
     }
 }
 
@@ -57,7 +75,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Takes the lease and indexes what an interrupted writer left behind.
+    /// Takes the lease, indexes what an interrupted writer left behind, and
+    /// lists the packs present, so that blobs whose pack is gone are stored
+    /// again rather than deduplicated against.
     pub async fn start(repo: Arc<Repo>, purpose: &str) -> Result<Writer> {
         Self::start_waiting(repo, purpose, std::time::Duration::ZERO).await
     }
@@ -70,10 +90,12 @@ impl Writer {
     ) -> Result<Writer> {
         let lease = Lease::acquire_waiting(&repo, purpose, wait).await?;
         repo.persist_recovered().await?;
+        repo.forget_missing_packs().await?;
         Ok(Writer {
             claims: Claims {
                 repo: repo.clone(),
                 claimed: Arc::new(Mutex::new(HashSet::new())),
+                stored_again: Arc::new(AtomicU64::new(0)),
             },
             pack: PackBuilder::new(pack_capacity(&repo)),
             nodes: PackBuilder::new(NODE_PACK_CAPACITY),

@@ -35,8 +35,13 @@
 --- @field read_data? boolean
 
 --- Retention: a point is kept when any rule keeps it; each volume separately.
---- At least one rule must be given.
+--- At least one rule must be given — or, instead of rules, `points`.
 --- @class skiff.RepoForgetOpts : skiff.RepoOpts
+--- Forget exactly these points, by id or unique id prefix (at least 4 hex
+--- digits); an unknown or ambiguous one fails (`kind = "not_found"` or
+--- `"invalid"`) and nothing is forgotten. Not with the rules, `volume` or
+--- `tags`. (default: `{}`, forget by the rules)
+--- @field points? string[]
 --- Keep the newest N points. (default: 0)
 --- @field keep_last? integer
 --- Keep the newest point of each of the last N days that have one. (default: 0)
@@ -64,6 +69,14 @@
 --- @field wait? integer
 --- Repack a partly used pack when at least this fraction of its bytes is unused. (default: `0.05`)
 --- @field repack_threshold? number
+
+--- @class skiff.RepoRepairOpts : skiff.RepoOpts
+--- Also forget the points that lost data (restoring them fails). (default: `false`)
+--- @field forget_lost? boolean
+--- Report, change nothing. (default: `false`)
+--- @field dry_run? boolean
+--- Seconds to wait for another writer's lease. (default: `0`, fail at once)
+--- @field wait? integer
 
 --- @class skiff.RestorePoint
 --- @field id string
@@ -119,6 +132,37 @@
 --- @field packs_written integer
 --- @field bytes_freed integer
 --- @field index_files_replaced integer
+--- Packs the index listed that the store no longer holds: their entries were dropped.
+--- @field packs_missing integer
+--- Pack-named files no index listed, removed: not packs of this repository, or unused.
+--- @field strays_removed integer
+--- Such files younger than the lease (10 minutes), left for a later prune.
+--- @field strays_young integer
+--- @field damaged_index_files_removed integer
+--- Points that reference data no pack holds (`repo.repair` names and can forget them).
+--- @field points_lost_data string[]
+--- What prune left undone, and why.
+--- @field notes string[]
+
+--- @class skiff.LostPoint
+--- @field id string
+--- @field time string
+--- @field volume string
+--- Blocks of the volume whose data is in no pack.
+--- @field blocks_lost integer
+--- Part of its block map cannot be read.
+--- @field map_unreadable boolean
+
+--- @class skiff.RepairReport
+--- @field dry_run boolean
+--- What was done (in a dry run: would be), one line each; empty when there was nothing to repair.
+--- @field actions string[]
+--- What was seen and left alone, and why.
+--- @field notes string[]
+--- Points whose restore fails: their data is partly gone.
+--- @field lost_points skiff.LostPoint[]
+--- The ids of the lost points forgotten (`forget_lost`).
+--- @field forgotten string[]
 
 repo = {}
 
@@ -139,7 +183,8 @@ function repo.points(opts) end
 --- @return skiff.CheckReport
 function repo.check(opts) end
 
---- Forgets the points the retention rules do not keep (takes the repository's lease).
+--- Forgets the points the retention rules do not keep, or the points named
+--- in `points` (takes the repository's lease).
 --- @param opts skiff.RepoForgetOpts
 --- @return skiff.ForgetResult
 function repo.forget(opts) end
@@ -148,3 +193,12 @@ function repo.forget(opts) end
 --- @param opts skiff.RepoPruneOpts
 --- @return skiff.PruneReport
 function repo.prune(opts) end
+
+--- Repairs a damaged repository (takes the lease): rebuilds the index from
+--- the packs' headers when they disagree, drops entries of packs that are
+--- gone (the next backup stores those blocks again), removes damaged and
+--- foreign files, and names the points that lost data (`forget_lost`
+--- forgets them). Nothing to do: `actions` is empty.
+--- @param opts skiff.RepoRepairOpts
+--- @return skiff.RepairReport
+function repo.repair(opts) end

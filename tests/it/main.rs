@@ -13,6 +13,7 @@ mod mover_emu;
 mod network;
 mod policy_run;
 mod repo_cli;
+mod repo_repair;
 mod serve;
 mod serve_lifecycle;
 mod soak;

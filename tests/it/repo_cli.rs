@@ -10,22 +10,22 @@ use rand::Rng;
 
 use crate::images::{self, files_under, same};
 
-struct Cli {
-    dir: tempfile::TempDir,
+pub(crate) struct Cli {
+    pub dir: tempfile::TempDir,
 }
 
 impl Cli {
-    fn new() -> Cli {
+    pub fn new() -> Cli {
         Cli {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn command(&self, args: &[&str], password: &str) -> Command {
+    pub fn command(&self, args: &[&str], password: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
         c.args(args)
             .current_dir(self.dir.path())
@@ -38,7 +38,7 @@ impl Cli {
         c
     }
 
-    fn run_with(&self, args: &[&str], password: &str) -> (i32, String, String) {
+    pub fn run_with(&self, args: &[&str], password: &str) -> (i32, String, String) {
         let Output {
             status,
             stdout,
@@ -52,19 +52,19 @@ impl Cli {
     }
 
     #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.run_with(args, "pw");
         assert_eq!(code, 0, "skiff {args:?} failed\n{out}\n{err}");
         out
     }
 
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         self.run_with(args, "pw")
     }
 }
 
 /// The count of new blocks in a copy's one-line summary.
-fn new_blocks(summary: &str) -> u64 {
+pub(crate) fn new_blocks(summary: &str) -> u64 {
     summary
         .split("blocks: ")
         .nth(1)
@@ -74,7 +74,7 @@ fn new_blocks(summary: &str) -> u64 {
 }
 
 /// A point id from the one-line summary of a backup.
-fn point_of(summary: &str) -> String {
+pub(crate) fn point_of(summary: &str) -> String {
     summary
         .split("point ")
         .nth(1)

@@ -725,3 +725,44 @@ async fn the_password_can_come_from_an_ssm_secure_string() {
         .unwrap();
     assert_eq!(err.code(), Some("ParameterNotFound"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_over_a_lost_pack_reads_the_whole_snapshot() {
+    let f = Fixture::new().await;
+    let ebs = f.account.ebs();
+    let img1 = f.path("v1.img");
+    images::sparse_image(&img1, GIB, 43, 0..24);
+    let s1 = f.snapshot_of(&img1).await;
+    let repo = f.init_repo("repo").await;
+    let full = f
+        .copy(&format!("ebs:{s1}"), &repo, Some("vol-lost"))
+        .await
+        .unwrap();
+    // The full point's data pack is lost (its block map, in a smaller pack, is not).
+    let mut packs = images::files_under(&f.path("repo/data"));
+    packs.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    std::fs::remove_file(&packs[0]).unwrap();
+    let changes = vec![(3u64, images::random_block(8))];
+    let s2 = child_snapshot(&ebs, &s1, &changes).await;
+    let img2 = f.path("v2.img");
+    std::fs::copy(&img1, &img2).unwrap();
+    images::write_block(&img2, 3, &changes[0].1);
+
+    // The parent's unchanged blocks are gone with the pack: the incremental
+    // reads every block instead of only the changed one, and stores them again.
+    let incr = f
+        .copy(&format!("ebs:{s2}"), &repo, Some("vol-lost"))
+        .await
+        .unwrap();
+    assert_eq!(incr.parent, full.point);
+    assert_eq!(incr.blocks_unchanged, 0, "{incr:?}");
+    assert_eq!(
+        incr.blocks_read as usize,
+        image_blocks(&img2).len(),
+        "{incr:?}"
+    );
+    let out = f.path("out.img");
+    f.restore_file(&format!("{repo}#{}", incr.point.unwrap()), &out)
+        .await;
+    assert!(same(&out, &img2));
+}

@@ -1,4 +1,4 @@
--- The repo namespace: init, points, check, forget, prune, on local repositories.
+-- The repo namespace: init, points, check, forget, prune, repair, on local repositories.
 
 local tempfiles = require("tempfiles")
 local BLOCK = tempfiles.BLOCK
@@ -20,8 +20,8 @@ local function image(seed, blocks)
 end
 
 describe("repo", function()
-  it("is a namespace of five primitives", function()
-    for _, name in ipairs({ "init", "points", "check", "forget", "prune" }) do
+  it("is a namespace of six primitives", function()
+    for _, name in ipairs({ "init", "points", "check", "forget", "prune", "repair" }) do
       expect(type(repo[name])):to_equal("function")
     end
   end)
@@ -88,12 +88,43 @@ describe("repo", function()
     expect(repo.check({ location = loc, password = password, read_data = true }).ok):to_be(true)
   end)
 
+  it("forget takes point ids, and an unknown one changes nothing", function()
+    local loc = path("r")
+    repo.init({ location = loc, password = password })
+    local a = copy_volume({ from = "file:" .. image(5, 1), to = "repo:" .. loc, password = password, volume = "v" })
+    local b = copy_volume({ from = "file:" .. image(6, 1), to = "repo:" .. loc, password = password, volume = "v" })
+    local ok, err = pcall(repo.forget, { location = loc, password = password, points = { a.point, "0000ffff" } })
+    expect(ok):to_be(false)
+    expect(err.kind):to_equal("not_found")
+    expect(err.message):to_match("no restore point 0000ffff; nothing was forgotten")
+    expect(#repo.points({ location = loc, password = password })):to_equal(2)
+    local done = repo.forget({ location = loc, password = password, points = { a.point:sub(1, 6) } })
+    expect(done.removed):to_equal({ a.point })
+    expect(done.kept):to_equal({})
+    local left = repo.points({ location = loc, password = password })
+    expect(#left):to_equal(1)
+    expect(left[1].id):to_equal(b.point)
+  end)
+
+  it("repair finds nothing to do in a sound repository", function()
+    local loc = path("r")
+    repo.init({ location = loc, password = password })
+    copy_volume({ from = "file:" .. image(7, 2), to = "repo:" .. loc, password = password })
+    local r = repo.repair({ location = loc, password = password })
+    expect(r.actions):to_equal({})
+    expect(r.lost_points):to_equal({})
+    expect(r.forgotten):to_equal({})
+    expect(r.dry_run):to_be(false)
+  end)
+
   it("refuses misuse, naming the option", function()
     expect(function() repo.points({}) end):to_fail("repo.points: opts.location: required")
     expect(function() repo.check({ location = "/x", read_data = "yes" }) end):to_fail(
       "repo.check: opts.read_data: expected boolean, got string")
     expect(function() repo.forget({ location = "/x" }) end):to_fail(
-      "repo.forget: opts: give at least one of keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly (forget never removes every point)")
+      "repo.forget: opts: give at least one of keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly (forget never removes every point), or the ids of the points to forget (points)")
+    expect(function() repo.forget({ location = "/x", keep_last = 1, points = { "abcd" } }) end):to_fail(
+      "repo.forget: opts.points: give point ids or retention rules (keep_*, volume, tags), not both")
     expect(function() repo.prune({ location = "/x", repack_threshold = 2 }) end):to_fail(
       "repo.prune: opts.repack_threshold: expected a fraction between 0 and 1, got 2")
     expect(function() repo.init({ location = "s3://Bad_Bucket/x" }) end):to_fail(

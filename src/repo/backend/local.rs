@@ -348,6 +348,7 @@ impl Local {
                 out.push(Listed {
                     name,
                     size: meta.len(),
+                    modified: meta.modified().ok(),
                 });
             }
         }
@@ -442,13 +443,16 @@ mod tests {
             .unwrap());
         assert!(b.create("index/1", Bytes::from_static(b"x")).await.unwrap());
         std::fs::write(dir.path().join("data/ab/.tmp-dead"), b"partial").unwrap();
+        let listed = b.list("data").await.unwrap();
         assert_eq!(
-            b.list("data").await.unwrap(),
-            vec![Listed {
-                name: "data/ab/abcd".into(),
-                size: 5
-            }]
+            listed
+                .iter()
+                .map(|l| (l.name.as_str(), l.size))
+                .collect::<Vec<_>>(),
+            vec![("data/ab/abcd", 5)]
         );
+        let age = listed[0].modified.unwrap().elapsed().unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(60), "{age:?}");
         assert_eq!(b.list_tmp("data").await.unwrap().len(), 1);
         b.delete("data/ab/abcd").await.unwrap();
         b.delete("data/ab/abcd").await.unwrap();

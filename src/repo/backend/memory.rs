@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::ready;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -13,6 +14,8 @@ use crate::repo::error::{RepoError, Result};
 #[derive(Default)]
 pub(super) struct Memory {
     objects: Mutex<BTreeMap<String, Bytes>>,
+    /// When each object was written.
+    written: Mutex<BTreeMap<String, SystemTime>>,
 }
 
 impl Memory {
@@ -58,6 +61,10 @@ impl Store for Memory {
 
     fn put<'a>(&'a self, name: &'a str, data: Bytes) -> Fut<'a, ()> {
         self.objects.lock().unwrap().insert(name.to_string(), data);
+        self.written
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), SystemTime::now());
         Box::pin(ready(Ok(())))
     }
 
@@ -66,26 +73,32 @@ impl Store for Memory {
         let absent = !m.contains_key(name);
         if absent {
             m.insert(name.to_string(), data);
+            self.written
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), SystemTime::now());
         }
         Box::pin(ready(Ok(absent)))
     }
 
     fn delete<'a>(&'a self, name: &'a str) -> Fut<'a, ()> {
         self.objects.lock().unwrap().remove(name);
+        self.written.lock().unwrap().remove(name);
         Box::pin(ready(Ok(())))
     }
 
     fn list<'a>(&'a self, folder: &'a str) -> Fut<'a, Vec<Listed>> {
         let p = format!("{folder}/");
-        let listed = self
-            .objects
-            .lock()
-            .unwrap()
+        // Locked in the order `create` locks them: objects, then times.
+        let objects = self.objects.lock().unwrap();
+        let written = self.written.lock().unwrap();
+        let listed = objects
             .iter()
             .filter(|(k, _)| k.starts_with(&p))
             .map(|(k, v)| Listed {
                 name: k.clone(),
                 size: v.len() as u64,
+                modified: written.get(k).copied(),
             })
             .collect();
         Box::pin(ready(Ok(listed)))
@@ -105,5 +118,12 @@ impl Store for Memory {
         let mut v = m.get(name).unwrap().to_vec();
         v[offset] ^= 0x40;
         m.insert(name.to_string(), Bytes::from(v));
+    }
+
+    #[cfg(test)]
+    fn age(&self, name: &str, by: std::time::Duration) {
+        if let Some(t) = self.written.lock().unwrap().get_mut(name) {
+            *t -= by;
+        }
     }
 }

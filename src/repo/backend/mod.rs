@@ -75,6 +75,9 @@ pub struct Listed {
     /// Name relative to the repository root, e.g. `data/ab/abcd…`.
     pub name: String,
     pub size: u64,
+    /// When it was last written, as the store tells (local: the file's
+    /// modification time; S3: LastModified).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// A version stamp of the lease object, for compare-and-swap: the S3 ETag,
@@ -180,6 +183,12 @@ pub trait Store: Send + Sync + 'static {
     #[cfg(test)]
     fn tamper(&self, _name: &str, _offset: usize) {
         panic!("tamper works on memory backends")
+    }
+
+    /// Makes an object look `by` older, for tests of what depends on age.
+    #[cfg(test)]
+    fn age(&self, _name: &str, _by: std::time::Duration) {
+        panic!("age works on memory backends")
     }
 }
 
@@ -313,6 +322,12 @@ impl Backend {
     #[cfg(test)]
     pub fn tamper(&self, name: &str, offset: usize) {
         self.store.tamper(name, offset)
+    }
+
+    /// Makes an object look `by` older, for tests of what depends on age.
+    #[cfg(test)]
+    pub fn age(&self, name: &str, by: std::time::Duration) {
+        self.store.age(name, by)
     }
 }
 

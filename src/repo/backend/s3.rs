@@ -169,6 +169,11 @@ impl Store for S3 {
                         out.push(Listed {
                             name: self.rel(k).to_string(),
                             size: o.size().unwrap_or(0).max(0) as u64,
+                            modified: o.last_modified().and_then(|t| {
+                                u64::try_from(t.secs()).ok().map(|s| {
+                                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)
+                                })
+                            }),
                         });
                     }
                 }
