@@ -84,8 +84,7 @@ async fn preflight(cloud: &Cloud, spec: &LaunchSpec, subnet: &str) -> Result<()>
                 .map(|s| s.to_string())
                 // A worker acting on another account's data assumes its role.
                 .chain(
-                    (spec.resource.scope.account != spec.scope.account)
-                        .then(|| "sts".to_string()),
+                    (spec.resource.scope.account != spec.scope.account).then(|| "sts".to_string()),
                 )
                 .collect(),
             repository_vpc: None,

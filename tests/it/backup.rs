@@ -93,6 +93,16 @@ async fn instances_in_two_regions_and_accounts_are_backed_up_incrementally_and_r
     let ws = Workspace::new(&config(&prod)).await;
     let mine = seed_tool(&ws.account, &["seed", "us-east-1", "eu-west-1"]).await;
     let theirs = seed_tool(&prod, &["seed", "us-west-2"]).await;
+    // Workers run in the backup account (here the default one) and read the
+    // password there, in their own region.
+    aws_sdk_ssm::Client::new(&emu.sdk(&ws.account, "us-west-2"))
+        .put_parameter()
+        .name("/skiff/repository-password")
+        .value("demo-repository-password")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
     ws.run_lua(
         "init.lua",
         "repo.init{ location = 'repository', password = { ssm = '/skiff/repository-password' } }",
@@ -117,9 +127,10 @@ async fn instances_in_two_regions_and_accounts_are_backed_up_incrementally_and_r
     let all = [
         (&ws.account, "us-east-1"),
         (&ws.account, "eu-west-1"),
-        (&prod, "us-west-2"),
+        (&ws.account, "us-west-2"),
     ];
-    // Workers ran where the instances are, in the instances' accounts.
+    // Workers ran where the instances are, in the backup account: the one
+    // for prod's instance read prod's snapshot through prod's role.
     for (acc, region) in all {
         let ws_seen = workers_in(acc, region).await;
         assert_eq!(ws_seen.len(), 1, "one worker in {region}: {ws_seen:?}");
@@ -179,6 +190,7 @@ async fn instances_in_two_regions_and_accounts_are_backed_up_incrementally_and_r
     nothing_left(&[
         (&ws.account, "us-east-1"),
         (&ws.account, "eu-west-1"),
+        (&ws.account, "us-west-2"),
         (&prod, "us-west-2"),
     ])
     .await;
