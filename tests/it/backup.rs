@@ -243,10 +243,10 @@ async fn a_killed_agent_s_task_reappears_and_completes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait (30 s at most: a loaded machine starts agents slowly) until the
+    // Wait (90 s at most: a loaded machine starts agents slowly) until the
     // agent reads blocks, then kill it.
     let mut killed = false;
-    for _ in 0..600 {
+    for _ in 0..1800 {
         let reads = account.counters()["ops"]["GetSnapshotBlock"]
             .as_u64()
             .unwrap_or(0);
