@@ -248,6 +248,8 @@ struct SecurityGroupOut<'a> {
     region: &'a str,
     account: &'a str,
     ingress: Vec<RuleOut>,
+    /// Outbound rules; `cidr` is the destination.
+    egress: Vec<RuleOut>,
     added: Vec<RuleOut>,
     created: bool,
 }
@@ -294,6 +296,8 @@ async fn security_group_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         name: o.name,
         description: o.description,
         ingress,
+        egress: Vec::new(),
+        egress_only: false,
         tags: o.tags,
     };
     let g: SecurityGroup = security_group::ensure(&ctx.cloud, &spec)
@@ -309,6 +313,7 @@ async fn security_group_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             region: &g.scope.region,
             account: &g.scope.account,
             ingress: g.ingress.iter().map(rule_out).collect(),
+            egress: g.egress.iter().map(rule_out).collect(),
             added: g.added.iter().map(rule_out).collect(),
             created: g.created,
         },

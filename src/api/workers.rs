@@ -187,6 +187,7 @@ fn handle_table(lua: &Lua, w: Arc<Worker>) -> mlua::Result<Table> {
     t.set("account", w.scope.account.as_str())?;
     t.set("vpc", w.vpc.as_str())?;
     t.set("subnet", w.subnet.as_str())?;
+    t.set("security_groups", w.security_groups.clone())?;
     t.set("instance_type", w.instance_type.as_str())?;
     t.set("private_ip", w.private_ip.clone())?;
     t.set("public_ip", w.public_ip.clone())?;

@@ -61,6 +61,13 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// The rule read as an outbound one: `tcp 443 to 10.0.0.0/16`.
+    pub fn outbound(&self) -> String {
+        self.to_string().replacen(" from ", " to ", 1)
+    }
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.proto, self.ports) {
@@ -119,6 +126,11 @@ pub struct SecurityGroupSpec {
     pub name: String,
     pub description: Option<String>,
     pub ingress: Vec<Rule>,
+    /// Outbound rules (`cidr` is the destination).
+    pub egress: Vec<Rule>,
+    /// Allow no other outbound traffic: the rules not in `egress` (such as
+    /// the allow-all rule every new group starts with) are revoked.
+    pub egress_only: bool,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -129,6 +141,8 @@ pub struct SecurityGroup {
     pub vpc_id: String,
     pub scope: Scope,
     pub ingress: Vec<Rule>,
+    /// Outbound rules (`cidr` is the destination).
+    pub egress: Vec<Rule>,
     pub created: bool,
     /// Rules this call added.
     pub added: Vec<Rule>,
@@ -137,8 +151,17 @@ pub struct SecurityGroup {
 /// The CIDR-sourced inbound rules of a group (rules naming other groups or
 /// prefix lists are not CIDR rules and are left out).
 pub fn rules_of(g: &aws_sdk_ec2::types::SecurityGroup) -> Vec<Rule> {
+    cidr_rules(g.ip_permissions())
+}
+
+/// The CIDR-addressed outbound rules of a group.
+pub fn egress_of(g: &aws_sdk_ec2::types::SecurityGroup) -> Vec<Rule> {
+    cidr_rules(g.ip_permissions_egress())
+}
+
+fn cidr_rules(perms: &[IpPermission]) -> Vec<Rule> {
     let mut rules = Vec::new();
-    for p in g.ip_permissions() {
+    for p in perms {
         let Ok(proto) = Proto::parse(p.ip_protocol().unwrap_or("-1")) else {
             continue;
         };
@@ -168,6 +191,7 @@ fn from_sdk(g: &aws_sdk_ec2::types::SecurityGroup, scope: &Scope, created: bool)
         vpc_id: g.vpc_id().unwrap_or_default().to_string(),
         scope: scope.clone(),
         ingress: rules_of(g),
+        egress: egress_of(g),
         created,
         added: Vec::new(),
     }
@@ -242,15 +266,23 @@ pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityG
         ));
     }
     let ec2 = cloud.ec2(&vpc.scope).await;
-    let found = ec2
-        .describe_security_groups()
-        .filters(filter("vpc-id", [vpc.id.as_str()]))
-        .filters(filter("group-name", [spec.name.as_str()]))
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("ec2:DescribeSecurityGroups", e))?;
-    let mut group = match found.security_groups().first() {
-        Some(g) => from_sdk(g, &vpc.scope, false),
+    let find = || async {
+        let found = ec2
+            .describe_security_groups()
+            .filters(filter("vpc-id", [vpc.id.as_str()]))
+            .filters(filter("group-name", [spec.name.as_str()]))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ec2:DescribeSecurityGroups", e))?;
+        Ok::<_, NetError>(
+            found
+                .security_groups()
+                .first()
+                .map(|g| from_sdk(g, &vpc.scope, false)),
+        )
+    };
+    let mut group = match find().await? {
+        Some(g) => g,
         None => {
             let description = spec
                 .description
@@ -268,17 +300,33 @@ pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityG
                 ))
                 .send()
                 .await
-                .map_err(|e| AwsError::from_sdk("ec2:CreateSecurityGroup", e))?;
-            let id = out.group_id().unwrap_or_default().to_string();
-            tracing::info!("created security group {} ({id}) in {}", spec.name, vpc.id);
-            SecurityGroup {
-                id,
-                name: spec.name.clone(),
-                vpc_id: vpc.id.clone(),
-                scope: vpc.scope.clone(),
-                ingress: Vec::new(),
-                created: true,
-                added: Vec::new(),
+                .map_err(|e| AwsError::from_sdk("ec2:CreateSecurityGroup", e));
+            match out {
+                Ok(out) => {
+                    let id = out.group_id().unwrap_or_default().to_string();
+                    tracing::info!("created security group {} ({id}) in {}", spec.name, vpc.id);
+                    SecurityGroup {
+                        id,
+                        name: spec.name.clone(),
+                        vpc_id: vpc.id.clone(),
+                        scope: vpc.scope.clone(),
+                        ingress: Vec::new(),
+                        // What AWS gives every new group.
+                        egress: vec![Rule {
+                            proto: Proto::All,
+                            ports: None,
+                            cidr: "0.0.0.0/0".parse().expect("a CIDR"),
+                        }],
+                        created: true,
+                        added: Vec::new(),
+                    }
+                }
+                // Created meanwhile by another call (two launches in one VPC).
+                Err(e) if e.code_is("InvalidGroup.Duplicate") => match find().await? {
+                    Some(g) => g,
+                    None => return Err(e.into()),
+                },
+                Err(e) => return Err(e.into()),
             }
         }
     };
@@ -291,21 +339,9 @@ pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityG
     missing.sort();
     missing.dedup();
     if !missing.is_empty() {
-        let perms: Vec<IpPermission> = missing
-            .iter()
-            .map(|r| {
-                let mut p = IpPermission::builder()
-                    .ip_protocol(r.proto.aws())
-                    .ip_ranges(IpRange::builder().cidr_ip(r.cidr.to_string()).build());
-                if let Some((lo, hi)) = r.ports {
-                    p = p.from_port(lo).to_port(hi);
-                }
-                p.build()
-            })
-            .collect();
         ec2.authorize_security_group_ingress()
             .group_id(&group.id)
-            .set_ip_permissions(Some(perms))
+            .set_ip_permissions(Some(permissions(&missing)))
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("ec2:AuthorizeSecurityGroupIngress", e))?;
@@ -316,7 +352,79 @@ pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityG
         group.ingress.sort();
         group.added = missing;
     }
+    let missing: Vec<Rule> = spec
+        .egress
+        .iter()
+        .filter(|r| !group.egress.contains(r))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        ec2.authorize_security_group_egress()
+            .group_id(&group.id)
+            .set_ip_permissions(Some(permissions(&missing)))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| AwsError::from_sdk("ec2:AuthorizeSecurityGroupEgress", e))
+            // Added meanwhile by another call.
+            .or_else(|e| match e.code_is("InvalidPermission.Duplicate") {
+                true => Ok(()),
+                false => Err(e),
+            })?;
+        for r in &missing {
+            tracing::info!("security group {}: allowed out {}", group.id, r.outbound());
+        }
+        group.egress.extend(missing);
+    }
+    if spec.egress_only {
+        let extra: Vec<Rule> = group
+            .egress
+            .iter()
+            .filter(|r| !spec.egress.contains(r))
+            .copied()
+            .collect();
+        if !extra.is_empty() {
+            ec2.revoke_security_group_egress()
+                .group_id(&group.id)
+                .set_ip_permissions(Some(permissions(&extra)))
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| AwsError::from_sdk("ec2:RevokeSecurityGroupEgress", e))
+                // Revoked meanwhile by another call.
+                .or_else(|e| match e.code_is("InvalidPermission.NotFound") {
+                    true => Ok(()),
+                    false => Err(e),
+                })?;
+            for r in &extra {
+                tracing::info!(
+                    "security group {}: no longer allows out {}",
+                    group.id,
+                    r.outbound()
+                );
+            }
+            group.egress.retain(|r| spec.egress.contains(r));
+        }
+    }
+    group.egress.sort();
+    group.egress.dedup();
     Ok(group)
+}
+
+/// Rules as the EC2 API takes them.
+fn permissions(rules: &[Rule]) -> Vec<IpPermission> {
+    rules
+        .iter()
+        .map(|r| {
+            let mut p = IpPermission::builder()
+                .ip_protocol(r.proto.aws())
+                .ip_ranges(IpRange::builder().cidr_ip(r.cidr.to_string()).build());
+            if let Some((lo, hi)) = r.ports {
+                p = p.from_port(lo).to_port(hi);
+            }
+            p.build()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ pub(super) struct Checked {
 
 /// Everything that can refuse a launch, checked before anything is created:
 /// the instance type, the network, the private-network preflight, the
-/// instance profile and the image.
+/// instance profile and the image; then skiff's worker group of the VPC
+/// (found, or created), unless groups were declared.
 pub(super) async fn check(
     cloud: &Cloud,
     spec: &LaunchSpec,
@@ -65,6 +66,11 @@ pub(super) async fn check(
         check_instance_profile(cloud, scope, p).await?;
     }
     let ami = image(cloud, scope, cfg, ami_parameter).await?;
+    let mut site = site;
+    if site.security_groups.is_empty() {
+        site.security_groups =
+            vec![network::worker_group(cloud, scope, &site.vpc, !spec.private).await?];
+    }
     Ok(Checked { site, ami })
 }
 

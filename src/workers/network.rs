@@ -6,8 +6,9 @@ use super::channel::aws;
 use super::settings::RegionConfig;
 use super::{Result, WorkerError};
 use crate::cloud::{Cloud, Scope};
+use crate::network::security_group::{Proto, Rule, SecurityGroupSpec};
 use crate::network::subnet::{self, Subnet};
-use crate::network::{filter, security_group, vpc, NetError, ResourceRef};
+use crate::network::{filter, security_group, vpc, Cidr, NetError, ResourceRef};
 
 /// The network a worker is launched into.
 #[derive(Debug, Clone)]
@@ -61,8 +62,104 @@ pub async fn check(
     Ok(vpc_id)
 }
 
+/// The name of skiff's own worker group in a VPC: one for private workers,
+/// one for public ones (which may also reach the internet on 443).
+pub fn worker_group_name(public: bool) -> &'static str {
+    if public {
+        "skiff-workers-public"
+    } else {
+        "skiff-workers"
+    }
+}
+
+/// The IPv4 blocks of the VPCs peered with `vpc` (active peerings, either side).
+async fn peered_cidrs(cloud: &Cloud, scope: &Scope, vpc: &str) -> Result<Vec<Cidr>> {
+    let out = cloud
+        .ec2(scope)
+        .await
+        .describe_vpc_peering_connections()
+        .filters(filter("status-code", ["active"]))
+        .send()
+        .await
+        .map_err(aws("ec2:DescribeVpcPeeringConnections"))?;
+    let mut cidrs = Vec::new();
+    for p in out.vpc_peering_connections() {
+        let (Some(req), Some(acc)) = (p.requester_vpc_info(), p.accepter_vpc_info()) else {
+            continue;
+        };
+        let other = if req.vpc_id() == Some(vpc) {
+            acc
+        } else if acc.vpc_id() == Some(vpc) {
+            req
+        } else {
+            continue;
+        };
+        let blocks = other
+            .cidr_block_set()
+            .iter()
+            .filter_map(|b| b.cidr_block())
+            .chain(other.cidr_block())
+            .filter_map(|c| c.parse::<Cidr>().ok());
+        cidrs.extend(blocks);
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    Ok(cidrs)
+}
+
+/// skiff's worker group in `vpc`, found by name or created, with exactly
+/// these rules: nothing in (file-level recovery adds 443 from the
+/// operator's address), HTTPS (443) out to the VPC and to every VPC peered
+/// with it (where the repository's S3 endpoint is), and for public workers
+/// to anywhere. Every other outbound rule is revoked.
+pub async fn worker_group(cloud: &Cloud, scope: &Scope, vpc: &str, public: bool) -> Result<String> {
+    let r = ResourceRef {
+        id: vpc.to_string(),
+        scope: scope.clone(),
+    };
+    let v = vpc::lookup(cloud, "vpc", &r).await?;
+    let mut to: Vec<Cidr> = v.cidrs.clone();
+    to.extend(peered_cidrs(cloud, scope, vpc).await?);
+    if public {
+        to.push("0.0.0.0/0".parse().expect("a CIDR"));
+    }
+    let egress = to
+        .into_iter()
+        .map(|cidr| Rule {
+            proto: Proto::Tcp,
+            ports: Some((443, 443)),
+            cidr,
+        })
+        .collect();
+    let g = security_group::ensure(
+        cloud,
+        &SecurityGroupSpec {
+            vpc: r,
+            name: worker_group_name(public).to_string(),
+            description: Some(format!(
+                "skiff workers ({}): HTTPS out to the VPC{}",
+                if public { "public" } else { "private" },
+                if public {
+                    ", its peers and anywhere"
+                } else {
+                    " and its peers"
+                }
+            )),
+            ingress: Vec::new(),
+            egress,
+            egress_only: true,
+            tags: Default::default(),
+        },
+    )
+    .await?;
+    Ok(g.id)
+}
+
 /// The network for workers in `scope`: the declared configuration, else the
-/// region's default VPC and its first subnet (by zone, then id).
+/// region's default VPC and its first subnet (by zone, then id). Without
+/// declared security groups, `security_groups` is empty: the launch then
+/// uses skiff's own group of that VPC ([`worker_group`]), once every check
+/// has passed.
 pub async fn choose(cloud: &Cloud, scope: &Scope, cfg: &RegionConfig) -> Result<Site> {
     let security_groups = cfg.security_groups.clone();
     if let Some(subnet) = &cfg.subnet {

@@ -430,6 +430,29 @@ describe("workers.configuration", function()
     remove(again)
   end)
 
+  it("gives workers without declared groups skiff's own: nothing in, HTTPS out to the VPC and its peers (and anywhere when public)", function()
+    local vpc, subnet = network(223)
+    local peer = ec2.vpc{ name = spec.unique("repository"), cidr = "10.224.0.0/16", region = "us-east-2" }
+    peer_vpcs{ requester = vpc, accepter = peer }
+    workers.configuration{ region = "us-east-2", vpc = vpc.id, subnet = subnet.id }
+    local w = deploy{ purpose = "health", resource = REPO, region = "us-east-2" }
+    expect(#w.security_groups):to_equal(1)
+    local g = ec2.security_group{ vpc = vpc, name = "skiff-workers-public" }
+    expect(g.id):to_equal(w.security_groups[1])
+    expect(g.created):to_be(false)
+    expect(g.ingress):to_equal({})
+    expect(g.egress):to_equal({
+      { proto = "tcp", port = "443", cidr = "0.0.0.0/0" },
+      { proto = "tcp", port = "443", cidr = "10.223.0.0/16" },
+      { proto = "tcp", port = "443", cidr = "10.224.0.0/16" },
+    })
+    -- The next worker of the VPC finds the same group.
+    local again = deploy{ purpose = "health", resource = REPO, region = "us-east-2" }
+    expect(again.security_groups):to_equal(w.security_groups)
+    remove(w)
+    remove(again)
+  end)
+
   it("refuses a network that does not fit when it is declared, and a VPC without subnets at launch", function()
     local vpc, subnet, sg = network(221)
     local empty = ec2.vpc{ name = spec.unique("workers"), cidr = "10.222.0.0/16", region = "us-east-2" }
