@@ -42,8 +42,8 @@ pub(super) struct Checked {
 
 /// Everything that can refuse a launch, checked before anything is created:
 /// the instance type, the network, the private-network preflight, the
-/// instance profile and the image; then skiff's worker group of the VPC
-/// (found, or created), unless groups were declared.
+/// instance profile and the image. (Without declared groups the site has
+/// none yet: the pool adds skiff's worker group of the VPC.)
 pub(super) async fn check(
     cloud: &Cloud,
     spec: &LaunchSpec,

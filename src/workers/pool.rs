@@ -16,7 +16,7 @@ use super::launch::{self, Ids, LaunchSpec, Request};
 use super::local::LocalAgent;
 use super::placement::Purpose;
 use super::settings::{Launcher, WorkerSettings};
-use super::{boot, publish};
+use super::{boot, network, publish};
 use super::{new_id, reply_queue_name, tags, task_queue_name, Result, WorkerError};
 use crate::cloud::owner;
 use crate::cloud::{AwsError, Cloud, Scope};
@@ -101,6 +101,8 @@ pub struct WorkerPool {
     pub log_dir: PathBuf,
     /// The agent as published to `[workers.agents]`, once per pool.
     published: tokio::sync::OnceCell<publish::Published>,
+    /// skiff's worker group per VPC (and public or private), once per pool.
+    groups: Mutex<HashMap<(Scope, String, bool), Arc<tokio::sync::OnceCell<String>>>>,
 }
 
 impl WorkerPool {
@@ -128,6 +130,7 @@ impl WorkerPool {
             agent_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
             log_dir: state.join("agents"),
             published: tokio::sync::OnceCell::new(),
+            groups: Mutex::new(HashMap::new()),
         }
     }
 
@@ -170,6 +173,15 @@ impl WorkerPool {
         Ok(hub)
     }
 
+    /// skiff's worker group of `vpc`, ensured once per job.
+    async fn worker_group(&self, scope: &Scope, vpc: &str, public: bool) -> Result<String> {
+        let key = (scope.clone(), vpc.to_string(), public);
+        let cell = self.groups.lock().unwrap().entry(key).or_default().clone();
+        cell.get_or_try_init(|| network::worker_group(&self.cloud, scope, vpc, public))
+            .await
+            .cloned()
+    }
+
     /// This binary, published to the agent store once per pool, and a fresh
     /// presigned URL for one worker.
     async fn agent_source(&self, a: &AgentsConfig) -> Result<boot::AgentSource> {
@@ -209,8 +221,14 @@ impl WorkerPool {
                 s.file.ami_parameter.clone(),
             )
         };
-        let checked =
+        let mut checked =
             launch::check(&self.cloud, &spec, &cfg, profile.as_deref(), &ami_param).await?;
+        if checked.site.security_groups.is_empty() {
+            checked.site.security_groups = vec![
+                self.worker_group(&scope, &checked.site.vpc, !spec.private)
+                    .await?,
+            ];
+        }
         // On AWS the instance fetches this binary; the local launcher runs it here.
         let agent = match (&agents, launcher) {
             (Some(a), _) => Some(self.agent_source(a).await?),
