@@ -127,26 +127,7 @@ return wrap, Error
 /// `file:line` of the nearest script frame at or above stack `first_level`,
 /// passing over C functions and skiff's own chunks (the wrapper, `pcall`).
 pub(crate) fn caller_location(lua: &Lua, first_level: usize) -> Option<String> {
-    for level in first_level..16 {
-        let found = lua.inspect_stack(level, |d| {
-            let src = d.source();
-            if src.what == "C" {
-                return None;
-            }
-            match (src.short_src, d.current_line()) {
-                (Some(s), Some(l)) if !s.contains(&crate::host::INTERNAL_CHUNK[1..]) => {
-                    Some(format!("{s}:{l}"))
-                }
-                _ => None,
-            }
-        });
-        match found {
-            None => return None,
-            Some(Some(w)) => return Some(w),
-            Some(None) => continue,
-        }
-    }
-    None
+    crate::host::script_location(lua, first_level)
 }
 
 /// Builds primitives for one VM.
