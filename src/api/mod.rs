@@ -7,6 +7,7 @@
 
 mod ec2;
 mod estate;
+mod fs;
 mod net;
 mod opts;
 pub mod policy;
@@ -213,9 +214,10 @@ pub fn install(vm: &Vm, ctx: Arc<Context>, args: &[String]) -> mlua::Result<()> 
     util::register(lua, &reg)?;
     workers::register(lua, &reg)?;
     volume::register(lua, &reg)?;
+    fs::register(lua, &reg, vm.files())?;
     lua.globals().set("args", util::args_table(lua, args)?)?;
     Ok(())
 }
 
 /// Names of the namespaces and global primitives skiff installs, for REPL completion.
-pub const NAMESPACES: &[&str] = &["ec2", "net", "workers", "repo", "log", "time", "json"];
+pub const NAMESPACES: &[&str] = &["ec2", "net", "workers", "repo", "log", "time", "json", "fs"];

@@ -101,6 +101,11 @@ impl Session {
         if let Some(dir) = script.and_then(|s| s.parent()) {
             search_dirs.push(dir.to_path_buf());
         }
+        // Without a script (the REPL), the script's folder is the current one.
+        let script_dir = match script {
+            Some(s) => s.parent().map(Path::to_path_buf),
+            None => Some(PathBuf::from(".")),
+        };
         let cloud = Arc::new(Cloud::load(config.clone()).await);
         let settings = Arc::new(std::sync::Mutex::new(WorkerSettings::new(
             config.workers.clone(),
@@ -121,6 +126,7 @@ impl Session {
                 unsafe_lua: opts.unsafe_lua,
                 limits,
                 search_dirs,
+                script_dir,
             },
         })
     }

@@ -3,7 +3,8 @@
 -- interrupt; and pcall, xpcall, coroutine.resume and coroutine.close made
 -- unable to swallow a stop. Loaded once per VM, safe or not
 -- (src/host/guard.rs), with:
---   raw.find/gmatch/gsub_string/scan  the pattern matcher (src/host/pattern.rs), counting its steps
+--   raw.find/gmatch/gsub_string/scan  the pattern matcher (src/host/pattern.rs), counting
+--                    its steps; they fail as wrapped functions do (FAIL, n, msg)
 --   raw.wrap(impl)   impl as a C function: when impl returns FAIL, n, msg it raises as
 --                    Lua's C library does (n > 0: `bad argument #n to 'name' (msg)`;
 --                    n == 0: msg at the caller's line; n < 0: msg as it is), so errors
@@ -56,13 +57,6 @@ local function int_arg(v, present)
   return nil, "number expected, got " .. got(v, present)
 end
 
--- A raw function's result: `true, values…`, or `false, message, stopped`.
-local function result(ok, ...)
-  if ok then return ... end
-  local msg, stop = ...
-  return FAIL, stop and -1 or 0, msg
-end
-
 -- string ------------------------------------------------------------------
 
 local function find_aux(is_find, ...)
@@ -77,7 +71,7 @@ local function find_aux(is_find, ...)
     init, e = int_arg(init, true)
     if not init then return FAIL, 3, e end
   end
-  return result(raw.find(s, p, init, (is_find and plain) and true or false, is_find))
+  return raw.find(s, p, init, (is_find and plain) and true or false, is_find)
 end
 
 string.find = wrap(function(...) return find_aux(true, ...) end)
@@ -95,15 +89,13 @@ string.gmatch = wrap(function(...)
     init, e = int_arg(init, true)
     if not init then return FAIL, 3, e end
   end
-  local it = raw.gmatch(s, p, init)
-  return wrap(function() return result(it()) end)
+  return raw.gmatch(s, p, init)
 end)
 
 -- One replacement of a gsub with a function or table: the match's `start,
 -- stop` (0-based, end exclusive), nil when there is none, or a failure.
-local function replace(out, k, s, repl, tr, ok, start, stop, ...)
-  if not ok then return FAIL, stop and -1 or 0, start end
-  if start == nil then return nil end
+local function replace(out, k, s, repl, tr, start, stop, ...)
+  if start == nil or start == FAIL then return start, stop, ... end
   local v
   if tr == "function" then v = repl(...) else v = repl[(...)] end
   if not v then
@@ -135,7 +127,7 @@ string.gsub = wrap(function(...)
     return FAIL, 3, "string/function/table expected, got " .. got(repl, n >= 3)
   end
   if tr ~= "function" and tr ~= "table" then
-    return result(raw.gsub_string(s, p, tostring(repl), max))
+    return raw.gsub_string(s, p, tostring(repl), max)
   end
   -- The replacement runs here, as Lua: counted, interruptible, its errors as raised.
   local anchor = byte(p, 1) == 94

@@ -54,11 +54,13 @@ fn meter<'a>(lua: &'a Lua, limits: &Limits) -> impl FnMut(u64) -> Result<(), Str
     }
 }
 
-/// `false, message, stopped` for the Lua half to raise.
-fn failed(lua: &Lua, f: Fail) -> mlua::Result<MultiValue> {
+/// `FAIL, 0, message` (a pattern error, raised at the script's line) or
+/// `FAIL, -1, message` (a stop, whose message says where already), for
+/// [`trampoline`] to raise.
+fn failed(lua: &Lua, fail: &Table, f: Fail) -> mlua::Result<MultiValue> {
     match f {
-        Fail::Error(m) => lua.pack_multi((false, m, false)),
-        Fail::Stop(m) => lua.pack_multi((false, m, true)),
+        Fail::Error(m) => lua.pack_multi((fail.clone(), 0, m)),
+        Fail::Stop(m) => lua.pack_multi((fail.clone(), -1, m)),
     }
 }
 
@@ -69,20 +71,20 @@ fn cap_value(lua: &Lua, src: &[u8], c: Cap) -> mlua::Result<Value> {
     })
 }
 
-/// `true, start, end, captures…` (positions 0-based, end exclusive, when
-/// `positions`), or `false, message, stopped` when reading a capture fails.
+/// `start, end, captures…` (`positions` first when given), or a failure
+/// when reading a capture fails.
 fn found_values(
     lua: &Lua,
+    fail: &Table,
     src: &[u8],
     positions: Option<(i64, i64)>,
     caps: Result<Vec<Cap>, Fail>,
 ) -> mlua::Result<MultiValue> {
     let caps = match caps {
         Ok(c) => c,
-        Err(f) => return failed(lua, f),
+        Err(f) => return failed(lua, fail, f),
     };
-    let mut out = Vec::with_capacity(caps.len() + 3);
-    out.push(Value::Boolean(true));
+    let mut out = Vec::with_capacity(caps.len() + 2);
     if let Some((a, b)) = positions {
         out.push(Value::Integer(a));
         out.push(Value::Integer(b));
@@ -135,18 +137,18 @@ unsafe extern "C-unwind" fn wrap(l: *mut ffi::lua_State) -> c_int {
     1
 }
 
-fn helpers(lua: &Lua, limits: &Arc<Limits>, fail: &Table) -> mlua::Result<Table> {
+fn helpers(lua: &Lua, limits: &Arc<Limits>, fail_marker: &Table) -> mlua::Result<Table> {
     let raw = lua.create_table()?;
     // SAFETY: `wrap` and `trampoline` use the stack as the C API allows and
     // hold no Rust values across the calls that may raise.
     let wrap_fn: Function = unsafe {
-        lua.exec_raw(fail.clone(), |state| {
+        lua.exec_raw(fail_marker.clone(), |state| {
             ffi::lua_pushcclosure(state, wrap, 1);
         })?
     };
-    raw.set("wrap", wrap_fn)?;
+    raw.set("wrap", wrap_fn.clone())?;
 
-    let l = limits.clone();
+    let (l, fail) = (limits.clone(), fail_marker.clone());
     raw.set(
         "find",
         lua.create_function(
@@ -154,49 +156,51 @@ fn helpers(lua: &Lua, limits: &Arc<Limits>, fail: &Table) -> mlua::Result<Table>
                 let (sb, pb) = (s.as_bytes(), p.as_bytes());
                 let mut m = meter(lua, &l);
                 match pattern::find(&sb, &pb, init, plain, is_find, &mut m) {
-                    Err(f) => failed(lua, f),
-                    Ok(None) => lua.pack_multi((true, Value::Nil)),
+                    Err(f) => failed(lua, &fail, f),
+                    Ok(None) => Ok(MultiValue::from_vec(vec![Value::Nil])),
                     Ok(Some(found)) if is_find => {
                         let pos = (found.start as i64 + 1, found.end as i64);
-                        found_values(lua, &sb, Some(pos), found.captures(false))
+                        found_values(lua, &fail, &sb, Some(pos), found.captures(false))
                     }
-                    Ok(Some(found)) => found_values(lua, &sb, None, found.captures(true)),
+                    Ok(Some(found)) => found_values(lua, &fail, &sb, None, found.captures(true)),
                 }
             },
         )?,
     )?;
 
-    let l = limits.clone();
+    let (l, fail, wrap_fn) = (limits.clone(), fail_marker.clone(), wrap_fn.clone());
     raw.set(
         "gmatch",
+        // The iterator, behind the trampoline like the functions themselves.
         lua.create_function(move |lua, (s, p, init): (LuaString, LuaString, i64)| {
             let start = pattern::start_of(init, s.as_bytes().len());
             // Where the next search starts (None: done), and the end of the last match.
             let state: Mutex<(Option<usize>, Option<usize>)> = Mutex::new((start, None));
-            let l = l.clone();
-            lua.create_function(move |lua, ()| {
+            let (l, fail) = (l.clone(), fail.clone());
+            let it = lua.create_function(move |lua, ()| {
                 let mut st = state.lock().unwrap();
                 let Some(pos) = st.0 else {
-                    return lua.pack_multi(true);
+                    return Ok(MultiValue::new());
                 };
                 let (sb, pb) = (s.as_bytes(), p.as_bytes());
                 let mut m = meter(lua, &l);
                 match pattern::scan(&sb, &pb, pos, st.1, false, &mut m) {
-                    Err(f) => failed(lua, f),
+                    Err(f) => failed(lua, &fail, f),
                     Ok(None) => {
                         st.0 = None;
-                        lua.pack_multi(true)
+                        Ok(MultiValue::new())
                     }
                     Ok(Some(found)) => {
                         *st = (Some(found.end), Some(found.end));
-                        found_values(lua, &sb, None, found.captures(true))
+                        found_values(lua, &fail, &sb, None, found.captures(true))
                     }
                 }
-            })
+            })?;
+            wrap_fn.call::<Function>(it)
         })?,
     )?;
 
-    let l = limits.clone();
+    let (l, fail) = (limits.clone(), fail_marker.clone());
     raw.set(
         "gsub_string",
         lua.create_function(
@@ -209,14 +213,14 @@ fn helpers(lua: &Lua, limits: &Arc<Limits>, fail: &Table) -> mlua::Result<Table>
                     max,
                     &mut m,
                 ) {
-                    Err(f) => failed(lua, f),
-                    Ok((out, n)) => lua.pack_multi((true, lua.create_string(out)?, n)),
+                    Err(f) => failed(lua, &fail, f),
+                    Ok((out, n)) => lua.pack_multi((lua.create_string(out)?, n)),
                 }
             },
         )?,
     )?;
 
-    let l = limits.clone();
+    let (l, fail) = (limits.clone(), fail_marker.clone());
     raw.set(
         "scan",
         lua.create_function(
@@ -234,8 +238,8 @@ fn helpers(lua: &Lua, limits: &Arc<Limits>, fail: &Table) -> mlua::Result<Table>
                 let last = usize::try_from(last).ok();
                 let mut m = meter(lua, &l);
                 match pattern::scan(&sb, &pb, from, last, anchor, &mut m) {
-                    Err(f) => failed(lua, f),
-                    Ok(None) => lua.pack_multi(true),
+                    Err(f) => failed(lua, &fail, f),
+                    Ok(None) => Ok(MultiValue::new()),
                     Ok(Some(found)) => {
                         let caps = if first_only {
                             found.capture(0).map(|c| vec![c])
@@ -243,7 +247,7 @@ fn helpers(lua: &Lua, limits: &Arc<Limits>, fail: &Table) -> mlua::Result<Table>
                             found.captures(true)
                         };
                         let pos = (found.start as i64, found.end as i64);
-                        found_values(lua, &sb, Some(pos), caps)
+                        found_values(lua, &fail, &sb, Some(pos), caps)
                     }
                 }
             },

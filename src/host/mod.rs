@@ -4,6 +4,7 @@
 //! message` plus a traceback.
 
 mod errors;
+pub mod files;
 mod guard;
 mod limits;
 mod pattern;
@@ -22,6 +23,7 @@ use std::task::{Context, Poll};
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value, VmState};
 
 pub use errors::{describe_error, ScriptError};
+pub use files::FileAccess;
 pub use limits::{CallOptions, Cancel, StopKind};
 
 use crate::config::LuaLimits;
@@ -42,11 +44,16 @@ pub struct VmOptions {
     pub limits: LuaLimits,
     /// Folders `require` searches before the stdlib (the script's own folder first).
     pub search_dirs: Vec<PathBuf>,
+    /// The script's folder: `fs` reads there, and relative paths start
+    /// there (the current folder for the REPL, the policy folder under
+    /// `skiff serve`).
+    pub script_dir: Option<PathBuf>,
 }
 
 pub struct Vm {
     lua: Lua,
     limits: Arc<Limits>,
+    files: Arc<FileAccess>,
     protect: Function,
     loaded: Arc<Mutex<Vec<PathBuf>>>,
     memory_limit: u64,
@@ -164,6 +171,10 @@ impl Vm {
         Ok(Vm {
             lua,
             limits,
+            files: Arc::new(FileAccess::new(
+                opts.script_dir.as_deref(),
+                &opts.limits.files,
+            )),
             protect,
             loaded,
             memory_limit: opts.limits.memory_limit.0,
@@ -172,6 +183,11 @@ impl Vm {
 
     pub fn lua(&self) -> &Lua {
         &self.lua
+    }
+
+    /// The files this VM's script may touch (`fs.*`).
+    pub fn files(&self) -> Arc<FileAccess> {
+        self.files.clone()
     }
 
     /// Files `require` has loaded so far (the hot-reload watcher watches them too).
@@ -228,9 +244,8 @@ impl Vm {
         };
         let out = tokio::select! {
             r = guarded => r.map_err(fail),
-            (kind, message) = state.stop_requested() => {
+            s = state.stop_requested() => {
                 // Waiting on a primitive: the Lua side is closed as the call is dropped.
-                let s = state.stop(kind, message);
                 return Err(ScriptError::stopped(s.kind, s.message.clone()));
             }
         };

@@ -11,7 +11,8 @@ local error, type, rawget, rawset, select, setmetatable_ = error, type, rawget, 
 local wrap, rawmeta, got = raw.wrap, raw.rawmeta, lib.got
 
 local function removed(name, why)
-  return function() error(name .. " is not available to skiff scripts: " .. why, 2) end
+  local msg = name .. " is not available to skiff scripts: " .. why
+  return wrap(function() return FAIL, 0, msg end)
 end
 
 local FILES = "use fs.read, fs.write and fs.list for files beside the script, under a folder allowed in [lua] files of skiff.toml, or in fs.scratch(); or run with --unsafe-lua"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mlua::Value;
 
-use super::{Vm, VmOptions};
+use super::{CallOptions, Cancel, StopKind, Vm, VmOptions};
 use crate::config::LuaLimits;
 
 /// Budget of the tests: small enough that a runaway script stops in well
@@ -531,4 +531,234 @@ fn table_functions_keep_lua_semantics() {
         ));
     }
     same_as_lua(cases);
+}
+
+/// A VM with no budget to speak of: only the other stops can end a loop.
+fn unbudgeted() -> Vm {
+    Vm::new(&options(u64::MAX / 2)).unwrap()
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `f` on a thread of its own and fails the test if it takes longer than `secs`.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("did not end within {secs} s"))
+}
+
+#[test]
+fn a_running_script_lets_the_other_tasks_of_its_thread_run() {
+    within(20, || {
+        let rt = current_thread();
+        let vm = unbudgeted();
+        let spin = vm.load_source(b"while true do end", "=spin").unwrap();
+        let started = Instant::now();
+        // On a one-thread runtime the timer can only fire if the loop yields.
+        let r = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(200), vm.call(spin, ())).await
+        });
+        assert!(r.is_err(), "the loop ended by itself: {r:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The abandoned call left the VM usable.
+        let f = vm.load_source(b"return 40 + 2", "=after").unwrap();
+        let v = rt.block_on(vm.call(f, ())).unwrap();
+        assert_eq!(v.into_iter().next(), Some(Value::Integer(42)));
+    });
+}
+
+#[test]
+fn yielding_leaves_the_scripts_own_coroutines_alone() {
+    // Each resume runs long enough for the hook to want a yield (10 ms).
+    let src = r#"
+        local co = coroutine.create(function(a)
+          local seen = {}
+          for round = 1, 5 do
+            local x = 0
+            for i = 1, 3e5 do x = x + i end
+            seen[#seen + 1] = a .. ":" .. x
+            a = coroutine.yield(round)
+          end
+          return table.concat(seen, ",")
+        end)
+        local out, arg = {}, "a"
+        while true do
+          local ok, v = coroutine.resume(co, arg)
+          assert(ok, v)
+          out[#out + 1] = tostring(v)
+          if coroutine.status(co) == "dead" then break end
+          arg = string.char(97 + #out)
+        end
+        return table.concat(out, "|")
+    "#;
+    let sum = (1..=300_000u64).sum::<u64>();
+    let expected = format!("1|2|3|4|5|a:{sum},b:{sum},c:{sum},d:{sum},e:{sum}");
+    assert_eq!(run_within(src, options(1_000_000_000), 60), Ok(expected));
+}
+
+#[test]
+fn a_deadline_stops_a_call_running_or_waiting() {
+    within(20, || {
+        let rt = current_thread();
+        let vm = unbudgeted();
+        let sleep = vm
+            .lua()
+            .create_async_function(|_, secs: f64| async move {
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                Ok(())
+            })
+            .unwrap();
+        vm.lua().globals().set("sleep", sleep).unwrap();
+        for (src, at) in [
+            ("local n = 0 while true do n = n + 1 end", "spin:1: "),
+            ("sleep(60)", ""),
+            (
+                "while true do pcall(function() while true do end end) end",
+                "spin:1: ",
+            ),
+            ("while true do pcall(sleep, 60) end", ""),
+        ] {
+            let f = vm.load_source(src.as_bytes(), "=spin").unwrap();
+            let opts = CallOptions {
+                deadline: Some((
+                    Instant::now() + Duration::from_millis(200),
+                    "took too long".into(),
+                )),
+                ..CallOptions::default()
+            };
+            let started = Instant::now();
+            let e = rt.block_on(vm.call_with(f, (), opts)).unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(3), "{src}");
+            assert_eq!(e.stopped, Some(StopKind::Deadline), "{src}: {e}");
+            assert!(
+                e.message.starts_with(&format!("{at}took too long")),
+                "{src}: {e}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_cancel_stops_a_call_where_it_cannot_yield() {
+    within(20, || {
+        let rt = current_thread();
+        let vm = unbudgeted();
+        let cancel = Cancel::new();
+        let c = cancel.clone();
+        // From another thread: the loop runs in a sort comparator, where
+        // the VM cannot yield, so only the hook can stop it.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            c.cancel("cancelled: the test is over");
+        });
+        let f = vm
+            .load_source(
+                b"table.sort({3, 2, 1}, function(a, b) while true do end end)",
+                "=cmp",
+            )
+            .unwrap();
+        let opts = CallOptions {
+            cancel: Some(cancel),
+            ..CallOptions::default()
+        };
+        let e = rt.block_on(vm.call_with(f, (), opts)).unwrap_err();
+        assert_eq!(e.stopped, Some(StopKind::Cancelled), "{e}");
+        assert!(
+            e.message.starts_with("cmp:1: cancelled: the test is over"),
+            "{e}"
+        );
+    });
+}
+
+#[test]
+fn a_signal_stops_a_call_that_watches_for_it() {
+    super::signals::watch(&[libc::SIGUSR2]).unwrap();
+    within(20, || {
+        let rt = current_thread();
+        let vm = unbudgeted();
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            // SAFETY: raising a signal this process handles.
+            unsafe { libc::raise(libc::SIGUSR2) };
+        });
+        let f = vm
+            .load_source(b"while true do coroutine.resume(coroutine.create(function() while true do end end)) end", "=sig")
+            .unwrap();
+        let opts = CallOptions {
+            signals_after: Some(super::signals::count()),
+            ..CallOptions::default()
+        };
+        let e = rt.block_on(vm.call_with(f, (), opts)).unwrap_err();
+        assert_eq!(e.stopped, Some(StopKind::Signal(libc::SIGUSR2)), "{e}");
+        assert!(e.message.starts_with("sig:1: interrupted by "), "{e}");
+    });
+}
+
+#[test]
+fn removed_functions_say_what_they_are_and_why() {
+    for (call, message) in [
+        (
+            "io.open('/etc/passwd')",
+            "io.open is not available to skiff scripts: scripts cannot open files by name; use fs.read",
+        ),
+        (
+            "io.lines('/etc/passwd')",
+            "io.lines is not available to skiff scripts: scripts cannot read files by name",
+        ),
+        ("io.input('/etc/passwd')", "io.input is not available"),
+        ("io.output('/tmp/x')", "io.output is not available"),
+        ("io.read()", "io.read is not available"),
+        ("io.close()", "io.close is not available"),
+        ("io.tmpfile()", "io.tmpfile is not available"),
+        ("io.popen('id')", "io.popen is not available to skiff scripts: scripts cannot run programs"),
+        (
+            "os.getenv('SKIFF_PASSWORD')",
+            "os.getenv is not available to skiff scripts: the environment holds secrets (SKIFF_PASSWORD, AWS_SECRET_ACCESS_KEY, …)",
+        ),
+        ("os.execute('id')", "os.execute is not available"),
+        ("os.exit(1)", "os.exit is not available"),
+        ("os.remove('/tmp/x')", "os.remove is not available"),
+        ("os.rename('/tmp/x', '/tmp/y')", "os.rename is not available"),
+        ("os.tmpname()", "os.tmpname is not available"),
+        ("os.setlocale('C')", "os.setlocale is not available"),
+        ("dofile('/etc/passwd')", "dofile is not available"),
+        ("loadfile('/etc/passwd')", "loadfile is not available"),
+        ("package.loadlib('x', 'y')", "package.loadlib is not available"),
+        ("package.searchpath('x', '/etc/?')", "package.searchpath is not available"),
+        ("debug.getinfo(1)", "debug.getinfo is not available to skiff scripts: the debug library"),
+        ("debug.sethook()", "debug.sethook is not available"),
+    ] {
+        let src = format!("return {call}");
+        fails_with(&src, options(SMALL), &format!("test:1: {message}"));
+    }
+    // What stays.
+    assert_eq!(
+        run_within(
+            "io.write('') io.stdout:write('') return type(os.time()), type(os.clock()), os.date('!%Y', 0), debug.traceback('here', 1):match('^here\\nstack traceback:') ~= nil, io.type(io.stdout)",
+            options(SMALL),
+            20
+        ),
+        Ok("number\tnumber\t1970\ttrue\tfile".into())
+    );
+    // --unsafe-lua keeps the full library.
+    let unsafe_opts = VmOptions {
+        unsafe_lua: true,
+        ..options(SMALL)
+    };
+    assert_eq!(
+        run_within(
+            "local f = assert(io.open('/dev/null')) f:close() return type(os.getenv('PATH')), type(debug.getinfo)",
+            unsafe_opts,
+            20
+        ),
+        Ok("string\tfunction".into())
+    );
 }
