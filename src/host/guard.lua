@@ -165,7 +165,8 @@ string.rep = wrap(function(...)
     if not sep then return FAIL, 3, e end
   end
   if count <= 0 or (#s == 0 and #sep == 0) then return "" end
-  if #s + #sep > maxinteger // count then return FAIL, 0, "resulting string too large" end
+  -- lstrlib's MAXSIZE: INT_MAX.
+  if #s + #sep > 2147483647 // count then return FAIL, 0, "resulting string too large" end
   return rep(s, count, sep)
 end)
 

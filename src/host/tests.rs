@@ -436,6 +436,9 @@ fn patterns_keep_lua_semantics() {
         "string.rep('x', 2, {})",
         "('x'):rep()",
         "string.rep('x', math.maxinteger, 'y')",
+        "string.rep('x', 2^31)",
+        "string.rep('xy', 2^30, '')",
+        "#string.rep('x', 2^10, 'yz')",
         // Not in a tail call: xpcall stays a Lua function (a coroutine may
         // yield inside it), and a Lua function called in a tail call no
         // longer knows its caller's line.

@@ -38,6 +38,10 @@ pub struct ServeConfig {
     pub load_timeout: Duration,
     /// How long removing a finished run's workers may take before the reaper is left to it.
     pub removal_timeout: Duration,
+    /// Stop runs and loads at once on a SIGINT/SIGTERM counted after this
+    /// (`host::signals::count`): set when there is no grace period, so a
+    /// run stops even while the engine cannot get a turn.
+    pub signals_after: Option<u64>,
 }
 
 impl ServeConfig {
@@ -57,6 +61,7 @@ impl ServeConfig {
             reap: true,
             load_timeout: Duration::from_secs(60),
             removal_timeout: Duration::from_secs(120),
+            signals_after: None,
         }
     }
 }
