@@ -88,7 +88,8 @@ pub(crate) struct CallState {
     limit: u64,
     opts: CallOptions,
     stopped: OnceLock<Stopped>,
-    /// The call's own Lua thread (the only one the hook may yield).
+    /// What `current_thread()` answers in the call's own Lua thread (the
+    /// only one the hook may yield); 0: none may.
     thread: AtomicU64,
     started: Instant,
     /// Nanoseconds after `started` when the hook should next yield.

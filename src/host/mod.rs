@@ -52,6 +52,8 @@ pub struct VmOptions {
 
 pub struct Vm {
     lua: Lua,
+    /// What `current_thread()` answers inside a call's own coroutine.
+    main_thread: usize,
     limits: Arc<Limits>,
     files: Arc<FileAccess>,
     protect: Function,
@@ -156,8 +158,9 @@ impl Vm {
                     return Err(mlua::Error::runtime(stopped.message.clone()));
                 }
                 // Give the other tasks of this thread a turn, from the call's
-                // own coroutine only: a yield in a script's coroutine would
-                // look to it like a `coroutine.yield()`.
+                // own coroutine only (mlua answers the main thread for it): a
+                // yield in a script's coroutine would look to it like a
+                // `coroutine.yield()`.
                 if call.thread() != 0 && call.yield_due() {
                     let current = Value::Thread(lua.current_thread()).to_pointer() as usize;
                     if current == call.thread() {
@@ -168,8 +171,10 @@ impl Vm {
             },
         )?;
         lua.set_memory_limit(opts.limits.memory_limit.0 as usize)?;
+        let main_thread = Value::Thread(lua.current_thread()).to_pointer() as usize;
         Ok(Vm {
             lua,
+            main_thread,
             limits,
             files: Arc::new(FileAccess::new(
                 opts.script_dir.as_deref(),
@@ -234,9 +239,12 @@ impl Vm {
         let state = Arc::new(CallState::new(self.limits.vm, self.limits.limit, opts));
         let mut args = args.into_lua_multi(&self.lua).map_err(fail)?;
         args.push_front(Value::Function(f));
-        let thread = self.lua.create_thread(self.protect.clone()).map_err(fail)?;
-        state.set_thread(Value::Thread(thread.clone()).to_pointer() as usize);
-        let run = thread.into_async::<MultiValue>(args).map_err(fail)?;
+        // mlua runs the call in a coroutine of its own, which it closes if
+        // the call is dropped midway (dropping what a primitive was awaiting,
+        // so a cancelled launch is recorded for removal); inside it,
+        // `current_thread()` answers the main thread.
+        state.set_thread(self.main_thread);
+        let run = self.protect.call_async::<MultiValue>(args);
         let guarded = Guarded {
             state: state.clone(),
             inner: Box::pin(limits::scoped(state.clone(), run)),

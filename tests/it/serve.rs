@@ -296,7 +296,7 @@ async fn edits_valid_then_broken_then_fixed_while_serving() {
         },
     )
     .await;
-    assert!(!std::fs::read_to_string(ws.path("out.txt"))
+    assert!(!std::fs::read_to_string(ws.path("out/out.txt"))
         .unwrap()
         .contains("three"));
     let text = ws.skiff(&["policies", "--state-dir", "state"]).await;
@@ -540,7 +540,7 @@ async fn files_come_and_go_and_names_stay_unique_across_files() {
     .await;
     let gone = chrono::Utc::now();
     // Deleting a.lua frees the name c.lua wanted: c.lua, retried, now loads.
-    assert!(!ws.path("c.txt").exists(), "the refused file never ran");
+    assert!(!ws.path("out/c.txt").exists(), "the refused file never ran");
     std::fs::remove_file(ws.path("policies/a.lua")).unwrap();
     until("c.lua to take the name over", 20, || async {
         let v = live_policies(&ws).await?;

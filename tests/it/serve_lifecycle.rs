@@ -541,7 +541,11 @@ async fn a_policy_file_that_never_finishes_loading_is_reported_at_the_load_limit
             .await
         }
     });
-    let history = skiff::serve::history::History::open(&dir.path().join("state")).unwrap();
+    let state = dir.path().join("state");
+    let history = until("the engine's history", 20, || async {
+        skiff::serve::history::History::open(&state).ok()
+    })
+    .await;
     for (name, _, expected) in &files {
         let shown = policies.join(name).display().to_string();
         let error = until(&format!("{name}'s load error"), 20, || async {
