@@ -490,3 +490,34 @@ async fn no_limit_can_be_switched_off_from_the_file_or_the_command_line() {
         assert!(out.stderr.contains(message), "{}", out.stderr);
     }
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_the_running_repl_entry_not_the_session() {
+    let ws = Workspace::new("[lua]\ninstruction_limit = 1_000_000_000_000_000\n").await;
+    let mut child = ws
+        .command(&["repl"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"while true do end\n").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    stdin.write_all(b"'still here'\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the REPL ends at the end of its input")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.starts_with("repl:1: interrupted by SIGINT"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("\"still here\""), "{stdout}");
+}
