@@ -61,6 +61,8 @@ fn failed(lua: &Lua, fail: &Table, f: Fail) -> mlua::Result<MultiValue> {
     match f {
         Fail::Error(m) => lua.pack_multi((fail.clone(), 0, m)),
         Fail::Stop(m) => lua.pack_multi((fail.clone(), -1, m)),
+        // As Lua raises it: no location.
+        Fail::Memory => lua.pack_multi((fail.clone(), -1, "not enough memory")),
     }
 }
 
@@ -206,11 +208,13 @@ fn helpers(lua: &Lua, limits: &Arc<Limits>, fail_marker: &Table) -> mlua::Result
         lua.create_function(
             move |lua, (s, p, repl, max): (LuaString, LuaString, LuaString, i64)| {
                 let mut m = meter(lua, &l);
+                let max_len = usize::try_from(l.memory).unwrap_or(usize::MAX);
                 match pattern::gsub_string(
                     &s.as_bytes(),
                     &p.as_bytes(),
                     &repl.as_bytes(),
                     max,
+                    max_len,
                     &mut m,
                 ) {
                     Err(f) => failed(lua, &fail, f),

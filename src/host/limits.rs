@@ -221,6 +221,8 @@ pub(crate) async fn scoped<F: std::future::Future>(state: Arc<CallState>, f: F) 
 pub(crate) struct Limits {
     pub vm: u64,
     pub limit: u64,
+    /// The VM's memory limit, for what skiff builds outside Lua's allocator.
+    pub memory: u64,
     /// For Lua run outside any call (host code loading modules, a run's
     /// setup): a budget renewed at each call.
     fallback: Mutex<Arc<CallState>>,
@@ -229,11 +231,12 @@ pub(crate) struct Limits {
 static NEXT_VM: AtomicU64 = AtomicU64::new(1);
 
 impl Limits {
-    pub fn new(limit: u64) -> Limits {
+    pub fn new(limit: u64, memory: u64) -> Limits {
         let vm = NEXT_VM.fetch_add(1, Ordering::Relaxed);
         Limits {
             vm,
             limit,
+            memory,
             fallback: Mutex::new(Arc::new(CallState::new(vm, limit, CallOptions::default()))),
         }
     }

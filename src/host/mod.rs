@@ -102,7 +102,10 @@ impl Vm {
         } else {
             Lua::new_with(StdLib::ALL_SAFE, LuaOptions::default())?
         };
-        let limits = Arc::new(Limits::new(opts.limits.instruction_limit));
+        let limits = Arc::new(Limits::new(
+            opts.limits.instruction_limit,
+            opts.limits.memory_limit.0,
+        ));
 
         // The handler runs where the error was raised, so its traceback is the script's stack.
         let handler = lua.create_function(|lua, e: Value| {

@@ -16,12 +16,14 @@ const SPECIALS: &[u8] = b"^$*+?.([%-";
 /// Steps counted between two charges to the budget.
 const CHARGE_EVERY: u64 = 1024;
 
-/// Why matching did not finish: a pattern error (raised as Lua raises it)
-/// or a stop (the budget, deadline, …) with its message.
+/// Why matching did not finish: a pattern error (raised as Lua raises it),
+/// a stop (the budget, deadline, …) with its message, or a result larger
+/// than the VM's memory limit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fail {
     Error(String),
     Stop(String),
+    Memory,
 }
 
 fn error<T>(m: impl Into<String>) -> Result<T, Fail> {
@@ -557,12 +559,14 @@ fn add_s(out: &mut Vec<u8>, src: &[u8], repl: &[u8], found: &Found) -> Result<()
 }
 
 /// `string.gsub` with a string (or number) replacement: the result and
-/// the number of replacements.
+/// the number of replacements. The result is built outside Lua's
+/// allocator, so it may grow to `max_len` bytes (the VM's memory limit).
 pub fn gsub_string(
     src: &[u8],
     pat: &[u8],
     repl: &[u8],
     max: i64,
+    max_len: usize,
     meter: &mut impl Meter,
 ) -> Result<(Vec<u8>, i64), Fail> {
     let (anchor, pat) = split_anchor(pat);
@@ -577,6 +581,9 @@ pub fn gsub_string(
         n += 1;
         out.extend_from_slice(&src[pos..found.start]);
         add_s(&mut out, src, repl, &found)?;
+        if out.len() > max_len {
+            return Err(Fail::Memory);
+        }
         meter
             .charge((found.end - pos + repl.len()) as u64 / 16 + 1)
             .map_err(Fail::Stop)?;
@@ -585,6 +592,9 @@ pub fn gsub_string(
         if anchor {
             break;
         }
+    }
+    if out.len() + (src.len() - pos) > max_len {
+        return Err(Fail::Memory);
     }
     out.extend_from_slice(&src[pos..]);
     Ok((out, n))

@@ -146,6 +146,27 @@ fn catastrophic_patterns_stop_at_the_budget() {
 }
 
 #[test]
+fn a_substitution_cannot_grow_past_the_memory_limit() {
+    // Built outside Lua's allocator, the result is held to the VM's memory limit.
+    let opts = VmOptions {
+        limits: LuaLimits {
+            memory_limit: crate::config::ByteSize(16 << 20),
+            instruction_limit: SMALL * 100,
+            ..LuaLimits::default()
+        },
+        ..VmOptions::default()
+    };
+    assert_eq!(
+        run_within(
+            "local s = string.rep('a', 1e6) local ok, err = pcall(string.gsub, s, 'a', string.rep('b', 100)) return ok, err",
+            opts,
+            60
+        ),
+        Ok("false\tnot enough memory".into())
+    );
+}
+
+#[test]
 fn string_rep_of_nothing_returns_at_once() {
     assert_eq!(
         run_within(

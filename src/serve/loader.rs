@@ -76,7 +76,6 @@ pub async fn load(cfg: &ServeConfig, file: &Path) -> Result<Loaded, LoadFailure>
                 cfg.load_timeout.as_secs_f64()
             ),
         )),
-        signals_after: cfg.signals_after,
         ..CallOptions::default()
     };
     let result = vm.run_file_with(file, Vec::new(), opts).await;
