@@ -182,13 +182,12 @@ impl CallState {
         true
     }
 
-    /// Resolves, with the stop recorded, when the call must stop for a
-    /// reason that holds while it waits on a primitive (the deadline, a
-    /// cancel, a signal).
-    pub async fn stop_requested(&self) -> &Stopped {
+    /// Resolves when the call must stop for a reason that holds while it
+    /// waits on a primitive (the deadline, a cancel, a signal).
+    pub async fn stop_requested(&self) -> (StopKind, String) {
         loop {
-            if let Some((kind, message)) = self.outside_reason() {
-                return self.stop(kind, message);
+            if let Some(r) = self.outside_reason() {
+                return r;
             }
             let mut wait = Duration::from_millis(50);
             if let Some((at, _)) = &self.opts.deadline {

@@ -32,6 +32,10 @@ use limits::{CallState, Limits};
 /// Instructions between two checks of the budget.
 const BUDGET_STEP: u32 = 1000;
 
+/// How long a call asked to stop may take to get back into Lua (where the
+/// hook stops it at the script's line) before it is dropped.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Name of the chunks the host itself loads; their frames are left out of tracebacks.
 pub(crate) const INTERNAL_CHUNK: &str = "=[skiff]";
 
@@ -253,13 +257,23 @@ impl Vm {
             inner: Box::pin(limits::scoped(state.clone(), run)),
             done: false,
         };
+        tokio::pin!(guarded);
         let out = tokio::select! {
-            r = guarded => r.map_err(fail),
-            s = state.stop_requested() => {
-                // Waiting on a primitive: the Lua side is closed as the call is dropped.
-                return Err(ScriptError::stopped(s.kind, s.message.clone()));
+            r = &mut guarded => r,
+            (kind, message) = state.stop_requested() => {
+                // Running Lua (between two of the hook's yields), the hook
+                // raises the stop where the script is; waiting on a
+                // primitive, the call is dropped, which closes its Lua side.
+                match tokio::time::timeout(STOP_GRACE, &mut guarded).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let s = state.stop(kind, message);
+                        return Err(ScriptError::stopped(s.kind, s.message.clone()));
+                    }
+                }
             }
-        };
+        }
+        .map_err(fail);
         let mut out = out?.into_iter();
         match out.next() {
             Some(Value::Boolean(true)) => Ok(out.collect()),
