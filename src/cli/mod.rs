@@ -64,7 +64,8 @@ pub struct ScriptOpts {
     /// Config file (default: skiff.toml beside the script, else in the current directory).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Give scripts the full Lua standard library (os.execute, io.popen, debug, C modules).
+    /// Give scripts the full Lua standard library (io.open, os.getenv,
+    /// os.execute, io.popen, debug, C modules) instead of the sandbox.
     #[arg(long, global = true)]
     pub unsafe_lua: bool,
     /// Memory limit per script VM, e.g. 256MiB; at least 1MiB, and no value

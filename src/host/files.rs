@@ -220,13 +220,14 @@ impl FileAccess {
         let (resolved, tail) = match mode {
             Mode::Read => (lexical.clone(), None),
             Mode::Write => {
-                let name = lexical
-                    .file_name()
-                    .filter(|_| lexical.parent().is_some())
-                    .map(|n| n.to_os_string());
-                match name {
-                    Some(n) => (lexical.parent().unwrap().to_path_buf(), Some(n)),
-                    None => return Err(outside()),
+                // The folder written into must itself be inside (not a
+                // root's own parent, when the path names the root).
+                let parent = joined
+                    .parent()
+                    .and_then(|p| roots.iter().find_map(|r| r.contains(p)));
+                match (parent, lexical.file_name()) {
+                    (Some(p), Some(n)) => (p, Some(n.to_os_string())),
+                    _ => return Err(outside()),
                 }
             }
         };
@@ -451,6 +452,8 @@ mod tests {
         let m = refused(s.access.read("escape"));
         assert!(m.contains("through a symbolic link"), "{m}");
         assert!(!m.contains("secret\n"));
+        // A root itself is not a file to write.
+        assert!(refused(s.access.write("../out", b"x", false)).contains("outside the folders"));
         // The script's folder is not writable; writing is refused before anything is created.
         let m = refused(s.access.write("x.txt", b"x", false));
         assert!(m.starts_with("fs.write: x.txt: outside the folders scripts may use: a script may write only under [lua] files in skiff.toml ("), "{m}");

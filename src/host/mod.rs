@@ -1,7 +1,8 @@
 //! The script host: one sandboxed Lua 5.4 VM per runbook, REPL or policy
-//! file, with a memory limit, an instruction budget, `require` over the
-//! script's folder and skiff's stdlib, and errors reported as `file:line:
-//! message` plus a traceback.
+//! file, with a memory limit, and for each top-level call an instruction
+//! budget, a deadline, a cancel switch and a signal watch that stop it
+//! whatever it runs; `require` over the script's folder and skiff's stdlib;
+//! and errors reported as `file:line: message` plus a traceback.
 
 mod errors;
 pub mod files;
@@ -43,7 +44,8 @@ pub(crate) use guard::script_location;
 
 #[derive(Debug, Clone, Default)]
 pub struct VmOptions {
-    /// Keep `os.execute`, `io.popen`, `debug`, C modules and binary chunks.
+    /// Keep the full standard library (`io.open`, `os.getenv`, `os.execute`,
+    /// `io.popen`, `debug`, C modules, binary chunks): no sandbox.
     pub unsafe_lua: bool,
     pub limits: LuaLimits,
     /// Folders `require` searches before the stdlib (the script's own folder first).
