@@ -7,6 +7,7 @@
 
 mod ec2;
 mod estate;
+mod fs;
 mod net;
 mod opts;
 pub mod policy;
@@ -130,26 +131,7 @@ return wrap, Error
 /// `file:line` of the nearest script frame at or above stack `first_level`,
 /// passing over C functions and skiff's own chunks (the wrapper, `pcall`).
 pub(crate) fn caller_location(lua: &Lua, first_level: usize) -> Option<String> {
-    for level in first_level..16 {
-        let found = lua.inspect_stack(level, |d| {
-            let src = d.source();
-            if src.what == "C" {
-                return None;
-            }
-            match (src.short_src, d.current_line()) {
-                (Some(s), Some(l)) if !s.contains(&crate::host::INTERNAL_CHUNK[1..]) => {
-                    Some(format!("{s}:{l}"))
-                }
-                _ => None,
-            }
-        });
-        match found {
-            None => return None,
-            Some(Some(w)) => return Some(w),
-            Some(None) => continue,
-        }
-    }
-    None
+    crate::host::script_location(lua, first_level)
 }
 
 /// Builds primitives for one VM.
@@ -235,9 +217,10 @@ pub fn install(vm: &Vm, ctx: Arc<Context>, args: &[String]) -> mlua::Result<()> 
     util::register(lua, &reg)?;
     workers::register(lua, &reg)?;
     volume::register(lua, &reg)?;
+    fs::register(lua, &reg, vm.files())?;
     lua.globals().set("args", util::args_table(lua, args)?)?;
     Ok(())
 }
 
 /// Names of the namespaces and global primitives skiff installs, for REPL completion.
-pub const NAMESPACES: &[&str] = &["ec2", "net", "workers", "repo", "log", "time", "json"];
+pub const NAMESPACES: &[&str] = &["ec2", "net", "workers", "repo", "log", "time", "json", "fs"];

@@ -228,7 +228,7 @@ struct Attached {
 impl Evaluate for Attached {
     async fn eval(&mut self, src: &str) -> Result<Vec<Value>, String> {
         // One-liners: the message says it all; a traceback would show only the host.
-        eval_in(&self.vm, src, "=attach")
+        eval_in(&self.vm, src, "=attach", Default::default())
             .await
             .map_err(|e| e.message)
     }

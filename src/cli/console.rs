@@ -10,7 +10,7 @@ use rustyline::history::DefaultHistory;
 use rustyline::{Editor, Helper};
 
 use crate::host::pretty::pretty;
-use crate::host::{ScriptError, Vm};
+use crate::host::{CallOptions, ScriptError, Vm};
 
 /// How a console evaluates one complete entry.
 pub(super) trait Evaluate {
@@ -40,12 +40,17 @@ pub fn is_incomplete(checker: &Lua, src: &str) -> bool {
 }
 
 /// Runs one entry in `vm`: as an expression if it is one, else as statements.
-pub(super) async fn eval_in(vm: &Vm, src: &str, chunk: &str) -> Result<Vec<Value>, ScriptError> {
+pub(super) async fn eval_in(
+    vm: &Vm,
+    src: &str,
+    chunk: &str,
+    opts: CallOptions,
+) -> Result<Vec<Value>, ScriptError> {
     let f = match vm.load_source(format!("return {src}").as_bytes(), chunk) {
         Ok(f) => f,
         Err(_) => vm.load_source(src.as_bytes(), chunk)?,
     };
-    Ok(vm.call(f, ()).await?.into_vec())
+    Ok(vm.call_with(f, (), opts).await?.into_vec())
 }
 
 pub(super) struct Console<H: Helper> {

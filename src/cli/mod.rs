@@ -64,7 +64,8 @@ pub struct ScriptOpts {
     /// Config file (default: skiff.toml beside the script, else in the current directory).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Give scripts the full Lua standard library (os.execute, io.popen, debug, C modules).
+    /// Give scripts the full Lua standard library (io.open, os.getenv,
+    /// os.execute, io.popen, debug, C modules) instead of the sandbox.
     #[arg(long, global = true)]
     pub unsafe_lua: bool,
     /// Memory limit per script VM, e.g. 256MiB; at least 1MiB, and no value
@@ -101,6 +102,11 @@ impl Session {
         if let Some(dir) = script.and_then(|s| s.parent()) {
             search_dirs.push(dir.to_path_buf());
         }
+        // Without a script (the REPL), the script's folder is the current one.
+        let script_dir = match script {
+            Some(s) => s.parent().map(Path::to_path_buf),
+            None => Some(PathBuf::from(".")),
+        };
         let cloud = Arc::new(Cloud::load(config.clone()).await);
         let settings = Arc::new(std::sync::Mutex::new(WorkerSettings::new(
             config.workers.clone(),
@@ -122,6 +128,7 @@ impl Session {
                 unsafe_lua: opts.unsafe_lua,
                 limits,
                 search_dirs,
+                script_dir,
             },
         })
     }

@@ -17,7 +17,7 @@ use rustyline::Helper;
 
 use super::console::{eval_in, is_incomplete, Console, Evaluate};
 use super::{ScriptOpts, Session};
-use crate::host::Vm;
+use crate::host::{signals, CallOptions, Vm};
 
 #[derive(Args, Debug)]
 pub struct ReplArgs {
@@ -147,7 +147,12 @@ struct Local<'a> {
 
 impl Evaluate for Local<'_> {
     async fn eval(&mut self, src: &str) -> Result<Vec<Value>, String> {
-        let result = eval_in(self.vm, src, "=repl")
+        // Ctrl-C stops the entry (not the session).
+        let opts = CallOptions {
+            signals_after: Some(signals::count()),
+            ..CallOptions::default()
+        };
+        let result = eval_in(self.vm, src, "=repl", opts)
             .await
             .map_err(|e| e.to_string());
         *self.names.lock().unwrap() = completion_names(self.vm.lua());
@@ -159,6 +164,7 @@ pub async fn repl(a: ReplArgs) -> anyhow::Result<i32> {
     if a.attach {
         return super::attach::attach(a.state.dir()).await;
     }
+    signals::watch(&[libc::SIGINT])?;
     let session = Session::open(&a.opts, None).await?;
     let vm = session.vm(&a.args)?;
     let names = Arc::new(Mutex::new(completion_names(vm.lua())));

@@ -7,6 +7,7 @@ use mlua::Value;
 
 use super::{ScriptOpts, Session};
 use crate::host::pretty::pretty;
+use crate::host::{signals, CallOptions, StopKind};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -20,18 +21,19 @@ pub struct RunArgs {
 }
 
 pub async fn run(a: RunArgs) -> anyhow::Result<i32> {
+    // From here on SIGINT and SIGTERM stop the script — running Lua or
+    // waiting on a primitive — and the cleanup below runs.
+    signals::watch(&[libc::SIGINT, libc::SIGTERM])?;
+    let baseline = signals::count();
     let session = Session::open(&a.opts, Some(&a.file)).await?;
     let vm = session.vm(&a.args)?;
-    let result = tokio::select! {
-        r = vm.run_file(&a.file, a.args.clone()) => Some(r),
-        _ = super::interrupted() => None,
+    let opts = CallOptions {
+        signals_after: Some(baseline),
+        ..CallOptions::default()
     };
+    let result = vm.run_file_with(&a.file, a.args.clone(), opts).await;
     // The job has ended, by whatever path: its workers go with it.
     session.ctx.pool.remove_all().await;
-    let Some(result) = result else {
-        eprintln!("skiff: interrupted; workers removed");
-        return Ok(130);
-    };
     match result {
         Ok(values) => {
             for v in values.iter().filter(|v| !matches!(v, Value::Nil)) {
@@ -40,6 +42,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
         Err(e) => {
+            if let Some(StopKind::Signal(sig)) = e.stopped {
+                eprintln!("skiff: {}; workers removed", e.message);
+                return Ok(signals::exit_status(sig));
+            }
             eprintln!("{e}");
             Ok(1)
         }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::{ScriptOpts, Session};
+use crate::host::signals;
 use crate::serve::control::{Client, FileStatus, Op, PoliciesView, PolicyStatus};
 use crate::serve::history::{History, RunRecord};
 use crate::serve::{self, ServeConfig};
@@ -69,6 +70,10 @@ pub async fn serve_main(a: ServeArgs) -> anyhow::Result<i32> {
         a.state.dir(),
     );
     cfg.grace = Duration::from_secs_f64(a.grace);
+    // Counted beside tokio's handlers, so a run stops on the signal even
+    // when every runtime thread is busy in Lua (with no grace period).
+    signals::watch(&[libc::SIGINT, libc::SIGTERM])?;
+    cfg.signals_after = cfg.grace.is_zero().then(signals::count);
     cfg.debounce = Duration::from_millis(a.debounce);
     cfg.reap = !a.no_reap;
     serve::run(cfg, &a.dir, super::interrupted()).await?;

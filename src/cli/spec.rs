@@ -61,6 +61,7 @@ async fn run_file(session: &Session, file: &Path, filter: Option<&str>) -> anyho
     let mut options = session.vm_options.clone();
     if let Some(dir) = file.parent() {
         options.search_dirs.insert(0, dir.to_path_buf());
+        options.script_dir = Some(dir.to_path_buf());
     }
     let vm = Vm::new(&options)?;
     api::install(&vm, session.ctx.clone(), &[]).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -122,7 +122,8 @@ pub struct AccountConfig {
     pub region: Option<String>,
 }
 
-/// Limits of every script VM. Time spent waiting on primitives is not counted.
+/// `[lua]`: the limits of every script VM (time spent waiting on
+/// primitives is not counted) and the folders scripts may write.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LuaLimits {
@@ -131,6 +132,10 @@ pub struct LuaLimits {
     /// VM instructions one top-level call (a runbook, a REPL line, a policy
     /// callback) may execute.
     pub instruction_limit: u64,
+    /// Folders where scripts may read and write files with `fs.*` (besides
+    /// reading their own folder and their `fs.scratch()`); relative to the
+    /// folder of skiff.toml; each must exist.
+    pub files: Vec<PathBuf>,
 }
 
 impl LuaLimits {
@@ -170,6 +175,7 @@ impl Default for LuaLimits {
         LuaLimits {
             memory_limit: ByteSize(256 << 20),
             instruction_limit: 1_000_000_000,
+            files: Vec::new(),
         }
     }
 }
@@ -246,6 +252,7 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         config.source = Some(path.to_path_buf());
+        config.resolve_files()?;
         config.validate()?;
         Ok(config)
     }
@@ -269,6 +276,32 @@ impl Config {
             }
         }
         Ok(Config::default())
+    }
+
+    /// `[lua] files` as absolute paths (relative ones start at the folder of
+    /// skiff.toml), each an existing folder.
+    fn resolve_files(&mut self) -> Result<(), ConfigError> {
+        let source = self.source.clone().unwrap_or_default();
+        let base = match source.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        for (i, f) in self.lua.files.iter_mut().enumerate() {
+            let p = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(&*f)
+            };
+            if !p.is_dir() {
+                return Err(ConfigError::Invalid {
+                    path: source.clone(),
+                    field: format!("lua.files[{i}]"),
+                    message: format!("{}: no such folder", p.display()),
+                });
+            }
+            *f = std::path::absolute(&p).unwrap_or(p);
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -382,6 +415,24 @@ instruction_limit = 1000
             None
         );
         assert_eq!(account_id_of_role("arn:aws:iam::1111:role/skiff"), None);
+    }
+
+    #[test]
+    fn lua_files_are_folders_beside_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("exchange")).unwrap();
+        let path = dir.path().join("skiff.toml");
+        let c = Config::parse("[lua]\nfiles = [\"exchange\"]\n", &path).unwrap();
+        assert_eq!(c.lua.files, vec![dir.path().join("exchange")]);
+        let e = Config::parse("[lua]\nfiles = [\"exchange\", \"missing\"]\n", &path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: lua.files[1]: {}: no such folder",
+                path.display(),
+                dir.path().join("missing").display()
+            )
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use mlua::{Lua, Value};
 
-use super::INTERNAL_CHUNK;
+use super::{StopKind, INTERNAL_CHUNK};
 
 #[derive(Debug, Clone)]
 pub struct ScriptError {
@@ -12,6 +12,9 @@ pub struct ScriptError {
     pub traceback: Option<String>,
     /// The `kind` of a structured error value (`aws`, `conflict`, …), if it was one.
     pub kind: Option<String>,
+    /// Set when the call did not fail by itself but was stopped: its
+    /// budget, deadline, a cancel or a signal.
+    pub stopped: Option<StopKind>,
 }
 
 impl ScriptError {
@@ -20,6 +23,14 @@ impl ScriptError {
             message: message.into(),
             traceback: None,
             kind: None,
+            stopped: None,
+        }
+    }
+
+    pub fn stopped(kind: StopKind, message: impl Into<String>) -> ScriptError {
+        ScriptError {
+            stopped: Some(kind),
+            ..ScriptError::plain(message)
         }
     }
 }
@@ -115,5 +126,6 @@ pub(crate) fn from_caught(lua: &Lua, caught: Value, memory_limit: u64) -> Script
         message,
         traceback,
         kind,
+        stopped: None,
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::api::{self, Context};
-use crate::host::Vm;
+use crate::host::{CallOptions, Vm};
 use crate::network::Waits;
 use crate::policy::Policy;
 use crate::serve::ServeConfig;
@@ -67,24 +67,32 @@ pub async fn load(cfg: &ServeConfig, file: &Path) -> Result<Loaded, LoadFailure>
         &[],
     )
     .map_err(|e| fail(format!("cannot install the Lua API: {e}"), Vec::new()))?;
-    let result = tokio::time::timeout(cfg.load_timeout, vm.run_file(file, Vec::new())).await;
+    // The load limit holds whatever the file does: the hook stops a loop
+    // within 1,000 instructions of it, a wait on a primitive is dropped.
+    let opts = CallOptions {
+        deadline: Some((
+            std::time::Instant::now() + cfg.load_timeout,
+            format!(
+                "loading took longer than {} s; a policy script should declare policies, not do the work (put that in run = function(ctx) … end)",
+                cfg.load_timeout.as_secs_f64()
+            ),
+        )),
+        ..CallOptions::default()
+    };
+    let result = vm.run_file_with(file, Vec::new(), opts).await;
     // Declaring is all a policy script should do at load; whatever it launched goes.
     pool.remove_all().await;
     api::policy::seal(&vm);
     let deps = vm.loaded_files();
     match result {
-        Err(_) => {
-            return Err(fail(
-                format!(
-                    "{}: loading took longer than {} s; a policy script should declare policies, not do the work (put that in run = function(ctx) … end)",
-                    file.display(),
-                    cfg.load_timeout.as_secs()
-                ),
-                deps,
-            ))
+        // A stop that was noticed while waiting names no file: name it.
+        Err(e)
+            if e.stopped.is_some() && !e.message.starts_with(&format!("{}:", file.display())) =>
+        {
+            return Err(fail(format!("{}: {}", file.display(), e.message), deps))
         }
-        Ok(Err(e)) => return Err(fail(e.message, deps)),
-        Ok(Ok(_)) => {}
+        Err(e) => return Err(fail(e.message, deps)),
+        Ok(_) => {}
     }
     let (policies, _) = api::policy::declarations(&vm);
     let digest = digest_of(file, &deps);

@@ -38,6 +38,11 @@ pub struct ServeConfig {
     pub load_timeout: Duration,
     /// How long removing a finished run's workers may take before the reaper is left to it.
     pub removal_timeout: Duration,
+    /// Stop runs at once on a SIGINT/SIGTERM counted after this
+    /// (`host::signals::count`): set when there is no grace period, so a
+    /// run stops even while the engine cannot get a turn. (A load in
+    /// progress is left to its load limit: the engine exits without it.)
+    pub signals_after: Option<u64>,
 }
 
 impl ServeConfig {
@@ -57,6 +62,7 @@ impl ServeConfig {
             reap: true,
             load_timeout: Duration::from_secs(60),
             removal_timeout: Duration::from_secs(120),
+            signals_after: None,
         }
     }
 }

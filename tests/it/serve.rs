@@ -38,9 +38,14 @@ pub(crate) struct Serve {
     pub(crate) log: std::path::PathBuf,
 }
 
+/// The rest of skiff.toml for tests whose policies write files: in `out/`
+/// (beside skiff.toml, made by [`Serve::start`]), which `fs.write` may use.
+pub(crate) const OUT: &str = "[lua]\nfiles = [\"out\"]\n";
+
 impl Serve {
     pub(crate) async fn start(ws: &Workspace, extra: &[&str]) -> Serve {
         std::fs::create_dir_all(ws.path("policies")).unwrap();
+        std::fs::create_dir_all(ws.path("out")).unwrap();
         let log = ws.path(&format!("serve-{}.log", rand_suffix()));
         let mut args = vec!["serve", "policies", "--state-dir", "state"];
         args.extend_from_slice(extra);
@@ -182,7 +187,8 @@ pub(crate) fn time_of(v: &Value) -> chrono::DateTime<chrono::Utc> {
         .with_timezone(&chrono::Utc)
 }
 
-/// A policy file whose run writes `marker version trigger` to `out` (one line per run).
+/// A policy file whose run writes `marker version trigger` to `out/OUT`
+/// (one line per run; the workspace needs [`OUT`] in its skiff.toml).
 pub(crate) fn writer_policy(name: &str, schedule: &str, marker: &str, out: &str) -> String {
     format!(
         r#"policy{{
@@ -192,9 +198,7 @@ pub(crate) fn writer_policy(name: &str, schedule: &str, marker: &str, out: &str)
   repository = "/srv/skiff",
   retention = {{ keep_last = 3 }},
   run = function(ctx)
-    local f = assert(io.open("{out}", "a"))
-    f:write("{marker} ", ctx.version, " ", ctx.trigger, "\n")
-    f:close()
+    fs.append("../out/{out}", "{marker} " .. ctx.version .. " " .. ctx.trigger .. "\n")
     ctx.log("wrote {marker}")
     return {{ points = 1, bytes = 10 }}
   end,
@@ -203,8 +207,9 @@ pub(crate) fn writer_policy(name: &str, schedule: &str, marker: &str, out: &str)
     )
 }
 
+/// The last line of `out/FILE`.
 pub(crate) fn last_line(ws: &Workspace, file: &str) -> Option<String> {
-    std::fs::read_to_string(ws.path(file))
+    std::fs::read_to_string(ws.path(&format!("out/{file}")))
         .ok()?
         .lines()
         .last()
@@ -237,7 +242,7 @@ pub(crate) async fn until_load_error(ws: &Workspace, what: &str, file: &str) -> 
 
 #[tokio::test]
 async fn edits_valid_then_broken_then_fixed_while_serving() {
-    let ws = Workspace::new("").await;
+    let ws = Workspace::new(OUT).await;
     ws.write(
         "policies/a.lua",
         &writer_policy("reload", "* * * * * *", "one", "out.txt"),
@@ -291,7 +296,7 @@ async fn edits_valid_then_broken_then_fixed_while_serving() {
         },
     )
     .await;
-    assert!(!std::fs::read_to_string(ws.path("out.txt"))
+    assert!(!std::fs::read_to_string(ws.path("out/out.txt"))
         .unwrap()
         .contains("three"));
     let text = ws.skiff(&["policies", "--state-dir", "state"]).await;
@@ -335,7 +340,7 @@ async fn edits_valid_then_broken_then_fixed_while_serving() {
 
 #[tokio::test]
 async fn a_change_to_a_required_module_reloads_the_policy_file() {
-    let ws = Workspace::new("").await;
+    let ws = Workspace::new(OUT).await;
     ws.write("policies/lib/marker.lua", "return \"alpha\"\n");
     ws.write(
         "policies/a.lua",
@@ -344,19 +349,19 @@ policy{
   name = "uses-module", schedule = "* * * * * *", select = { ids = { "i-0abc" } },
   repository = "/srv/skiff", retention = { keep_last = 1 },
   run = function(ctx)
-    local f = assert(io.open("module.txt", "w")); f:write(marker, " ", ctx.version); f:close()
+    fs.write("../out/module.txt", marker .. " " .. ctx.version)
   end,
 }
 "#,
     );
     let serve = Serve::start(&ws, &[]).await;
     until("the module's first value", 20, || async {
-        (std::fs::read_to_string(ws.path("module.txt")).ok()? == "alpha 1").then_some(())
+        (std::fs::read_to_string(ws.path("out/module.txt")).ok()? == "alpha 1").then_some(())
     })
     .await;
     ws.write("policies/lib/marker.lua", "return \"beta\"\n");
     until("the module's new value under version 2", 20, || async {
-        (std::fs::read_to_string(ws.path("module.txt")).ok()? == "beta 2").then_some(())
+        (std::fs::read_to_string(ws.path("out/module.txt")).ok()? == "beta 2").then_some(())
     })
     .await;
     // A module that does not compile: the policy file keeps version 2 and
@@ -371,7 +376,7 @@ policy{
     assert_eq!(file_in(&view, "policies/a.lua").unwrap()["version"], 2);
     ws.write("policies/lib/marker.lua", "return \"delta\"\n");
     until("the fixed module under version 3", 20, || async {
-        (std::fs::read_to_string(ws.path("module.txt")).ok()? == "delta 3").then_some(())
+        (std::fs::read_to_string(ws.path("out/module.txt")).ok()? == "delta 3").then_some(())
     })
     .await;
     assert_eq!(serve.stop().await.0, 0);
@@ -379,7 +384,7 @@ policy{
 
 #[tokio::test]
 async fn schedules_fire_on_time_and_a_run_never_overlaps_itself() {
-    let ws = Workspace::new("").await;
+    let ws = Workspace::new(OUT).await;
     ws.write(
         "policies/fast.lua",
         &writer_policy("fast", "*/2 * * * * *", "fast", "fast.txt"),
@@ -452,7 +457,7 @@ async fn schedules_fire_on_time_and_a_run_never_overlaps_itself() {
 
 #[tokio::test]
 async fn an_edited_schedule_retires_the_old_one_and_a_running_run_keeps_its_version() {
-    let ws = Workspace::new("").await;
+    let ws = Workspace::new(OUT).await;
     let slow = |schedule: &str, marker: &str| {
         format!(
             r#"policy{{
@@ -461,7 +466,7 @@ async fn an_edited_schedule_retires_the_old_one_and_a_running_run_keeps_its_vers
   run = function(ctx)
     ctx.log("begin {marker}")
     time.sleep(2)
-    local f = assert(io.open("swap.txt", "a")); f:write("{marker} ", ctx.version, "\n"); f:close()
+    fs.append("../out/swap.txt", "{marker} " .. ctx.version .. "\n")
   end,
 }}
 "#
@@ -484,7 +489,7 @@ async fn an_edited_schedule_retires_the_old_one_and_a_running_run_keeps_its_vers
     let swapped = chrono::Utc::now();
     // The run in progress finishes, under version 1, with version 1's code.
     until("the first run to finish", 20, || async {
-        (std::fs::read_to_string(ws.path("swap.txt")).ok()? == "old 1\n").then_some(())
+        (std::fs::read_to_string(ws.path("out/swap.txt")).ok()? == "old 1\n").then_some(())
     })
     .await;
     // Nothing the old schedule (every 3 s) set fires after the swap.
@@ -502,7 +507,7 @@ async fn an_edited_schedule_retires_the_old_one_and_a_running_run_keeps_its_vers
 
 #[tokio::test]
 async fn files_come_and_go_and_names_stay_unique_across_files() {
-    let ws = Workspace::new("").await;
+    let ws = Workspace::new(OUT).await;
     ws.write(
         "policies/a.lua",
         &writer_policy("from-a", "* * * * * *", "a", "a.txt"),
@@ -535,7 +540,7 @@ async fn files_come_and_go_and_names_stay_unique_across_files() {
     .await;
     let gone = chrono::Utc::now();
     // Deleting a.lua frees the name c.lua wanted: c.lua, retried, now loads.
-    assert!(!ws.path("c.txt").exists(), "the refused file never ran");
+    assert!(!ws.path("out/c.txt").exists(), "the refused file never ran");
     std::fs::remove_file(ws.path("policies/a.lua")).unwrap();
     until("c.lua to take the name over", 20, || async {
         let v = live_policies(&ws).await?;

@@ -21,14 +21,13 @@ fn agent_alive(instance_id: &str) -> bool {
         .any(|c| c.contains(" agent ") && c.contains(instance_id))
 }
 
-/// A policy whose run, while `hold.flag` exists, deploys a worker and holds it.
+/// A policy whose run, while `hold.flag` exists beside it, deploys a worker
+/// and holds it.
 const HOLD: &str = r#"policy{
   name = "hold", schedule = "*/3 * * * * *", select = { tags = { app = "db" } },
   repository = "/srv/skiff", retention = { keep_last = 1 },
   run = function(ctx)
-    local flag = io.open("hold.flag")
-    if flag then
-      flag:close()
+    if fs.exists("hold.flag") then
       local w = deploy_worker{ purpose = "restore", resource = { region = "us-east-1" } }
       ctx.log("deployed", w.instance_id)
       while true do time.sleep(0.5) end
@@ -41,7 +40,7 @@ const HOLD: &str = r#"policy{
 
 /// `skiff serve` with the `HOLD` policy, holding the worker its runs deploy.
 async fn serve_holding(ws: &Workspace) -> Serve {
-    ws.write("hold.flag", "");
+    ws.write("policies/hold.flag", "");
     ws.write("policies/hold.lua", HOLD);
     Serve::start(ws, &[]).await
 }
@@ -118,7 +117,7 @@ async fn after_kill_9_a_restart_runs_the_missed_run_once_and_reaps_the_workers_l
         1,
         "kill -9 leaves the worker"
     );
-    std::fs::remove_file(ws.path("hold.flag")).unwrap();
+    std::fs::remove_file(ws.path("policies/hold.flag")).unwrap();
     // Let the schedule (every 3 s) fire at least twice while skiff is down.
     tokio::time::sleep(Duration::from_secs(7)).await;
 
@@ -327,7 +326,7 @@ print(pcall(run, "nope"))
 
 #[tokio::test]
 async fn a_second_serve_on_the_same_state_dir_is_refused() {
-    let ws = Workspace::new("").await;
+    let ws = Workspace::new(OUT).await;
     ws.write(
         "policies/a.lua",
         &writer_policy("only", "@yearly", "x", "x.txt"),
@@ -355,13 +354,14 @@ async fn the_engine_runs_in_process_until_its_shutdown_future_resolves() {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    let out = dir.path().join("ticks.txt");
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let out = dir.path().join("out/ticks.txt");
     std::fs::write(
         policies.join("tick.lua"),
         format!(
             r#"policy{{ name = "tick", schedule = "* * * * * *", select = {{ ids = {{ "i-1" }} }},
   repository = "/srv/skiff", retention = {{ keep_last = 1 }},
-  run = function(ctx) local f = assert(io.open({out:?}, "a")); f:write(ctx.run, "\n"); f:close() end }}
+  run = function(ctx) fs.append({out:?}, ctx.run .. "\n") end }}
 "#
         ),
     )
@@ -377,6 +377,11 @@ async fn the_engine_runs_in_process_until_its_shutdown_future_resolves() {
         cloud,
         skiff::host::VmOptions {
             search_dirs: vec![policies.clone()],
+            script_dir: Some(policies.clone()),
+            limits: skiff::config::LuaLimits {
+                files: vec![dir.path().join("out")],
+                ..Default::default()
+            },
             ..Default::default()
         },
         dir.path().join("state"),
@@ -413,4 +418,156 @@ async fn the_engine_runs_in_process_until_its_shutdown_future_resolves() {
         !dir.path().join("state/serve.sock").exists(),
         "socket removed"
     );
+}
+
+/// A policy `name` that runs every second and whose run is `body`.
+fn every_second(name: &str, body: &str) -> String {
+    format!(
+        r#"policy{{ name = "{name}", schedule = "* * * * * *", select = {{ ids = {{ "i-1" }} }},
+  repository = "/srv/skiff", retention = {{ keep_last = 1 }},
+  run = function(ctx) {body} end }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn sigterm_stops_serve_while_its_policies_loop() {
+    // A budget that would take hours: only the stop can end these runs. One
+    // loops where it can yield to other tasks, one in a sort comparator
+    // where it cannot (it holds its thread until the hook sees the stop).
+    let ws = Workspace::new("[lua]\ninstruction_limit = 1_000_000_000_000_000\n").await;
+    ws.write(
+        "policies/spin.lua",
+        &every_second("spin", "ctx.log('spinning') while true do end"),
+    );
+    ws.write(
+        "policies/sorting.lua",
+        &every_second(
+            "sorting",
+            "ctx.log('sorting') table.sort({ 3, 2, 1 }, function() while true do end end)",
+        ),
+    );
+    let serve = Serve::start(&ws, &[]).await;
+    until("both runs to loop", 30, || async {
+        let log = serve.log_text();
+        (log.contains("spinning") && log.contains("sorting")).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "serve took {:?} to stop\n{log}",
+        asked.elapsed()
+    );
+    for policy in ["spin", "sorting"] {
+        let runs = runs_of(&ws, policy).await;
+        let ended: Vec<&Value> = runs.iter().filter(|r| r["outcome"] != "skipped").collect();
+        assert_eq!(ended.len(), 1, "{runs:#?}");
+        assert_eq!(ended[0]["outcome"], "cancelled", "{runs:#?}");
+    }
+}
+
+/// A policy file that never finishes loading is reported once the load
+/// limit passes, naming the file and line, whatever it loops in; the
+/// others load as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_file_that_never_finishes_loading_is_reported_at_the_load_limit() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let files = [
+        ("loop.lua", "local n = 0\nwhile true do n = n + 1 end\n", "loop.lua:2: loading took longer than 2 s; a policy script should declare policies, not do the work"),
+        (
+            "sort.lua",
+            "table.sort({ 3, 2, 1 }, function() while true do end end)\n",
+            "sort.lua:1: loading took longer than 2 s",
+        ),
+        (
+            "pattern.lua",
+            "while true do string.find(string.rep('a', 30000), '.-.-.-.-.-.-b') end\n",
+            "pattern.lua:1: loading took longer than 2 s",
+        ),
+        (
+            "handler.lua",
+            "xpcall(function() error('x') end, function() while true do end end)\n",
+            "handler.lua:1: loading took longer than 2 s",
+        ),
+        (
+            "finalizer.lua",
+            "setmetatable({}, { __gc = function() while true do end end })\n",
+            "finalizer.lua:1: setmetatable: __gc finalizers are not available to skiff scripts",
+        ),
+    ];
+    for (name, src, _) in &files {
+        std::fs::write(policies.join(name), src).unwrap();
+    }
+    std::fs::write(
+        policies.join("fine.lua"),
+        every_second("fine", "return { points = 0 }"),
+    )
+    .unwrap();
+    let config = Arc::new(skiff::config::Config::default());
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .build();
+    let cloud = Arc::new(skiff::cloud::Cloud::with_base(sdk, config.clone()));
+    let mut cfg = skiff::serve::ServeConfig::new(
+        config,
+        cloud,
+        skiff::host::VmOptions {
+            search_dirs: vec![policies.clone()],
+            script_dir: Some(policies.clone()),
+            limits: skiff::config::LuaLimits {
+                instruction_limit: 1_000_000_000_000_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        dir.path().join("state"),
+    );
+    cfg.reap = false;
+    cfg.load_timeout = Duration::from_secs(2);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = tokio::spawn({
+        let policies = policies.clone();
+        async move {
+            skiff::serve::run(cfg, &policies, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let state = dir.path().join("state");
+    let history = until("the engine's history", 20, || async {
+        skiff::serve::history::History::open(&state).ok()
+    })
+    .await;
+    for (name, _, expected) in &files {
+        let shown = policies.join(name).display().to_string();
+        let error = until(&format!("{name}'s load error"), 20, || async {
+            history.file(&shown).ok()??.error
+        })
+        .await;
+        assert!(
+            error.starts_with(&format!("{}/{expected}", policies.display())),
+            "{name}: {error}"
+        );
+    }
+    until("fine.lua to load", 20, || async {
+        let f = history
+            .file(&policies.join("fine.lua").display().to_string())
+            .ok()??;
+        (f.version == 1 && f.error.is_none()).then_some(())
+    })
+    .await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), engine)
+        .await
+        .expect("the engine returns after shutdown")
+        .unwrap()
+        .expect("a clean stop");
 }

@@ -9,27 +9,80 @@ local function location_of(fn)
 end
 
 describe("the sandbox", function()
-  it("leaves out what runs programs, exits, touches files by name or loads native code", function()
-    expect(os.execute):to_be_nil()
-    expect(os.exit):to_be_nil()
-    expect(os.remove):to_be_nil()
-    expect(os.rename):to_be_nil()
-    expect(os.tmpname):to_be_nil()
-    expect(os.setlocale):to_be_nil()
-    expect(io.popen):to_be_nil()
-    expect(package.loadlib):to_be_nil()
+  it("keeps what runs programs, exits, touches files by name or loads native code as functions that say why not", function()
+    for _, case in ipairs({
+      { "io.open", io.open, "/etc/passwd" }, { "io.lines", io.lines, "/etc/passwd" },
+      { "io.input", io.input, "/etc/passwd" }, { "io.output", io.output, "/tmp/out" },
+      { "io.read", io.read }, { "io.close", io.close }, { "io.tmpfile", io.tmpfile },
+      { "io.popen", io.popen, "id" }, { "os.execute", os.execute, "id" }, { "os.exit", os.exit, 1 },
+      { "os.remove", os.remove, "/tmp/x" }, { "os.rename", os.rename, "/tmp/x" },
+      { "os.tmpname", os.tmpname }, { "os.setlocale", os.setlocale, "C" },
+      { "dofile", dofile, "/etc/passwd" }, { "loadfile", loadfile, "/etc/passwd" },
+      { "package.loadlib", package.loadlib, "x" }, { "package.searchpath", package.searchpath, "x" },
+      { "debug.getinfo", debug.getinfo, 1 }, { "debug.sethook", debug.sethook },
+    }) do
+      local name, fn, arg = case[1], case[2], case[3]
+      local msg = spec.error_of(function() fn(arg) end)
+      local prefix = name .. " is not available to skiff scripts: "
+      expect(msg:sub(1, #prefix)):to_equal(prefix)
+    end
     expect(package.cpath):to_equal("")
-    expect(debug):to_be_nil()
-    expect(dofile):to_be_nil()
-    expect(loadfile):to_be_nil()
+  end)
+
+  it("says where files go instead of io.open", function()
+    expect(function() io.open("/etc/passwd") end):to_fail(
+      "io.open is not available to skiff scripts: scripts cannot open files by name; use fs.read, fs.write and fs.list for files beside the script, under a folder allowed in [lua] files of skiff.toml, or in fs.scratch(); or run with --unsafe-lua")
+  end)
+
+  it("does not read the environment", function()
+    expect(function() os.getenv("SKIFF_PASSWORD") end):to_fail(
+      "os.getenv is not available to skiff scripts: the environment holds secrets (SKIFF_PASSWORD, AWS_SECRET_ACCESS_KEY, …); pass what a script needs as arguments (args), or run with --unsafe-lua")
   end)
 
   it("keeps the safe standard library", function()
-    for _, f in ipairs({ os.time, os.clock, os.date, os.getenv, os.difftime, string.format, table.concat,
-      math.floor, utf8.char, coroutine.wrap, load, pcall, require }) do
+    for _, f in ipairs({ os.time, os.clock, os.date, os.difftime, string.format, table.concat,
+      math.floor, utf8.char, coroutine.wrap, load, pcall, require, io.write, debug.traceback }) do
       expect(type(f)):to_equal("function")
     end
     expect(string.format("%05.1f", 3.14159)):to_equal("003.1")
+    expect(debug.traceback("here")):to_match("^here\nstack traceback:\n")
+  end)
+
+  it("reads files beside the script, and nowhere else", function()
+    expect(fs.read("host_spec.lua")):to_contain('describe("the sandbox"')
+    expect(fs.exists("host_spec.lua")):to_be(true)
+    expect(fs.exists("no_such_spec.lua")):to_be(false)
+    expect(fs.list(".")):to_contain("host_spec.lua")
+    for _, path in ipairs({ "/etc/passwd", "../../Cargo.toml", "../it" }) do
+      local msg = spec.error_of(function() fs.read(path) end)
+      expect(msg):to_match("^fs%.read: " .. path:gsub("%p", "%%%0") .. ": outside the folders scripts may use: a script may read only under its own folder ")
+    end
+    expect(function() fs.exists("/etc/passwd") end):to_fail_matching("outside the folders scripts may use")
+  end)
+
+  it("writes only in its scratch folder and where skiff.toml allows", function()
+    expect(function() fs.write("written_by_a_spec.txt", "x") end):to_fail_matching(
+      "fs%.write: written_by_a_spec%.txt: outside the folders scripts may use: a script may write only under %[lua%] files in skiff%.toml")
+    expect(fs.exists("written_by_a_spec.txt")):to_be(false)
+    local dir = fs.scratch()
+    expect(fs.scratch()):to_be(dir)
+    fs.write(dir .. "/a.txt", "one")
+    fs.append(dir .. "/a.txt", " two")
+    expect(fs.read(dir .. "/a.txt")):to_equal("one two")
+    expect(fs.list(dir)):to_equal({ "a.txt" })
+    fs.remove(dir .. "/a.txt")
+    expect(fs.exists(dir .. "/a.txt")):to_be(false)
+    local _, _, err = spec.error_of(function() fs.read(dir .. "/a.txt") end)
+    expect(err.kind):to_equal("not_found")
+    expect(function() fs.write(dir .. "/b.txt") end):to_fail("fs.write: data: expected a string, got nothing")
+  end)
+
+  it("refuses a finalizer, which would run where no limit applies", function()
+    expect(function() setmetatable({}, { __gc = function() end }) end):to_fail_matching(
+      "setmetatable: __gc finalizers are not available to skiff scripts")
+    expect(getmetatable(io.stdout)):to_be(false)
+    local t = setmetatable({}, { __close = function() end })
+    expect(type(t)):to_equal("table")
   end)
 
   it("loads text chunks, with a name and an environment", function()

@@ -1,15 +1,16 @@
 -- Temporary files for the specs that move data (repo_spec, volume_spec):
--- unique paths under $TMPDIR and whole-file writes.
+-- unique paths in the spec's private scratch folder (fs.scratch(), removed
+-- with its VM), and whole-file reads and writes.
 
 local M = {}
 
 --- The block size of volumes and images.
 M.BLOCK = 512 * 1024
 
-local tmp = os.getenv("TMPDIR") or "/tmp"
+local tmp = fs.scratch()
 
---- A function giving a fresh path under $TMPDIR for `name`, unique to this
---- run and starting with `prefix`.
+--- A function giving a fresh path in the scratch folder for `name`, unique
+--- to this run and starting with `prefix`.
 function M.namer(prefix)
   return function(name)
     return tmp .. "/" .. spec.unique(prefix .. name)
@@ -17,9 +18,13 @@ function M.namer(prefix)
 end
 
 function M.write(p, data)
-  local f = assert(io.open(p, "wb"))
-  f:write(data)
-  f:close()
+  fs.write(p, data)
+end
+
+--- The file's content, or nil when there is none.
+function M.read(p)
+  if not fs.exists(p) then return nil end
+  return fs.read(p)
 end
 
 return M

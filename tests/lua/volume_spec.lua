@@ -5,14 +5,7 @@ local tempfiles = require("tempfiles")
 local BLOCK = tempfiles.BLOCK
 local path = tempfiles.namer("skiff-volume-")
 local write_file = tempfiles.write
-
-local function read_file(p)
-  local f = io.open(p, "rb")
-  if not f then return nil end
-  local d = f:read("a")
-  f:close()
-  return d
-end
+local read_file = tempfiles.read
 
 -- A block of recognisable, varied content.
 local function block(seed)

@@ -6,9 +6,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 
 use super::{Engine, Msg};
+use crate::host::{CallOptions, Cancel, StopKind};
 use crate::policy::{RunInfo, RunNote, RunTotals};
 use crate::serve::control::Event;
 use crate::serve::history::{NewRun, Outcome, Trigger};
@@ -23,7 +23,8 @@ pub(super) struct Running {
     pub version: i64,
     pub trigger: Trigger,
     pub started: DateTime<Utc>,
-    pub cancel: watch::Sender<bool>,
+    /// Stops the run's Lua call, running or waiting on a primitive.
+    pub cancel: Arc<Cancel>,
     pub lines: VecDeque<String>,
     pub progress: Option<serde_json::Value>,
 }
@@ -142,7 +143,12 @@ impl Engine {
         );
         pool.log_dir = self.cfg.state_dir.join("agents");
         let pool = Arc::new(pool);
-        let (cancel, mut cancelled) = watch::channel(false);
+        let cancel = Cancel::new();
+        let call_opts = CallOptions {
+            cancel: Some(cancel.clone()),
+            signals_after: self.cfg.signals_after,
+            ..CallOptions::default()
+        };
         let info = RunInfo {
             run_id: id,
             job: job.clone(),
@@ -169,16 +175,21 @@ impl Engine {
             {
                 Err(e) => RunEnd::Failed(format!("cannot start the run: {e}")),
                 Ok((f, args)) => {
-                    let call = crate::api::with_job_pool(pool.clone(), version.vm.call(f, args));
-                    tokio::select! {
-                        r = call => match r {
-                            Ok(values) => match crate::api::policy_run::run_totals(&values) {
-                                Ok(t) => RunEnd::Success(t),
-                                Err(m) => RunEnd::Failed(m),
-                            },
-                            Err(e) => RunEnd::Failed(e.to_string()),
+                    let call = version.vm.call_with(f, args, call_opts);
+                    match crate::api::with_job_pool(pool.clone(), call).await {
+                        Ok(values) => match crate::api::policy_run::run_totals(&values) {
+                            Ok(t) => RunEnd::Success(t),
+                            Err(m) => RunEnd::Failed(m),
                         },
-                        _ = cancelled.wait_for(|c| *c) => RunEnd::Cancelled,
+                        Err(e)
+                            if matches!(
+                                e.stopped,
+                                Some(StopKind::Cancelled | StopKind::Signal(_))
+                            ) =>
+                        {
+                            RunEnd::Cancelled
+                        }
+                        Err(e) => RunEnd::Failed(e.to_string()),
                     }
                 }
             };
@@ -320,7 +331,7 @@ impl Engine {
                 "policy {name}: cancelling run {} ({why}); removing its workers",
                 r.run
             );
-            let _ = r.cancel.send(true);
+            r.cancel.cancel("cancelled: skiff serve is stopping");
         }
     }
 
