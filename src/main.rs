@@ -37,13 +37,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = match rt.block_on(skiff::cli::main(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("skiff: {e:#}");
-            2
-        }
-    };
+    let code = rt.block_on(async {
+        let code = match skiff::cli::main(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("skiff: {e:#}");
+                2
+            }
+        };
+        // What stopped copies left to clean up (an incomplete snapshot) ends first.
+        skiff::mover::cleanups::settle(std::time::Duration::from_secs(60)).await;
+        code
+    });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     std::process::exit(code);
 }

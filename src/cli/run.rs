@@ -32,7 +32,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<i32> {
         ..CallOptions::default()
     };
     let result = vm.run_file_with(&a.file, a.args.clone(), opts).await;
-    // The job has ended, by whatever path: its workers go with it.
+    // The job has ended, by whatever path: its workers go with it (and
+    // main waits for what its dropped copies started, see mover::cleanups).
     session.ctx.pool.remove_all().await;
     match result {
         Ok(values) => {

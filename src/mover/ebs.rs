@@ -412,6 +412,8 @@ pub struct EbsSink {
     inner: Arc<SinkInner>,
     aggregate: digest::Context,
     written: u64,
+    /// Completed, or deleted: nothing for `Drop` to clean up.
+    settled: bool,
 }
 
 #[derive(Clone)]
@@ -468,6 +470,7 @@ impl EbsSink {
             }),
             aggregate: digest::Context::new(&digest::SHA256),
             written: 0,
+            settled: false,
         })
     }
 
@@ -488,9 +491,11 @@ impl EbsSink {
     }
 
     /// Completes the snapshot with the count and LINEAR checksum of the blocks written.
-    pub async fn finish(self) -> Result<String> {
-        let inner = self.inner;
-        let checksum = B64.encode(self.aggregate.finish().as_ref());
+    pub async fn finish(mut self) -> Result<String> {
+        let inner = self.inner.clone();
+        let aggregate =
+            std::mem::replace(&mut self.aggregate, digest::Context::new(&digest::SHA256));
+        let checksum = B64.encode(aggregate.finish().as_ref());
         let count = i32::try_from(self.written)
             .map_err(|_| MoverError::Invalid("too many blocks for one snapshot".into()))?;
         let out = retry(&inner.settings.retry, || async {
@@ -516,6 +521,7 @@ impl EbsSink {
                 ),
             });
         }
+        self.settled = true;
         Ok(inner.snapshot.clone())
     }
 }
@@ -523,8 +529,28 @@ impl EbsSink {
 impl EbsSink {
     /// Deletes the snapshot after a failed or stopped copy, so no pending
     /// snapshot is left behind (and billed); says what it did either way.
-    pub async fn abort(self) {
-        let inner = self.inner;
+    pub async fn abort(mut self) {
+        self.settled = true;
+        delete_incomplete(self.inner.clone()).await;
+    }
+}
+
+/// A copy dropped where it stood (a script stopped by a signal, a cancelled
+/// run) deletes its snapshot in the background; [`super::cleanups::settle`]
+/// lets the process wait for that before it exits.
+impl Drop for EbsSink {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let inner = self.inner.clone();
+        super::cleanups::spawn(delete_incomplete(inner));
+    }
+}
+
+/// Deletes a snapshot a copy started and will not complete, and says so.
+async fn delete_incomplete(inner: Arc<SinkInner>) {
+    {
         let deleted = retry(&inner.settings.retry, || async {
             match inner
                 .ec2

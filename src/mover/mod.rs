@@ -5,6 +5,7 @@
 //! restores — with memory bounded by the in-flight window, never by the
 //! volume's size. Knows nothing of Lua.
 
+pub mod cleanups;
 mod copy;
 pub mod ebs;
 pub mod file;

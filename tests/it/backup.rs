@@ -356,3 +356,58 @@ async fn an_interrupted_copy_to_ebs_deletes_its_snapshot() {
     }
     account.reset_faults();
 }
+
+#[tokio::test]
+async fn a_runbook_stopped_during_a_copy_to_ebs_deletes_its_snapshot() {
+    let ws = Workspace::new("").await;
+    crate::images::sparse_image(&ws.path("disk.img"), 1 << 30, 32, 0..120);
+    ws.write(
+        "upload.lua",
+        "local r = copy_volume{ from = 'file:disk.img', to = 'ebs:' }\nprint(r.snapshot)\n",
+    );
+    let account = crate::mover_emu::Account::from_harness(&ws.account);
+    account.faults(r#"{"rate": 0.5, "kinds": ["throttle"]}"#);
+    let child = ws
+        .command(&["run", "upload.lua"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut writing = false;
+    for _ in 0..600 {
+        if account.counters()["ops"]["PutSnapshotBlock"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            writing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(writing, "the copy never started writing blocks");
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("skiff run ends promptly after SIGINT")
+        .unwrap();
+    account.reset_faults();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert!(err.contains("deleted the incomplete snapshot"), "{err}");
+    let left = ws
+        .ec2("us-east-1")
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    let left: Vec<_> = left
+        .snapshots()
+        .iter()
+        .filter(|s| s.description().is_some_and(|d| d.contains("disk.img")))
+        .map(|s| s.snapshot_id().unwrap_or_default().to_string())
+        .collect();
+    assert!(left.is_empty(), "snapshots left behind: {left:?}\n{err}");
+}
