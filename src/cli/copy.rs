@@ -153,6 +153,9 @@ pub struct CopyArgs {
     /// The new snapshot's description.
     #[arg(long)]
     pub description: Option<String>,
+    /// Seconds to wait for another writer of the target repository (default 0: refuse at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub wait: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -240,6 +243,7 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<i32> {
     op.volume = a.volume.clone();
     op.tags = parse_tags(&a.tags)?;
     op.overwrite = a.overwrite;
+    op.wait = a.wait;
     op.description = a.description.clone();
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);

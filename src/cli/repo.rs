@@ -58,6 +58,9 @@ pub enum RepoCommand {
         /// Show what would be removed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Seconds to wait for another writer of the repository (default 0: refuse at once).
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        wait: u64,
         #[arg(long)]
         json: bool,
     },
@@ -69,6 +72,9 @@ pub enum RepoCommand {
         /// Repack a pack when at least this fraction of it is unused (default 0.05).
         #[arg(long, value_name = "FRACTION")]
         repack_threshold: Option<f64>,
+        /// Seconds to wait for another writer of the repository (default 0: refuse at once).
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        wait: u64,
         #[arg(long)]
         json: bool,
     },
@@ -232,6 +238,7 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
             keep,
             volume,
             dry_run,
+            wait,
             json,
         } => {
             let op = ForgetOpts {
@@ -243,6 +250,7 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                 volume,
                 points,
                 dry_run,
+                wait,
                 ..ForgetOpts::at(repo_location(&location)?)
             };
             if op.keep().is_empty() && op.points.is_empty() {
@@ -277,6 +285,7 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
             location,
             dry_run,
             repack_threshold,
+            wait,
             json,
         } => {
             let r = a
@@ -285,6 +294,7 @@ pub async fn repo(a: RepoArgs) -> anyhow::Result<i32> {
                     PruneOpts {
                         dry_run,
                         repack_threshold,
+                        wait,
                         ..PruneOpts::at(repo_location(&location)?)
                     },
                     None,

@@ -260,7 +260,17 @@ async fn a_killed_agent_s_task_reappears_and_completes() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(killed, "the agent never started reading");
+    if !killed {
+        let mut run = run;
+        let _ = run.start_kill();
+        let out = run.wait_with_output().await.unwrap();
+        panic!(
+            "the agent never started reading ({})\n--- stdout\n{}\n--- stderr\n{}",
+            account.counters(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     account.reset_faults();
     let out = tokio::time::timeout(Duration::from_secs(120), run.wait_with_output())
         .await

@@ -220,6 +220,9 @@ print(r.point)
             format!("ebs:{snap}"),
             repo.clone(),
             "--json".into(),
+            // A killed run's agent may still hold the lease, finishing its copy.
+            "--wait".into(),
+            "300".into(),
         ]
     };
     let t = Instant::now();
@@ -283,11 +286,18 @@ print(r.point)
                     // Forget all but a few points now and then, so prunes have work.
                     if round % 3 == 0 {
                         s.must(
-                            s.run(&["repo", "forget", &repo, "--keep-last", "2"]).await,
+                            s.run(&["repo", "forget", &repo, "--keep-last", "2", "--wait", "300"])
+                                .await,
                             "forget",
                         );
                     }
-                    vec!["repo".into(), "prune".into(), repo.clone()]
+                    vec![
+                        "repo".into(),
+                        "prune".into(),
+                        repo.clone(),
+                        "--wait".into(),
+                        "300".into(),
+                    ]
                 }
                 _ => {
                     let points = s.points().await;
