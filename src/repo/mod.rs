@@ -10,6 +10,9 @@ pub mod crypto;
 mod error;
 pub mod forget;
 pub mod format;
+/// Entry points for the fuzzers (tests/fuzz.rs, fuzz/).
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 pub mod lease;
 mod open;

@@ -238,6 +238,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| e.to_string())?
 }
 
+/// A request line as the server reads it: the request, or the answer that
+/// refuses it (echoing its `id` when the line is JSON with one).
+pub fn parse_request(line: &str) -> Result<Request, Value> {
+    serde_json::from_str(line).map_err(|e| {
+        let id = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+            .unwrap_or(Value::Null);
+        json!({"id": id, "ok": false, "error": format!("bad request: {e}")})
+    })
+}
+
 async fn connection(stream: UnixStream, hub: Hub) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
@@ -245,18 +257,10 @@ async fn connection(stream: UnixStream, hub: Hub) -> std::io::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let req: Request = match serde_json::from_str(&line) {
+        let req = match parse_request(&line) {
             Ok(r) => r,
-            Err(e) => {
-                let id = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned())
-                    .unwrap_or(Value::Null);
-                write_line(
-                    &mut w,
-                    &json!({"id": id, "ok": false, "error": format!("bad request: {e}")}),
-                )
-                .await?;
+            Err(answer) => {
+                write_line(&mut w, &answer).await?;
                 continue;
             }
         };
