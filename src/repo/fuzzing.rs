@@ -79,6 +79,14 @@ fn take<const N: usize>(input: &[u8]) -> ([u8; N], &[u8]) {
     (out, &input[n..])
 }
 
+/// What a check found first (the outcome, for a fuzzer's feedback).
+fn first_problem(report: &check::CheckReport) -> &str {
+    report
+        .problems
+        .first()
+        .map_or("fine", |p| p.message.as_str())
+}
+
 fn msg(e: RepoError) -> String {
     e.to_string()
 }
@@ -92,6 +100,17 @@ pub struct Context {
     rt: tokio::runtime::Runtime,
 }
 
+/// The master key of every repository made for fuzzing ([`init`]): inputs
+/// that hold ciphertext (a pack's blobs, an object as stored) replay in
+/// later runs only under the key they were sealed with.
+pub const MASTER_KEY: [u8; 32] = *b"skiff fuzzing master key, fixed.";
+
+/// Creates a repository as `Repo::init` does, with [`MASTER_KEY`] as its master key.
+pub async fn init(backend: Backend, url: &str, password: &[u8]) -> Result<Repo, RepoError> {
+    let key = Key::from_bytes(MASTER_KEY);
+    Repo::init_with_key(backend, url, password, KdfParams::MIN, None, key).await
+}
+
 /// Key files whose derivation costs at most this many KiB × passes are
 /// derived (a seed's key file costs [`KdfParams::MIN`]); costlier ones, up
 /// to the bounds `Repo::open` accepts, would only measure Argon2.
@@ -99,6 +118,7 @@ const DERIVE_AT_MOST: u64 = 2 * KdfParams::MIN.m_cost as u64;
 
 impl Context {
     /// Reads with `repo`'s key and config; `password` is tried on key files.
+    /// `repo` should have been made by [`init`], or its inputs will not replay.
     pub fn of(repo: &Repo, password: &[u8]) -> Context {
         Context {
             key: repo.key().clone(),
@@ -112,12 +132,7 @@ impl Context {
     pub fn standalone() -> Context {
         let rt = runtime();
         let repo = rt
-            .block_on(Repo::init(
-                Backend::memory(),
-                "fuzz",
-                b"fuzz",
-                KdfParams::MIN,
-            ))
+            .block_on(init(Backend::memory(), "fuzz", b"fuzz"))
             .expect("a repository in memory");
         Context {
             key: repo.key().clone(),
@@ -230,11 +245,11 @@ impl Context {
         }
         let ix = repo.index();
         Ok(format!(
-            "{} packs, {} blobs; check: {:?}; reads: {:?}",
+            "{} packs, {} blobs; check: {}; reads: {}",
             ix.pack_count(),
             ix.blob_count(),
-            report.problems.first().map(|p| &p.message),
-            read.first()
+            first_problem(&report),
+            read.first().map_or("fine", String::as_str)
         ))
     }
 
@@ -261,10 +276,10 @@ impl Context {
         let decisions = forget::select(&points, &keep).map_err(msg)?;
         let report = check::check(&repo, false).await.map_err(msg)?;
         Ok(format!(
-            "{} leaves, kept {}; check: {:?}",
+            "{} leaves, kept {}; check: {}",
             reader.leaves(),
             decisions.iter().filter(|d| d.keep).count(),
-            report.problems.first().map(|p| &p.message)
+            first_problem(&report)
         ))
     }
 
@@ -297,10 +312,10 @@ impl Context {
         repo.load_index().await.map_err(msg)?;
         let report = check::check(&repo, true).await.map_err(msg)?;
         Ok(format!(
-            "{} blobs, {} bytes verified; check: {:?}",
+            "{} blobs, {} bytes verified; check: {}",
             repo.index().blob_count(),
             report.bytes_verified,
-            report.problems.first().map(|p| &p.message)
+            first_problem(&report)
         ))
     }
 
@@ -356,17 +371,22 @@ impl Context {
         }
         let repo = self.repo();
         if !nodes.is_empty() {
-            let sealed: Vec<_> = nodes
+            // Sealed one by one, as a writer does: a sealed blob holds a
+            // block-sized buffer until it is packed.
+            let room = nodes
                 .iter()
-                .map(|(id, plain)| {
-                    let level = repo.settings.compression_level;
-                    pack::seal_blob(&self.key, BlobKind::Node, *id, plain, level)
-                })
-                .collect();
-            let room = sealed.iter().map(|b| b.sealed().len() + 64).sum::<usize>();
+                .map(|(_, plain)| plain.len() + super::crypto::OVERHEAD + format::ENTRY_LEN)
+                .sum::<usize>();
             let mut pb = PackBuilder::new(room + 4096);
-            for b in &sealed {
-                pb.add(b);
+            for (id, plain) in &nodes {
+                let level = repo.settings.compression_level;
+                pb.add(&pack::seal_blob(
+                    &self.key,
+                    BlobKind::Node,
+                    *id,
+                    plain,
+                    level,
+                ));
             }
             let (bytes, indexed) = pb.finish(&self.key);
             repo.backend()
@@ -421,10 +441,10 @@ impl Context {
         let (points, used) = prune::referenced(&repo).await.map_err(msg)?;
         let report = check::check(&repo, false).await.map_err(msg)?;
         Ok(format!(
-            "{present} leaves present, new root {}, {points} point(s) use {} blobs; check: {:?}",
+            "{present} leaves present, new root {}, {points} point(s) use {} blobs; check: {}",
             if root == ZERO_ID { "zero" } else { "set" },
             used.len(),
-            report.problems.first().map(|p| &p.message)
+            first_problem(&report)
         ))
     }
 

@@ -64,6 +64,19 @@ impl Repo {
         kdf: KdfParams,
         storage_class: Option<String>,
     ) -> Result<Repo> {
+        Self::init_with_key(backend, url, password, kdf, storage_class, Key::generate()).await
+    }
+
+    /// As `init_with_class`, with `master` as the master key (the fuzzers'
+    /// seed repositories use a fixed one, so their inputs replay).
+    pub(super) async fn init_with_key(
+        backend: Backend,
+        url: &str,
+        password: &[u8],
+        kdf: KdfParams,
+        storage_class: Option<String>,
+        master: Key,
+    ) -> Result<Repo> {
         if let Some(c) = &storage_class {
             check_storage_class(c).map_err(RepoError::Invalid)?;
             if !backend.is_s3() {
@@ -95,7 +108,6 @@ impl Repo {
                 location: url.to_string(),
             });
         }
-        let master = Key::generate();
         let salt: [u8; 16] = crypto::random();
         let kek = kdf.derive(password, &salt).map_err(RepoError::Invalid)?;
         let key_file = KeyFile {

@@ -165,6 +165,7 @@ pub fn open_blob_in(
     entry: &Entry,
     mut buf: AlignedBuf,
 ) -> std::result::Result<Bytes, String> {
+    entry.check_size()?;
     let len = entry.length as usize;
     if OPEN_AT + len > buf.capacity() {
         return Err(format!(

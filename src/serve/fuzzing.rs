@@ -28,23 +28,40 @@ pub fn requests(input: &[u8]) -> Outcome {
         .build()
         .expect("a tokio runtime");
     rt.block_on(async {
-        let mut lines = BufReader::new(input).lines();
-        let (mut good, mut bad) = (0, 0);
-        while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
-            if line.trim().is_empty() {
-                continue;
+        let mut r = BufReader::new(input);
+        let mut buf = Vec::new();
+        let mut ops = Vec::new();
+        let mut refused = None;
+        while let Some(line) = control::read_line(&mut r, &mut buf)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if line == control::Line::TooLong {
+                control::skip_line(&mut r)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
-            match control::parse_request(&line) {
-                Ok(r) => {
-                    // What a client sends, the server reads back the same.
-                    let again = serde_json::to_string(&r).expect("a request serializes");
-                    control::parse_request(&again).expect("a request reads back");
-                    good += 1;
+            match control::request_of(&line) {
+                None => {}
+                Some(Ok(req)) => {
+                    // What a client sends, the server reads back the same
+                    // (the id is echoed as parsed: a float may lose a digit).
+                    let again = serde_json::to_string(&req).expect("a request serializes");
+                    let back = control::parse_request(&again).expect("a request reads back");
+                    let v = serde_json::to_value(&req.op).expect("an op serializes");
+                    assert_eq!(serde_json::to_value(&back.op).unwrap(), v);
+                    ops.push(v["op"].as_str().unwrap_or_default().to_string());
                 }
-                Err(_) => bad += 1,
+                Some(Err(answer)) => {
+                    refused.get_or_insert(answer["error"].as_str().unwrap_or_default().to_string());
+                }
             }
         }
-        Ok(format!("{good} requests, {bad} refused"))
+        Ok(format!(
+            "ops {}; first refusal: {}",
+            ops.join(" "),
+            refused.unwrap_or_default()
+        ))
     })
 }
 
@@ -57,8 +74,11 @@ const POLICY: &str = r#"policy{ name = "fuzz", schedule = "@yearly", select = { 
 /// closed its end, before the server is said to hang.
 pub const SESSION_LIMIT: Duration = Duration::from_secs(3);
 
-/// Bytes sent after the input when a session floods (a line that never ends).
-pub const FLOOD: usize = 96 << 20;
+/// Bytes a session sends as a line that never ends: more than a fuzzer's
+/// limit on one allocation when the input is nothing but the flood, a few
+/// times the longest request line after other bytes (a cheaper flood, as
+/// most inputs that flood are mutations).
+pub const FLOOD: (usize, usize) = (40 << 20, 4 * control::MAX_REQUEST_LINE);
 
 /// A real `skiff serve` engine in-process, serving one policy from `dir`.
 pub struct Server {
@@ -128,18 +148,19 @@ impl Server {
         Ok(server)
     }
 
-    /// One connection: sends `input[1..]` (and, when `input[0]` is odd, a
-    /// line that never ends after it, up to [`FLOOD`] bytes or until the
-    /// server stops reading), closes the sending end and reads every answer.
+    /// One connection: sends `input[1..]` (and, when the low four bits of
+    /// `input[0]` are set, a line that never ends after it, [`FLOOD`]
+    /// bytes), closes the sending end and reads every answer.
     /// Panics when the server breaks the protocol: an answer line that is
     /// not a JSON object with `ok` or `event`, a request left unanswered
     /// (or answered twice) before the connection ended, or a connection
     /// still open [`SESSION_LIMIT`] after the client's end closed.
     pub fn session(&self, input: &[u8]) -> Outcome {
         let (flood, sent) = match input.split_first() {
-            Some((b, rest)) => (b % 2 == 1, rest),
+            Some((b, rest)) => (b & 0xf == 0xf, rest),
             None => (false, input),
         };
+        let flood_bytes = if sent.is_empty() { FLOOD.0 } else { FLOOD.1 };
         let expected = expected_answers(sent, flood);
         self.rt.block_on(async {
             let stream = UnixStream::connect(&self.socket)
@@ -155,7 +176,7 @@ impl Server {
                 if flood {
                     let chunk = vec![b'x'; 64 * 1024];
                     let mut n = 0;
-                    while n < FLOOD {
+                    while n < flood_bytes {
                         if w.write_all(&chunk).await.is_err() {
                             return;
                         }
@@ -174,10 +195,10 @@ impl Server {
             let _ = writer.await;
             check_answers(&answers, expected);
             Ok(format!(
-                "{} answers, {} refused, {} events",
+                "{} answers, {} events; refused: {}",
                 answers.oks,
-                answers.refused,
-                answers.events
+                answers.events,
+                answers.errors.join("; ")
             ))
         })
     }
@@ -227,7 +248,8 @@ impl Server {
             let body = s.concat();
             out.push([&[0u8][..], &body].concat());
         }
-        out.push(vec![1, b'{']);
+        out.push(vec![0xf]);
+        out.push(vec![0xf, b'{']);
         out
     }
 }
@@ -250,6 +272,8 @@ struct Answers {
     oks: usize,
     refused: usize,
     events: usize,
+    /// The first few refusals' errors.
+    errors: Vec<String>,
     bad_lines: Vec<String>,
 }
 
@@ -272,7 +296,13 @@ async fn read_answers(r: tokio::net::unix::OwnedReadHalf) -> std::io::Result<Ans
         match serde_json::from_slice::<Value>(&line) {
             Ok(v) if v.get("event").is_some() => a.events += 1,
             Ok(v) if v.get("ok") == Some(&Value::Bool(true)) => a.oks += 1,
-            Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => a.refused += 1,
+            Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => {
+                a.refused += 1;
+                if a.errors.len() < 3 {
+                    a.errors
+                        .push(v["error"].as_str().unwrap_or("?").to_string());
+                }
+            }
             _ if a.bad_lines.len() < 3 => a
                 .bad_lines
                 .push(String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned()),
@@ -282,8 +312,9 @@ async fn read_answers(r: tokio::net::unix::OwnedReadHalf) -> std::io::Result<Ans
 }
 
 /// How many answers the server owes for `sent` (followed by a flood when
-/// `flood`): one per line that is not blank, up to and including the
-/// first `subscribe`, after which the connection carries events only.
+/// `flood`): one per line that is not blank (whatever it holds), up to and
+/// including the first `subscribe`, after which the connection carries
+/// events only.
 fn expected_answers(sent: &[u8], flood: bool) -> usize {
     let mut n = 0;
     let mut parts: Vec<&[u8]> = sent.split(|b| *b == b'\n').collect();

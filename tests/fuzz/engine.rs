@@ -35,6 +35,10 @@ pub struct Counting;
 
 /// Where the first allocation above the limit was made, during this input.
 static BIG_AT: Mutex<Option<std::backtrace::Backtrace>> = Mutex::new(None);
+/// Where live memory first grew past the limit, during this input.
+static GREW_AT: Mutex<Option<std::backtrace::Backtrace>> = Mutex::new(None);
+/// Live bytes when the input started.
+static BASELINE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static IN_NOTE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -44,21 +48,34 @@ impl Counting {
     fn note(size: usize) {
         if ARMED.load(Ordering::Relaxed) {
             BIGGEST.fetch_max(size, Ordering::Relaxed);
-            if size > SINGLE_LIMIT && !IN_NOTE.with(|c| c.replace(true)) {
-                // Capturing allocates (small amounts): not noted again.
-                if let Ok(mut at) = BIG_AT.try_lock() {
-                    if at.is_none() {
-                        *at = Some(std::backtrace::Backtrace::force_capture());
-                    }
-                }
-                IN_NOTE.with(|c| c.set(false));
+            if size > SINGLE_LIMIT {
+                Self::capture(&BIG_AT);
             }
         }
     }
 
     fn grew(by: usize) {
         let live = LIVE.fetch_add(by, Ordering::Relaxed) + by;
-        PEAK.fetch_max(live, Ordering::Relaxed);
+        let peak = PEAK.fetch_max(live, Ordering::Relaxed);
+        if live > peak
+            && ARMED.load(Ordering::Relaxed)
+            && live.saturating_sub(BASELINE.load(Ordering::Relaxed)) > LIVE_LIMIT
+        {
+            Self::capture(&GREW_AT);
+        }
+    }
+
+    /// Notes where this allocation is made, the first time in an input.
+    fn capture(slot: &Mutex<Option<std::backtrace::Backtrace>>) {
+        if !IN_NOTE.with(|c| c.replace(true)) {
+            // Capturing allocates (small amounts): not noted again.
+            if let Ok(mut at) = slot.try_lock() {
+                if at.is_none() {
+                    *at = Some(std::backtrace::Backtrace::force_capture());
+                }
+            }
+            IN_NOTE.with(|c| c.set(false));
+        }
     }
 }
 
@@ -225,6 +242,7 @@ fn run_one(
         limit,
     });
     let before = LIVE.load(Ordering::SeqCst);
+    BASELINE.store(before, Ordering::SeqCst);
     PEAK.store(before, Ordering::SeqCst);
     BIGGEST.store(0, Ordering::SeqCst);
     ARMED.store(true, Ordering::SeqCst);
@@ -244,9 +262,13 @@ fn run_one(
             big_at.map(|b| short_trace(&b.to_string())).unwrap_or_default()
         ));
     }
+    let grew_at = GREW_AT.lock().unwrap().take();
     if grew > LIVE_LIMIT {
         return Verdict::Failed(format!(
-            "live memory grew by {grew} bytes (limit {LIVE_LIMIT})"
+            "live memory grew by {grew} bytes (limit {LIVE_LIMIT}); where it passed the limit:\n{}",
+            grew_at
+                .map(|b| short_trace(&b.to_string()))
+                .unwrap_or_default()
         ));
     }
     match result {
@@ -263,7 +285,10 @@ fn short_trace(full: &str) -> String {
     for (i, l) in lines.iter().enumerate() {
         if l.contains("skiff::") && !l.contains("fuzzing::") {
             out.push_str(l.trim());
-            if let Some(at) = lines.get(i + 1).filter(|n| n.trim_start().starts_with("at ")) {
+            if let Some(at) = lines
+                .get(i + 1)
+                .filter(|n| n.trim_start().starts_with("at "))
+            {
                 out.push_str(&format!(" ({})", at.trim().trim_start_matches("at ")));
             }
             out.push('\n');
@@ -272,44 +297,42 @@ fn short_trace(full: &str) -> String {
     out
 }
 
-/// An outcome with its numbers and long hex runs blanked, so inputs that
-/// differ only in a count or an id end alike.
+/// An outcome with its numbers, ids and quoted text blanked, so inputs
+/// that differ only in a count, an id or a value end alike.
 fn signature(outcome: &str) -> String {
     let mut out = String::new();
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 8 || run.bytes().all(|b| b.is_ascii_digit()) {
-            if !run.is_empty() {
-                out.push('#');
-            }
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let id = word.len() >= 16 && word.bytes().all(|b| b.is_ascii_hexdigit());
+        if word.bytes().any(|b| b.is_ascii_digit()) || id {
+            out.push('#');
         } else {
-            out.push_str(run);
+            out.push_str(word);
         }
-        run.clear();
+        word.clear();
     };
-    let mut quoted: Option<char> = None;
-    for c in outcome.chars().take(300) {
-        // Quoted text (a field name, a value) is the input's, not the parser's.
-        if let Some(q) = quoted {
-            if c == q {
-                quoted = None;
-                out.push(c);
+    // Quoted text (field names, values) is the input's, not the parser's:
+    // all of it, from the first quote to the last of the same kind.
+    let mut text = outcome.to_string();
+    for q in ['`', '"'] {
+        if let (Some(a), Some(b)) = (text.find(q), text.rfind(q)) {
+            if a < b {
+                text.replace_range(a + 1..b, "");
             }
-            continue;
         }
-        if c == '`' || c == '"' {
-            flush(&mut run, &mut out);
-            quoted = Some(c);
-            out.push(c);
-        } else if c.is_ascii_hexdigit() {
-            run.push(c);
+    }
+    for c in text.chars().take(300) {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
         } else {
-            flush(&mut run, &mut out);
+            flush(&mut word, &mut out);
             out.push(c);
         }
     }
-    flush(&mut run, &mut out);
-    out
+    flush(&mut word, &mut out);
+    // The start of a message says what went wrong; the rest is detail.
+    let collapsed = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    collapsed.chars().take(100).collect()
 }
 
 /// SplitMix64: small, fast, and the same sequence on every platform.
@@ -689,9 +712,13 @@ pub fn fuzz(t: Target<'_>, budget: Duration) {
     }
     for input in t.seeds {
         let input = Arc::new(input);
+        let took = Instant::now();
         match run_one(t.name, limit, t.run, &input) {
             Verdict::Failed(why) => fail(&input, &why, "seed"),
             Verdict::Fine(o) => {
+                if verbose {
+                    eprintln!("fuzz {}: seed ({:?}): {o}", t.name, took.elapsed());
+                }
                 outcomes.insert(signature(&o));
             }
         }
@@ -729,6 +756,13 @@ pub fn fuzz(t: Target<'_>, budget: Duration) {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    if verbose {
+        let mut seen: Vec<&String> = outcomes.iter().collect();
+        seen.sort();
+        for o in seen.iter().take(200) {
+            eprintln!("fuzz {}: outcome {o}", t.name);
+        }
+    }
     eprintln!(
         "fuzz {}: {} inputs in {:.1} s ({:.0}/s), {} distinct outcomes, corpus {} ({} seeds), seed {seed}",
         t.name,
@@ -751,9 +785,10 @@ mod tests {
             signature("expected 12 entries, found 7 bytes in deadbeefcafe0011"),
             "expected # entries, found # bytes in #"
         );
+        assert_eq!(signature("pack data/0a/0a1b: bad"), "pack data/#/#: bad");
         assert_eq!(
-            signature("unknown field `xy1`, expected \"a\" at line 1 column 40"),
-            "unknown field ``, expected \"\" at line # column #"
+            signature("unknown field `x`y1`, expected `a` or `b` at line 1 column 40"),
+            "unknown field `` at line # column #"
         );
         assert_eq!(signature("bad salt"), "bad salt");
     }

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use engine::{fuzz, Target};
 use skiff::mover::{self, CopyOptions, ParentChoice, Source};
-use skiff::repo::crypto::KdfParams;
 use skiff::repo::forget::KeepOptions;
 use skiff::repo::fuzzing::Context;
 use skiff::repo::prune::PruneOptions;
@@ -70,7 +69,7 @@ fn seeded() -> &'static Seeded {
         let (ctx, seeds) = rt.block_on(async {
             let at = dir.path().join("repo");
             let url = at.display().to_string();
-            Repo::init(Backend::local(&at), &url, PASSWORD, KdfParams::MIN)
+            skiff::repo::fuzzing::init(Backend::local(&at), &url, PASSWORD)
                 .await
                 .unwrap();
             let repo = Arc::new(
