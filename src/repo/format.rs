@@ -423,7 +423,7 @@ mod tests {
             flags: FLAG_ZSTD,
             offset: u32::from(i) * 1000,
             length: 999,
-            raw_len: BLOCK_SIZE,
+            raw_len: 4096,
             id: [i; 32],
         }
     }
@@ -460,6 +460,50 @@ mod tests {
         let mut extra = b.clone();
         extra.push(0);
         assert!(decode_index(&extra).is_err());
+    }
+
+    #[test]
+    fn entries_larger_than_any_blob_are_refused() {
+        let index = |e: Entry| {
+            encode_index(&[IndexedPack {
+                pack: [7; 32],
+                size: 1 << 30,
+                entries: vec![e],
+            }])
+        };
+        let node_max = (12 + FANOUT * 32) as u32;
+        let largest = [(BlobKind::Data, BLOCK_SIZE), (BlobKind::Node, node_max)];
+        for (kind, max) in largest {
+            let e = Entry {
+                kind,
+                raw_len: max,
+                length: max + OVERHEAD as u32,
+                ..entry(0)
+            };
+            assert_eq!(decode_index(&index(e)).unwrap()[0].entries, vec![e]);
+            for bad in [
+                Entry {
+                    raw_len: max + 1,
+                    ..e
+                },
+                Entry {
+                    length: max + OVERHEAD as u32 + 1,
+                    ..e
+                },
+                Entry {
+                    raw_len: u32::MAX,
+                    ..e
+                },
+            ] {
+                let err = decode_index(&index(bad)).unwrap_err();
+                assert!(
+                    err.contains("is larger than any blob skiff writes"),
+                    "{err}"
+                );
+                let header = encode_pack_header(&[bad]);
+                assert_eq!(decode_pack_header(&header).unwrap_err(), err);
+            }
+        }
     }
 
     #[test]

@@ -341,6 +341,17 @@ pub(crate) mod testutil {
 mod tests {
     use super::*;
 
+    #[test]
+    fn metadata_decompresses_to_what_it_holds_and_nothing_else() {
+        let plain = b"an index file ".repeat(10_000);
+        let z = zstd::bulk::compress(&plain, 3).unwrap();
+        assert_eq!(decompress_meta(&z).unwrap(), plain);
+        let mut trailing = z.clone();
+        trailing.extend_from_slice(b"junk");
+        assert!(decompress_meta(&trailing).is_err());
+        assert!(decompress_meta(&z[..z.len() - 1]).is_err());
+    }
+
     #[tokio::test]
     async fn nothing_is_stored_in_the_clear() {
         let (backend, repo) = testutil::memory_repo().await;
