@@ -4,9 +4,11 @@
 //!
 //! Each request is one JSON object on one line, `{"id": …, "op": …, …}`; each
 //! answer is one line `{"id": …, "ok": true, "result": …}` or `{"id": …,
-//! "ok": false, "error": "…"}`, in order. After `subscribe`, the connection
-//! carries event lines `{"event": …, …}` until it closes. The operations and
-//! events are documented in docs/serve.md.
+//! "ok": false, "error": "…"}`, in order; a line that is no request (not
+//! JSON, not UTF-8, longer than [`MAX_REQUEST_LINE`]) is answered with an
+//! error. After `subscribe`, the connection carries event lines `{"event":
+//! …, …}` until either end closes it. The operations and events are
+//! documented in docs/serve.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -57,6 +57,8 @@ pub fn requests(input: &[u8]) -> Outcome {
                 }
             }
         }
+        ops.sort();
+        ops.dedup();
         Ok(format!(
             "ops {}; first refusal: {}",
             ops.join(" "),
