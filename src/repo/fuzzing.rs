@@ -198,11 +198,7 @@ impl Context {
         let (layer, payload) = split_layer(input, 2);
         let sealed = self.seal(layer, CONFIG_AAD, payload);
         let c = read_config(&self.key, &sealed, "fuzz").map_err(msg)?;
-        Ok(format!(
-            "config of {}, data archived: {}",
-            c.id,
-            c.data_archived()
-        ))
+        Ok(format!("config read, data archived: {}", c.data_archived()))
     }
 
     fn key_file(&self, input: &[u8]) -> Outcome {
@@ -238,8 +234,8 @@ impl Context {
             .map_err(msg)?
         {
             for e in p.entries.iter().take(4) {
-                if let Err(e) = repo.read_blob(e.kind, &e.id).await {
-                    read.push(e.to_string());
+                if let Err(err) = repo.read_blob(e.kind, &e.id).await {
+                    read.push(err.to_string());
                 }
             }
         }

@@ -683,11 +683,17 @@ fn failed(target: &str, input: &[u8], why: &str, origin: &str) -> ! {
 /// Only one target runs at a time: the detectors watch the whole process.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Held by a test for all it does (its setup allocates too): no other
+/// test's work is taken for its inputs'.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Replays the checked-in regression inputs and the seeds, then mutates
-/// for `budget`; panics with the first failing input.
+/// for `budget`; panics with the first failing input. Call it holding
+/// [`exclusive`].
 pub fn fuzz(t: Target<'_>, budget: Duration) {
     install();
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let fail = |input: &[u8], why: &str, origin: &str| failed(t.name, input, why, origin);
     // A slow machine (or a debugger) may need more time per input.
     let limit = std::env::var("SKIFF_FUZZ_INPUT_LIMIT")

@@ -166,6 +166,7 @@ const REPO_WORDS: &[&str] = &[
 ];
 
 fn repo_target(name: &str) {
+    let _one = engine::exclusive();
     let s = seeded();
     let run = |input: &[u8]| s.ctx.run(name, input);
     let dict: Vec<&[u8]> = REPO_WORDS.iter().map(|w| w.as_bytes()).collect();
@@ -241,6 +242,7 @@ const CONTROL_WORDS: &[&str] = &[
 
 #[test]
 fn control_request() {
+    let _one = engine::exclusive();
     let dict: Vec<&[u8]> = CONTROL_WORDS.iter().map(|w| w.as_bytes()).collect();
     fuzz(
         Target {
@@ -260,6 +262,7 @@ fn control_request() {
 
 #[test]
 fn control_session() {
+    let _one = engine::exclusive();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).unwrap();
     let run = |input: &[u8]| server.session(input);
