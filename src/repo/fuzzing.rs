@@ -167,8 +167,8 @@ impl Context {
     /// - `blob`: layer ‖ kind (even: data, odd: node) ‖ flags ‖ u32 raw
     ///   length ‖ id (32 bytes) ‖ bytes — a blob in a pack, read back (and
     ///   decoded, for a node).
-    /// - `block_map`: u64 volume size ‖ depth ‖ nodes, each id (32 bytes) ‖
-    ///   u32 length ‖ node plaintext — sealed into a pack; a point's root is
+    /// - `block_map`: u64 volume size ‖ depth ‖ nodes (at most [`MAX_NODES`]),
+    ///   each id (32 bytes) ‖ u32 length ‖ node plaintext — sealed into a pack; a point's root is
     ///   the first node. Read as a restore, an incremental backup, prune and check read it.
     /// - `lease`: layer (stored, sealed) ‖ bytes — the `lease`, met by a writer taking it.
     pub fn run(&self, target: &str, input: &[u8]) -> Outcome {
@@ -358,7 +358,8 @@ impl Context {
         let (size, rest) = take::<8>(input);
         let ([depth], mut rest) = take::<1>(rest);
         let mut nodes: Vec<(Id, &[u8])> = Vec::new();
-        while rest.len() >= 36 {
+        // A seed's map has three nodes; more only slows each input down.
+        while rest.len() >= 36 && nodes.len() < MAX_NODES {
             let (id, r) = take::<32>(rest);
             let (len, r) = take::<4>(r);
             let n = (u32::from_le_bytes(len) as usize).min(r.len());
@@ -472,6 +473,9 @@ fn with_layer(layer: Layer, parts: &[&[u8]]) -> Vec<u8> {
     }
     v
 }
+
+/// Nodes a `block_map` input may hold; the rest of it is ignored.
+pub const MAX_NODES: usize = 64;
 
 /// At most this many blobs of each kind become `blob` seeds.
 const BLOB_SEEDS: usize = 4;
