@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::crypto::{Id, ZERO_ID};
+use super::crypto::{Id, OVERHEAD, ZERO_ID};
 
 pub const VERSION: u32 = 1;
 
@@ -80,14 +80,32 @@ impl Entry {
     fn decode(b: &[u8]) -> Result<Entry, String> {
         let kind = BlobKind::from_u8(b[0]).ok_or_else(|| format!("unknown blob type {}", b[0]))?;
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        Ok(Entry {
+        let e = Entry {
             kind,
             flags: b[1],
             offset: u32_at(4),
             length: u32_at(8),
             raw_len: u32_at(12),
             id: b[16..48].try_into().unwrap(),
-        })
+        };
+        e.check_size()?;
+        Ok(e)
+    }
+
+    /// Refuses sizes no blob of its kind has: reading it would allocate
+    /// what the entry says (up to 4 GiB) before finding out.
+    pub fn check_size(&self) -> Result<(), String> {
+        let max = max_raw_len(self.kind);
+        // Compression is kept only when it shrinks a blob.
+        if self.raw_len > max || self.length as usize > max as usize + OVERHEAD {
+            return Err(format!(
+                "a {} blob of {} bytes ({} sealed) is larger than any blob skiff writes ({max})",
+                self.kind.as_str(),
+                self.raw_len,
+                self.length
+            ));
+        }
+        Ok(())
     }
 
     /// The AAD a blob is sealed with: its type and id, so a blob cannot be
@@ -97,6 +115,14 @@ impl Entry {
         a[0] = kind as u8;
         a[1..].copy_from_slice(id);
         a
+    }
+}
+
+/// The largest plaintext a blob of `kind` holds: a block, or a full node.
+pub fn max_raw_len(kind: BlobKind) -> u32 {
+    match kind {
+        BlobKind::Data => BLOCK_SIZE,
+        BlobKind::Node => (12 + FANOUT * 32) as u32,
     }
 }
 
@@ -181,7 +207,8 @@ pub fn encode_index(packs: &[IndexedPack]) -> Vec<u8> {
 
 pub fn decode_index(b: &[u8]) -> Result<Vec<IndexedPack>, String> {
     let count = read_preamble(b, INDEX_MAGIC, "an index file", "index")?;
-    let mut packs = Vec::with_capacity(count.min(1 << 20));
+    // No more than the bytes can hold: the count is not trusted.
+    let mut packs = Vec::with_capacity(count.min((b.len() - 12) / 44));
     let mut at = 12;
     for _ in 0..count {
         if b.len() < at + 44 {
@@ -396,7 +423,7 @@ mod tests {
             flags: FLAG_ZSTD,
             offset: u32::from(i) * 1000,
             length: 999,
-            raw_len: BLOCK_SIZE,
+            raw_len: 4096,
             id: [i; 32],
         }
     }
@@ -433,6 +460,50 @@ mod tests {
         let mut extra = b.clone();
         extra.push(0);
         assert!(decode_index(&extra).is_err());
+    }
+
+    #[test]
+    fn entries_larger_than_any_blob_are_refused() {
+        let index = |e: Entry| {
+            encode_index(&[IndexedPack {
+                pack: [7; 32],
+                size: 1 << 30,
+                entries: vec![e],
+            }])
+        };
+        let node_max = (12 + FANOUT * 32) as u32;
+        let largest = [(BlobKind::Data, BLOCK_SIZE), (BlobKind::Node, node_max)];
+        for (kind, max) in largest {
+            let e = Entry {
+                kind,
+                raw_len: max,
+                length: max + OVERHEAD as u32,
+                ..entry(0)
+            };
+            assert_eq!(decode_index(&index(e)).unwrap()[0].entries, vec![e]);
+            for bad in [
+                Entry {
+                    raw_len: max + 1,
+                    ..e
+                },
+                Entry {
+                    length: max + OVERHEAD as u32 + 1,
+                    ..e
+                },
+                Entry {
+                    raw_len: u32::MAX,
+                    ..e
+                },
+            ] {
+                let err = decode_index(&index(bad)).unwrap_err();
+                assert!(
+                    err.contains("is larger than any blob skiff writes"),
+                    "{err}"
+                );
+                let header = encode_pack_header(&[bad]);
+                assert_eq!(decode_pack_header(&header).unwrap_err(), err);
+            }
+        }
     }
 
     #[test]

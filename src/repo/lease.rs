@@ -59,7 +59,7 @@ impl LeaseDoc {
     }
 }
 
-const LEASE_AAD: &[u8] = b"skiff lease";
+pub(super) const LEASE_AAD: &[u8] = b"skiff lease";
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()

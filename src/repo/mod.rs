@@ -10,6 +10,9 @@ pub mod crypto;
 mod error;
 pub mod forget;
 pub mod format;
+/// Entry points for the fuzzers (tests/fuzz.rs, fuzz/).
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 pub mod lease;
 mod open;
@@ -155,9 +158,27 @@ fn open_meta(
             "does not authenticate (corrupt, tampered with, or from another repository)",
         )
     })?;
-    // Metadata objects are bounded (an index file covers at most a few thousand packs).
-    zstd::bulk::decompress(&z, 1 << 30)
+    decompress_meta(&z)
         .map_err(|e| RepoError::corrupt(op, what, format!("decompression failed: {e}")))
+}
+
+/// The most a metadata object may decompress to: an index file covers at
+/// most a few thousand packs.
+const META_MAX: u64 = 1 << 30;
+
+/// Decompresses metadata into a buffer that grows with what it holds (a
+/// buffer of the bound, allocated up front, would cost 1 GiB per object
+/// read), refusing more than [`META_MAX`].
+fn decompress_meta(z: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::with_buffer(z)?
+        .take(META_MAX + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > META_MAX {
+        return Err(std::io::Error::other(format!("more than {META_MAX} bytes")));
+    }
+    Ok(out)
 }
 
 impl Repo {
@@ -490,6 +511,17 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_decompresses_to_what_it_holds_and_nothing_else() {
+        let plain = b"an index file ".repeat(10_000);
+        let z = zstd::bulk::compress(&plain, 3).unwrap();
+        assert_eq!(decompress_meta(&z).unwrap(), plain);
+        let mut trailing = z.clone();
+        trailing.extend_from_slice(b"junk");
+        assert!(decompress_meta(&trailing).is_err());
+        assert!(decompress_meta(&z[..z.len() - 1]).is_err());
+    }
 
     #[tokio::test]
     async fn nothing_is_stored_in_the_clear() {

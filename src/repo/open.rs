@@ -17,7 +17,7 @@ use super::{Index, Repo, RepoSettings};
 const CONFIG: &str = "config";
 /// How data blobs are named (see `crypto::BlockHasher`).
 const ID_HASH: &str = "blake3-keyed";
-const CONFIG_AAD: &[u8] = b"skiff config";
+pub(super) const CONFIG_AAD: &[u8] = b"skiff config";
 const MASTER_KEY_AAD: &[u8] = b"skiff master key";
 
 /// S3 storage classes a repository's data packs may use.
@@ -64,6 +64,19 @@ impl Repo {
         kdf: KdfParams,
         storage_class: Option<String>,
     ) -> Result<Repo> {
+        Self::init_with_key(backend, url, password, kdf, storage_class, Key::generate()).await
+    }
+
+    /// As `init_with_class`, with `master` as the master key (the fuzzers'
+    /// seed repositories use a fixed one, so their inputs replay).
+    pub(super) async fn init_with_key(
+        backend: Backend,
+        url: &str,
+        password: &[u8],
+        kdf: KdfParams,
+        storage_class: Option<String>,
+        master: Key,
+    ) -> Result<Repo> {
         if let Some(c) = &storage_class {
             check_storage_class(c).map_err(RepoError::Invalid)?;
             if !backend.is_s3() {
@@ -95,7 +108,6 @@ impl Repo {
                 location: url.to_string(),
             });
         }
-        let master = Key::generate();
         let salt: [u8; 16] = crypto::random();
         let kek = kdf.derive(password, &salt).map_err(RepoError::Invalid)?;
         let key_file = KeyFile {
@@ -143,7 +155,7 @@ impl Repo {
         Ok(Repo::assemble(backend, url, master, config))
     }
 
-    fn assemble(backend: Backend, url: &str, key: Key, config: RepoConfig) -> Repo {
+    pub(super) fn assemble(backend: Backend, url: &str, key: Key, config: RepoConfig) -> Repo {
         if let Some(c) = &config.storage_class {
             backend.set_data_storage_class(c);
         }
@@ -183,56 +195,9 @@ impl Repo {
         let mut master = None;
         for k in &keys {
             let raw = backend.get(&k.name).await?;
-            let kf: KeyFile = serde_json::from_slice(&raw).map_err(|e| {
-                RepoError::corrupt("repo.open", &k.name, format!("not a key file: {e}"))
-            })?;
-            let params = KdfParams {
-                m_cost: kf.m_cost,
-                t_cost: kf.t_cost,
-                p_cost: kf.p_cost,
-            };
-            let damaged = |m: String| RepoError::corrupt("repo.open", &k.name, m);
-            if kf.check.as_ref().is_some_and(|c| *c != kf.checksum()) {
-                return Err(damaged(
-                    "the key file is damaged (its checksum does not match its content); open the repository with another key, or restore keys/ from a copy".into(),
-                ));
-            }
-            if kf.kdf != "argon2id" || params.is_weaker_than_min() {
-                return Err(damaged(format!(
-                    "refusing key derivation {} {params:?} (below the minimum)",
-                    kf.kdf
-                )));
-            }
-            if params.is_costlier_than_max() {
-                return Err(damaged(format!(
-                    "refusing key derivation {params:?}: above the bounds {:?} (a damaged or tampered key file)",
-                    KdfParams::MAX
-                )));
-            }
-            let salt = B64
-                .decode(&kf.salt)
-                .map_err(|e| damaged(format!("bad salt: {e}")))?;
-            let wrapped = B64
-                .decode(&kf.key)
-                .map_err(|e| damaged(format!("bad key: {e}")))?;
-            if salt.len() < 8 || wrapped.len() != 32 + crypto::OVERHEAD {
-                return Err(damaged(format!(
-                    "a salt of {} bytes and a wrapped key of {} bytes (expected at least 8 and {})",
-                    salt.len(),
-                    wrapped.len(),
-                    32 + crypto::OVERHEAD
-                )));
-            }
-            let pw = password.to_vec();
-            let kek = tokio::task::spawn_blocking(move || params.derive(&pw, &salt))
-                .await
-                .map_err(|e| RepoError::Invalid(e.to_string()))?
-                .map_err(|m| RepoError::corrupt("repo.open", &k.name, m))?;
-            if let Ok(bytes) = kek.open(MASTER_KEY_AAD, &wrapped) {
-                let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
-                    RepoError::corrupt("repo.open", &k.name, "the master key is not 32 bytes")
-                })?;
-                master = Some(Key::from_bytes(bytes));
+            let wrapped = read_key_file(&k.name, &raw)?;
+            if let Some(key) = wrapped.unwrap(password).await? {
+                master = Some(key);
                 break;
             }
         }
@@ -253,21 +218,7 @@ impl Repo {
             }
             Err(e) => return Err(e),
         };
-        let plain = master
-            .open(CONFIG_AAD, &sealed)
-            .map_err(|_| RepoError::corrupt("repo.open", "config", "does not authenticate"))?;
-        let config: RepoConfig = serde_json::from_slice(&plain)
-            .map_err(|e| RepoError::corrupt("repo.open", "config", format!("unreadable: {e}")))?;
-        if config.version != format::VERSION
-            || config.block_size != format::BLOCK_SIZE
-            || config.fanout != format::FANOUT as u32
-            || config.id_hash != ID_HASH
-        {
-            return Err(RepoError::Invalid(format!(
-                "{url}: repository format version {} (block size {}, fanout {}, id {}) is not supported by this skiff",
-                config.version, config.block_size, config.fanout, config.id_hash
-            )));
-        }
+        let config = read_config(&master, &sealed, url)?;
         let repo = Repo::assemble(backend, url, master, config);
         repo.load_index().await?;
         Ok(repo)
@@ -284,6 +235,111 @@ impl Repo {
             Repo::open(backend, &url.to_string(), password).await?,
         ))
     }
+}
+
+/// A key file that passed every check short of the password: its Argon2id
+/// costs (within [`KdfParams::MIN`]..=[`KdfParams::MAX`]), salt and wrapped key.
+pub(super) struct WrappedKey {
+    name: String,
+    pub(super) params: KdfParams,
+    salt: Vec<u8>,
+    wrapped: Vec<u8>,
+}
+
+/// Reads the key file `name` (its bytes as stored) and checks it without
+/// deriving anything: a damaged or hostile file is named here, so it is not
+/// mistaken for a wrong password and cannot make opening costly.
+pub(super) fn read_key_file(name: &str, raw: &[u8]) -> Result<WrappedKey> {
+    let damaged = |m: String| RepoError::corrupt("repo.open", name, m);
+    let kf: KeyFile =
+        serde_json::from_slice(raw).map_err(|e| damaged(format!("not a key file: {e}")))?;
+    let params = KdfParams {
+        m_cost: kf.m_cost,
+        t_cost: kf.t_cost,
+        p_cost: kf.p_cost,
+    };
+    if kf.check.as_ref().is_some_and(|c| *c != kf.checksum()) {
+        return Err(damaged(
+            "the key file is damaged (its checksum does not match its content); open the repository with another key, or restore keys/ from a copy".into(),
+        ));
+    }
+    if kf.kdf != "argon2id" || params.is_weaker_than_min() {
+        return Err(damaged(format!(
+            "refusing key derivation {} {params:?} (below the minimum)",
+            kf.kdf
+        )));
+    }
+    if params.is_costlier_than_max() {
+        return Err(damaged(format!(
+            "refusing key derivation {params:?}: above the bounds {:?} (a damaged or tampered key file)",
+            KdfParams::MAX
+        )));
+    }
+    let salt = B64
+        .decode(&kf.salt)
+        .map_err(|e| damaged(format!("bad salt: {e}")))?;
+    let wrapped = B64
+        .decode(&kf.key)
+        .map_err(|e| damaged(format!("bad key: {e}")))?;
+    if salt.len() < 8 || wrapped.len() != 32 + crypto::OVERHEAD {
+        return Err(damaged(format!(
+            "a salt of {} bytes and a wrapped key of {} bytes (expected at least 8 and {})",
+            salt.len(),
+            wrapped.len(),
+            32 + crypto::OVERHEAD
+        )));
+    }
+    Ok(WrappedKey {
+        name: name.to_string(),
+        params,
+        salt,
+        wrapped,
+    })
+}
+
+impl WrappedKey {
+    /// The master key, if `password` unwraps it (None: another password's key).
+    pub(super) async fn unwrap(self, password: &[u8]) -> Result<Option<Key>> {
+        let WrappedKey {
+            name,
+            params,
+            salt,
+            wrapped,
+        } = self;
+        let pw = password.to_vec();
+        let kek = tokio::task::spawn_blocking(move || params.derive(&pw, &salt))
+            .await
+            .map_err(|e| RepoError::Invalid(e.to_string()))?
+            .map_err(|m| RepoError::corrupt("repo.open", &name, m))?;
+        let Ok(bytes) = kek.open(MASTER_KEY_AAD, &wrapped) else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+            RepoError::corrupt("repo.open", &name, "the master key is not 32 bytes")
+        })?;
+        Ok(Some(Key::from_bytes(bytes)))
+    }
+}
+
+/// Reads the sealed `config` of the repository at `url` and refuses a
+/// format this skiff does not read.
+pub(super) fn read_config(master: &Key, sealed: &[u8], url: &str) -> Result<RepoConfig> {
+    let plain = master
+        .open(CONFIG_AAD, sealed)
+        .map_err(|_| RepoError::corrupt("repo.open", "config", "does not authenticate"))?;
+    let config: RepoConfig = serde_json::from_slice(&plain)
+        .map_err(|e| RepoError::corrupt("repo.open", "config", format!("unreadable: {e}")))?;
+    if config.version != format::VERSION
+        || config.block_size != format::BLOCK_SIZE
+        || config.fanout != format::FANOUT as u32
+        || config.id_hash != ID_HASH
+    {
+        return Err(RepoError::Invalid(format!(
+            "{url}: repository format version {} (block size {}, fanout {}, id {}) is not supported by this skiff",
+            config.version, config.block_size, config.fanout, config.id_hash
+        )));
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

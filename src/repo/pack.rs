@@ -165,6 +165,7 @@ pub fn open_blob_in(
     entry: &Entry,
     mut buf: AlignedBuf,
 ) -> std::result::Result<Bytes, String> {
+    entry.check_size()?;
     let len = entry.length as usize;
     if OPEN_AT + len > buf.capacity() {
         return Err(format!(
@@ -429,6 +430,27 @@ mod tests {
             id: nb.id,
         };
         assert_eq!(open_blob(&key, &ne, &nb.bytes).unwrap(), noise);
+    }
+
+    #[test]
+    fn a_raw_length_beyond_any_blob_is_refused_before_it_is_allocated() {
+        let key = Key::generate();
+        let text = b"the quick brown fox ".repeat(1000);
+        let id = sha256(&text);
+        let b = seal_blob(&key, BlobKind::Data, id, &text, 1);
+        let e = Entry {
+            kind: BlobKind::Data,
+            flags: b.flags,
+            offset: 0,
+            length: b.bytes.len() as u32,
+            raw_len: u32::MAX,
+            id,
+        };
+        let err = open_blob(&key, &e, &b.bytes).unwrap_err();
+        assert!(
+            err.contains("is larger than any blob skiff writes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::error::{RepoError, Result};
 use super::format::Point;
 use super::{open_meta, seal_meta, Repo};
 
-fn point_aad(id: &str) -> Vec<u8> {
+pub(super) fn point_aad(id: &str) -> Vec<u8> {
     format!("skiff point {id}").into_bytes()
 }
 

@@ -214,8 +214,9 @@ impl TreeBuilder {
                 })
                 .collect();
         }
-        debug_assert_eq!(level_ids.len(), 1);
-        Ok((level_ids[0], depth))
+        // One root; none for a volume of no blocks, which is all zero.
+        debug_assert!(level_ids.len() <= 1);
+        Ok((level_ids.first().copied().unwrap_or(ZERO_ID), depth))
     }
 
     fn emit(&mut self, node: Node) -> Id {
@@ -265,5 +266,25 @@ impl TreeBuilder {
         }
         let entries = self.base_entries(n).await?;
         Ok(self.emit(Node { level: 0, entries }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A volume of no blocks (a copy of a point whose size is 0) maps to
+    /// the zero root, as an all-zero volume does.
+    #[tokio::test]
+    async fn a_map_of_no_blocks_is_the_zero_root() {
+        let mut b = TreeBuilder::new(0, None);
+        assert!(b.set(0, [1; 32]).await.is_err());
+        assert_eq!(b.finish().await.unwrap(), (ZERO_ID, 1));
+        assert!(b.take_nodes().is_empty());
+        let mut b = TreeBuilder::new(3, None);
+        b.set(1, [1; 32]).await.unwrap();
+        let (root, depth) = b.finish().await.unwrap();
+        assert_ne!(root, ZERO_ID);
+        assert_eq!(depth, 1);
     }
 }

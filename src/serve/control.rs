@@ -4,9 +4,11 @@
 //!
 //! Each request is one JSON object on one line, `{"id": …, "op": …, …}`; each
 //! answer is one line `{"id": …, "ok": true, "result": …}` or `{"id": …,
-//! "ok": false, "error": "…"}`, in order. After `subscribe`, the connection
-//! carries event lines `{"event": …, …}` until it closes. The operations and
-//! events are documented in docs/serve.md.
+//! "ok": false, "error": "…"}`, in order; a line that is no request (not
+//! JSON, not UTF-8, longer than [`MAX_REQUEST_LINE`]) is answered with an
+//! error. After `subscribe`, the connection carries event lines `{"event":
+//! …, …}` until either end closes it. The operations and events are
+//! documented in docs/serve.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,13 +17,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::history::{FileRecord, History, Outcome, PolicyRecord, RunRecord, Trigger};
 
 pub const SOCKET_FILE: &str = "serve.sock";
+
+/// The longest request line read (a request is a few hundred bytes).
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 
 /// A request line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,25 +243,114 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| e.to_string())?
 }
 
+/// A request line as the server reads it: the request, or the answer that
+/// refuses it (echoing its `id` when the line is JSON with one).
+pub fn parse_request(line: &str) -> Result<Request, Value> {
+    serde_json::from_str(line).map_err(|e| {
+        let id = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+            .unwrap_or(Value::Null);
+        json!({"id": id, "ok": false, "error": format!("bad request: {e}")})
+    })
+}
+
+/// A line read off a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// Without its `\n` (or `\r\n`).
+    Text(String),
+    NotUtf8,
+    /// Longer than [`MAX_REQUEST_LINE`]: read no further (see [`skip_line`]).
+    TooLong,
+}
+
+/// Reads the next line, keeping at most [`MAX_REQUEST_LINE`] bytes of it;
+/// None at the end of the input. `buf` is scratch space.
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Line>> {
+    buf.clear();
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok((!buf.is_empty()).then(|| finish_line(buf)));
+        }
+        let (n, end) = match avail.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (avail.len(), false),
+        };
+        if buf.len() + n > MAX_REQUEST_LINE {
+            return Ok(Some(Line::TooLong));
+        }
+        buf.extend_from_slice(&avail[..n]);
+        r.consume(n + usize::from(end));
+        if end {
+            return Ok(Some(finish_line(buf)));
+        }
+    }
+}
+
+fn finish_line(buf: &mut Vec<u8>) -> Line {
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    match std::str::from_utf8(buf) {
+        Ok(s) => Line::Text(s.to_string()),
+        Err(_) => Line::NotUtf8,
+    }
+}
+
+/// Reads and drops the rest of a line; false when the input ended first.
+pub async fn skip_line<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<bool> {
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(false);
+        }
+        match avail.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = avail.len();
+                r.consume(n);
+            }
+        }
+    }
+}
+
+/// What the server makes of a line: a request, nothing (a blank line), or
+/// the answer refusing it.
+pub fn request_of(line: &Line) -> Option<Result<Request, Value>> {
+    let refuse =
+        |why: String| json!({"id": null, "ok": false, "error": format!("bad request: {why}")});
+    match line {
+        Line::Text(t) if t.trim().is_empty() => None,
+        Line::Text(t) => Some(parse_request(t)),
+        Line::NotUtf8 => Some(Err(refuse("the line is not UTF-8".into()))),
+        Line::TooLong => Some(Err(refuse(format!(
+            "a line longer than {MAX_REQUEST_LINE} bytes"
+        )))),
+    }
+}
+
 async fn connection(stream: UnixStream, hub: Hub) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let req: Request = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                let id = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned())
-                    .unwrap_or(Value::Null);
-                write_line(
-                    &mut w,
-                    &json!({"id": id, "ok": false, "error": format!("bad request: {e}")}),
-                )
-                .await?;
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    while let Some(line) = read_line(&mut r, &mut buf).await? {
+        let req = match request_of(&line) {
+            None => continue,
+            Some(Ok(r)) => r,
+            Some(Err(answer)) => {
+                write_line(&mut w, &answer).await?;
+                // A line too long is answered at once; the rest of it is not kept.
+                if line == Line::TooLong && !skip_line(&mut r).await? {
+                    return Ok(());
+                }
                 continue;
             }
         };
@@ -271,8 +365,21 @@ async fn connection(stream: UnixStream, hub: Hub) -> std::io::Result<()> {
                 &json!({"id": req.id, "ok": true, "result": {"running": running}}),
             )
             .await?;
+            // From now on the connection carries events; what the client
+            // sends is dropped, and its end closing ends the subscription.
             loop {
-                match rx.recv().await {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    more = r.fill_buf() => {
+                        let n = more?.len();
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        r.consume(n);
+                        continue;
+                    }
+                };
+                match ev {
                     Ok(ev) => write_line(&mut w, &ev).await?,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         write_line(&mut w, &json!({"event": "lagged", "missed": n})).await?
@@ -434,5 +541,121 @@ impl Client {
     pub async fn next_event(&mut self) -> Option<Value> {
         let line = self.reader.next_line().await.ok()??;
         serde_json::from_str(&line).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A connection handler on one end of a socket pair, with no engine
+    /// behind it (requests the engine answers fail as when it is stopping).
+    fn connected(dir: &Path) -> (UnixStream, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let (commands, _) = mpsc::channel(1);
+        let hub = Hub {
+            commands,
+            events: broadcast::channel(16).0,
+            history: Arc::new(History::open(dir).unwrap()),
+        };
+        let (client, server) = UnixStream::pair().unwrap();
+        (client, tokio::spawn(connection(server, hub)))
+    }
+
+    /// Everything the server sends until it closes the connection (at most 10 s).
+    async fn answers(client: UnixStream) -> Vec<Value> {
+        let mut all = String::new();
+        let mut client = BufReader::new(client);
+        let read = client.read_to_string(&mut all);
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        all.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_line_that_never_ends_is_refused_without_being_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, server) = connected(dir.path());
+        let (r, mut w) = client.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(serde_json::from_str::<Value>(&l).unwrap());
+            }
+        });
+        // Far more than any request, and no newline: the answer comes while it is sent.
+        let chunk = vec![b'x'; 1 << 16];
+        let mut sent = 0;
+        while rx.is_empty() && sent < 64 << 20 {
+            w.write_all(&chunk).await.unwrap();
+            sent += chunk.len();
+        }
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an answer before the line ends")
+            .unwrap();
+        assert_eq!(
+            first,
+            json!({"id": null, "ok": false,
+                   "error": format!("bad request: a line longer than {MAX_REQUEST_LINE} bytes")})
+        );
+        // Socket buffers hold a few hundred KiB of what was sent.
+        assert!(sent < 8 << 20, "answered after {sent} bytes");
+        // The rest of the line is skipped; the next line is a request again.
+        w.write_all(b"more of the same line\n{\"id\": 2, \"op\": \"runs\"}\n")
+            .await
+            .unwrap();
+        w.shutdown().await.unwrap();
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            json!({"id": 2, "ok": true, "result": []})
+        );
+        assert_eq!(rx.recv().await, None);
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_line_is_answered_even_one_that_is_not_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, server) = connected(dir.path());
+        client
+            .write_all(b"\xff\xfe{\"id\": 1}\n{\"id\": 2, \"op\": \"runs\"}\r\n\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let got = answers(client).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            got[0],
+            json!({"id": null, "ok": false, "error": "bad request: the line is not UTF-8"})
+        );
+        assert_eq!(got[1], json!({"id": 2, "ok": true, "result": []}));
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_hangs_up_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, server) = connected(dir.path());
+        client
+            .write_all(b"{\"id\": 1, \"op\": \"subscribe\"}\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let got = answers(client).await;
+        assert_eq!(
+            got,
+            vec![json!({"id": 1, "ok": true, "result": {"running": []}})]
+        );
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the handler ends when its client hangs up")
+            .unwrap()
+            .unwrap();
     }
 }

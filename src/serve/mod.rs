@@ -6,6 +6,9 @@
 
 pub mod control;
 mod engine;
+/// Entry points for the fuzzers (tests/fuzz.rs, fuzz/).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 mod loader;
 pub mod plan;
