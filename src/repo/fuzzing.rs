@@ -27,7 +27,7 @@ use super::open::{read_config, read_key_file, CONFIG_AAD};
 use super::pack::{self, PackBuilder};
 use super::points::point_aad;
 use super::tree::{parse_id, MapReader, TreeBuilder};
-use super::{check, index_aad, open_meta, prune, seal_meta, Backend, Repo, RepoError};
+use super::{check, index_aad, open_meta, reach, seal_meta, Backend, Repo, RepoError};
 
 /// Every target [`Context::run`] knows.
 pub const TARGETS: &[&str] = &[
@@ -435,7 +435,8 @@ impl Context {
             builder.set(blocks / 2, [7; 32]).await.map_err(msg)?;
         }
         let (root, _) = builder.finish().await.map_err(msg)?;
-        let (points, used) = prune::referenced(&repo).await.map_err(msg)?;
+        let reach = reach::reach(&repo).await.map_err(msg)?;
+        let (points, used) = (reach.points.len(), reach.used);
         let report = check::check(&repo, false).await.map_err(msg)?;
         Ok(format!(
             "{present} leaves present, new root {}, {points} point(s) use {} blobs; check: {}",
