@@ -93,6 +93,9 @@ pub struct Cloud {
     account_ids: tokio::sync::Mutex<HashMap<String, String>>,
 }
 
+/// Attempts per S3 request (see [`Cloud::s3`]).
+pub const S3_ATTEMPTS: u32 = 10;
+
 impl Cloud {
     /// Loads the ambient AWS configuration (environment, profiles, SSO, IMDS…).
     pub async fn load(config: Arc<Config>) -> Cloud {
@@ -234,11 +237,18 @@ impl Cloud {
     }
 
     /// S3, path-style when a custom endpoint is configured (S3-compatible
-    /// stores and local endpoints rarely resolve bucket subdomains).
+    /// stores and local endpoints rarely resolve bucket subdomains). A
+    /// repository makes many requests per command, so a transient 5xx or
+    /// SlowDown is retried up to `S3_ATTEMPTS` times with the SDK's backoff,
+    /// not the default 3: at a 5 % error rate, 3 attempts leave one request
+    /// in 8,000 failing, which a long backup or prune meets.
     pub async fn s3(&self, scope: &Scope) -> aws_sdk_s3::Client {
         let sdk = self.sdk(scope).await;
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(sdk.endpoint_url().is_some())
+            .retry_config(
+                aws_smithy_types::retry::RetryConfig::standard().with_max_attempts(S3_ATTEMPTS),
+            )
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }

@@ -571,6 +571,55 @@ async fn unrelated_parent_snapshots_fall_back_to_a_full_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_in_s3_survives_half_its_requests_failing() {
+    let f = Fixture::new().await;
+    f.account
+        .s3()
+        .create_bucket()
+        .bucket("flaky-backups")
+        .send()
+        .await
+        .unwrap();
+    let url = skiff::repo::RepoUrl::parse("s3://flaky-backups/r").unwrap();
+    let backend = skiff::repo::backend_for(
+        &url,
+        Some(f.account.aws().cloud.s3(&f.account.aws().scope).await),
+    )
+    .unwrap();
+    Repo::init(backend, &url.to_string(), b"correct horse", KdfParams::MIN)
+        .await
+        .unwrap();
+    let img = f.path("f.img");
+    images::mixed_image(&img, 40, 78);
+    // S3 answers SlowDown or InternalError to half the requests.
+    f.account.faults(r#"{"s3_rate": 0.5}"#);
+    let b = f
+        .copy(&file(&img), "repo:s3://flaky-backups/r", Some("v"))
+        .await;
+    let out = f.path("out.img");
+    let restored = match &b {
+        Ok(b) => f
+            .copy(
+                &format!("repo:s3://flaky-backups/r#{}", b.point.clone().unwrap()),
+                &file(&out),
+                None,
+            )
+            .await
+            .map(|_| ()),
+        Err(_) => Ok(()),
+    };
+    let counters = f.account.counters();
+    f.account.reset_faults();
+    b.unwrap();
+    restored.unwrap();
+    assert!(same(&out, &img));
+    assert!(
+        counters["s3_faults"].as_u64().unwrap_or(0) >= 5,
+        "faults were injected: {counters}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repository_in_s3_works_like_a_local_one() {
     let f = Fixture::new().await;
     let s3 = f.account.s3();
