@@ -200,6 +200,7 @@ function ec2.subnet(opts) end
 --- @field region string
 --- @field account string
 --- @field ingress skiff.Rule[] Every CIDR-sourced inbound rule, sorted by protocol (tcp, udp, icmp, all), ports, source.
+--- @field egress skiff.Rule[] Every CIDR-addressed outbound rule (`cidr` is the destination), sorted the same way.
 --- @field added skiff.Rule[] The rules this call added (empty when nothing was missing).
 --- @field created boolean Whether this call created the group.
 

@@ -125,6 +125,7 @@
 --- @field account string Account name (`"default"` or a skiff.toml account).
 --- @field vpc string `vpc-…`
 --- @field subnet string `subnet-…`
+--- @field security_groups string[] `sg-…`: the declared ones, else skiff's own group of the VPC (`skiff-workers`, or `skiff-workers-public`)
 --- @field instance_type string
 --- @field private_ip? string
 --- @field public_ip? string Nil for a private worker.
