@@ -204,7 +204,8 @@ async fn kill_9_at_random_moments_loses_and_leaks_nothing() {
         "worker_backup.lua",
         r#"local snap, repo = ...
 local w = deploy_worker{ purpose = "backup", resource = { kind = "snapshot", id = snap, region = "us-east-1" } }
-local r = copy_volume{ from = "ebs:" .. snap, to = repo, password = { ssm = "/soak/password" }, worker = w }
+-- A killed run's agent may still hold the lease, finishing its copy.
+local r = copy_volume{ from = "ebs:" .. snap, to = repo, password = { ssm = "/soak/password" }, worker = w, wait = 300 }
 print(r.point)
 "#,
     );
