@@ -302,6 +302,58 @@ async fn a_killed_agent_s_task_reappears_and_completes() {
     nothing_left(&[(&ws.account, "us-east-1")]).await;
 }
 
+/// Runs skiff with `args` and sends `signal` once it writes snapshot blocks;
+/// its output, once it ended.
+async fn interrupted_while_writing(
+    ws: &Workspace,
+    account: &crate::mover_emu::Account,
+    args: &[&str],
+    signal: i32,
+) -> std::process::Output {
+    let puts = || {
+        account.counters()["ops"]["PutSnapshotBlock"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = puts();
+    let child = ws
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut writing = false;
+    for _ in 0..600 {
+        if puts() > before {
+            writing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(writing, "the copy never started writing blocks");
+    unsafe { libc::kill(child.id().unwrap() as i32, signal) };
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("skiff ends promptly after the signal")
+        .unwrap()
+}
+
+/// Snapshots of the workspace's account made from disk.img, in any state.
+async fn snapshots_of_disk_img(ws: &Workspace) -> Vec<String> {
+    let out = ws
+        .ec2("us-east-1")
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    out.snapshots()
+        .iter()
+        .filter(|s| s.description().is_some_and(|d| d.contains("disk.img")))
+        .map(|s| s.snapshot_id().unwrap_or_default().to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn an_interrupted_copy_to_ebs_deletes_its_snapshot() {
     let ws = Workspace::new("").await;
@@ -310,55 +362,15 @@ async fn an_interrupted_copy_to_ebs_deletes_its_snapshot() {
     // Throttle half the requests so the copy lasts long enough to be interrupted.
     let account = crate::mover_emu::Account::from_harness(&ws.account);
     account.faults(r#"{"rate": 0.5, "kinds": ["throttle"]}"#);
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        let child = ws
-            .command(&["copy", "file:disk.img", "ebs:"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let before = account.counters()["ops"]["PutSnapshotBlock"]
-            .as_u64()
-            .unwrap_or(0);
-        let mut writing = false;
-        for _ in 0..600 {
-            let puts = account.counters()["ops"]["PutSnapshotBlock"]
-                .as_u64()
-                .unwrap_or(0);
-            if puts > before {
-                writing = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(writing, "the copy never started writing blocks");
-        unsafe { libc::kill(child.id().unwrap() as i32, signal) };
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("skiff ends promptly after the signal")
-            .unwrap();
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let out =
+            interrupted_while_writing(&ws, &account, &["copy", "file:disk.img", "ebs:"], signal)
+                .await;
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{err}");
-        let name = if signal == libc::SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        };
         assert!(err.contains(&format!("interrupted by {name}")), "{err}");
         assert!(err.contains("deleted the incomplete snapshot"), "{err}");
-        let left = ws
-            .ec2("us-east-1")
-            .describe_snapshots()
-            .owner_ids("self")
-            .send()
-            .await
-            .unwrap();
-        let left: Vec<_> = left
-            .snapshots()
-            .iter()
-            .filter(|s| s.description().is_some_and(|d| d.contains("disk.img")))
-            .map(|s| s.snapshot_id().unwrap_or_default().to_string())
-            .collect();
+        let left = snapshots_of_disk_img(&ws).await;
         assert!(
             left.is_empty(),
             "{name}: snapshots left behind: {left:?}\n{err}"
@@ -377,47 +389,12 @@ async fn a_runbook_stopped_during_a_copy_to_ebs_deletes_its_snapshot() {
     );
     let account = crate::mover_emu::Account::from_harness(&ws.account);
     account.faults(r#"{"rate": 0.5, "kinds": ["throttle"]}"#);
-    let child = ws
-        .command(&["run", "upload.lua"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut writing = false;
-    for _ in 0..600 {
-        if account.counters()["ops"]["PutSnapshotBlock"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0
-        {
-            writing = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(writing, "the copy never started writing blocks");
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("skiff run ends promptly after SIGINT")
-        .unwrap();
+    let out = interrupted_while_writing(&ws, &account, &["run", "upload.lua"], libc::SIGINT).await;
     account.reset_faults();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted by SIGINT"), "{err}");
     assert!(err.contains("deleted the incomplete snapshot"), "{err}");
-    let left = ws
-        .ec2("us-east-1")
-        .describe_snapshots()
-        .owner_ids("self")
-        .send()
-        .await
-        .unwrap();
-    let left: Vec<_> = left
-        .snapshots()
-        .iter()
-        .filter(|s| s.description().is_some_and(|d| d.contains("disk.img")))
-        .map(|s| s.snapshot_id().unwrap_or_default().to_string())
-        .collect();
+    let left = snapshots_of_disk_img(&ws).await;
     assert!(left.is_empty(), "snapshots left behind: {left:?}\n{err}");
 }

@@ -49,6 +49,24 @@ impl Fixture {
         format!("repo:{}", p.display())
     }
 
+    /// A new bucket holding a new repository under `prefix`; its URL.
+    async fn init_s3_repo(&self, bucket: &str, prefix: &str) -> skiff::repo::RepoUrl {
+        self.account
+            .s3()
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap();
+        let url = skiff::repo::RepoUrl::parse(&format!("s3://{bucket}/{prefix}")).unwrap();
+        let aws = self.account.aws();
+        let backend = skiff::repo::backend_for(&url, Some(aws.cloud.s3(&aws.scope).await)).unwrap();
+        Repo::init(backend, &url.to_string(), b"correct horse", KdfParams::MIN)
+            .await
+            .unwrap();
+        url
+    }
+
     async fn copy_with(
         &self,
         from: &str,
@@ -573,22 +591,7 @@ async fn unrelated_parent_snapshots_fall_back_to_a_full_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repository_in_s3_survives_half_its_requests_failing() {
     let f = Fixture::new().await;
-    f.account
-        .s3()
-        .create_bucket()
-        .bucket("flaky-backups")
-        .send()
-        .await
-        .unwrap();
-    let url = skiff::repo::RepoUrl::parse("s3://flaky-backups/r").unwrap();
-    let backend = skiff::repo::backend_for(
-        &url,
-        Some(f.account.aws().cloud.s3(&f.account.aws().scope).await),
-    )
-    .unwrap();
-    Repo::init(backend, &url.to_string(), b"correct horse", KdfParams::MIN)
-        .await
-        .unwrap();
+    f.init_s3_repo("flaky-backups", "r").await;
     let img = f.path("f.img");
     images::mixed_image(&img, 40, 78);
     // S3 answers SlowDown or InternalError to half the requests.
@@ -623,20 +626,7 @@ async fn a_repository_in_s3_survives_half_its_requests_failing() {
 async fn a_repository_in_s3_works_like_a_local_one() {
     let f = Fixture::new().await;
     let s3 = f.account.s3();
-    s3.create_bucket()
-        .bucket("skiff-backups")
-        .send()
-        .await
-        .unwrap();
-    let url = skiff::repo::RepoUrl::parse("s3://skiff-backups/team/a").unwrap();
-    let backend = skiff::repo::backend_for(
-        &url,
-        Some(f.account.aws().cloud.s3(&f.account.aws().scope).await),
-    )
-    .unwrap();
-    Repo::init(backend, &url.to_string(), b"correct horse", KdfParams::MIN)
-        .await
-        .unwrap();
+    let url = f.init_s3_repo("skiff-backups", "team/a").await;
     let img = f.path("s.img");
     images::mixed_image(&img, 40, 77);
     let b1 = f
