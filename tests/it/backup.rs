@@ -227,9 +227,11 @@ async fn a_killed_agent_s_task_reappears_and_completes() {
         &[],
     )
     .await;
-    // Throttle most block reads so the copy lasts long enough to be interrupted.
+    // Throttle most block reads (only those: a listing throttled ten times
+    // in a row would end the run) so the copy lasts long enough to be
+    // interrupted.
     let account = crate::mover_emu::Account::from_harness(&ws.account);
-    account.faults(r#"{"rate": 0.7, "kinds": ["throttle"]}"#);
+    account.faults(r#"{"rate": 0.7, "kinds": ["throttle"], "ops": ["GetSnapshotBlock"]}"#);
     let script = project_root().join("examples/backup_instances.lua");
     let run = ws
         .command(&[
@@ -361,7 +363,7 @@ async fn an_interrupted_copy_to_ebs_deletes_its_snapshot() {
     crate::images::sparse_image(&img, 1 << 30, 31, 0..120);
     // Throttle half the requests so the copy lasts long enough to be interrupted.
     let account = crate::mover_emu::Account::from_harness(&ws.account);
-    account.faults(r#"{"rate": 0.5, "kinds": ["throttle"]}"#);
+    account.faults(r#"{"rate": 0.5, "kinds": ["throttle"], "ops": ["PutSnapshotBlock"]}"#);
     for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
         let out =
             interrupted_while_writing(&ws, &account, &["copy", "file:disk.img", "ebs:"], signal)
@@ -388,7 +390,7 @@ async fn a_runbook_stopped_during_a_copy_to_ebs_deletes_its_snapshot() {
         "local r = copy_volume{ from = 'file:disk.img', to = 'ebs:' }\nprint(r.snapshot)\n",
     );
     let account = crate::mover_emu::Account::from_harness(&ws.account);
-    account.faults(r#"{"rate": 0.5, "kinds": ["throttle"]}"#);
+    account.faults(r#"{"rate": 0.5, "kinds": ["throttle"], "ops": ["PutSnapshotBlock"]}"#);
     let out = interrupted_while_writing(&ws, &account, &["run", "upload.lua"], libc::SIGINT).await;
     account.reset_faults();
     let err = String::from_utf8_lossy(&out.stderr);

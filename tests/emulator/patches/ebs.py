@@ -12,7 +12,8 @@ and of empty list pages. Set through the environment at start
 SKIFF_EBS_EMPTY_PAGE_RATE; for every account) or at run time through
 `POST /skiff/faults` with a JSON body
 `{"account": "123456789012", "rate": 0.2, "kinds": ["throttle", "500"],
-  "corrupt_rate": 0, "empty_page_rate": 0}` (account "*" for all).
+  "corrupt_rate": 0, "empty_page_rate": 0}` (account "*" for all);
+`"ops": ["GetSnapshotBlock"]` limits the failed requests to those operations.
 S3 requests of the account fail at `"s3_rate"` (kinds in `"s3_kinds"`:
 "slowdown", S3's 503 SlowDown, and "500", its InternalError — both
 documented as retryable, docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
@@ -86,6 +87,7 @@ _DEFAULT = {
     "empty_page_rate": _env_float("SKIFF_EBS_EMPTY_PAGE_RATE"),
     "s3_rate": 0.0,
     "s3_kinds": ["slowdown", "500"],
+    "ops": None,
 }
 _faults = {}  # account -> settings
 _counters = {}  # account -> {"ops": {op: n}, "get_block": {snap: n}, "faults": n}
@@ -117,6 +119,8 @@ def _count(account, op, snapshot=None):
 
 def _maybe_fail(account, op):
     s = settings_for(account)
+    if s.get("ops") is not None and op not in s["ops"]:
+        return
     if s["rate"] > 0 and s["kinds"] and random.random() < s["rate"]:
         with _lock:
             _counters.setdefault(account, {"ops": {}, "get_block": {}, "faults": 0})["faults"] += 1
@@ -148,6 +152,8 @@ def control(environ, start_response):
             if bad:
                 return _json(start_response, "400 Bad Request", {"error": f"unknown S3 fault kinds {bad}; known: {sorted(S3_FAULTS)}"})
             s["s3_kinds"] = list(body["s3_kinds"])
+        if "ops" in body:
+            s["ops"] = list(body["ops"])
         with _lock:
             _faults[account] = s
     elif method == "DELETE":
