@@ -17,6 +17,7 @@ use crate::policy::{
     check_location, check_name, is_location, Archive, ArchivePoints, Policy, Repository, Retention,
     Selection, WorkerChoice,
 };
+use crate::cloud::S3Endpoint;
 use crate::repo::password::PasswordSource;
 
 const P: &str = "policy";
@@ -57,6 +58,7 @@ struct RepositoryOpts {
     region: Option<String>,
     account: Option<String>,
     password: Option<PasswordSource>,
+    s3_endpoint: Option<S3Endpoint>,
 }
 
 /// A policy's `repository`: a declared name, a location, or the table
@@ -69,8 +71,18 @@ enum RepoArg {
         region: Option<String>,
         account: Option<String>,
         password: Option<PasswordSource>,
+        s3_endpoint: Option<S3Endpoint>,
     },
 }
+
+const REPO_FIELDS: &[&str] = &[
+    "name",
+    "location",
+    "region",
+    "account",
+    "password",
+    "s3_endpoint",
+];
 
 impl<'de> Deserialize<'de> for RepoArg {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -86,6 +98,7 @@ impl<'de> Deserialize<'de> for RepoArg {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RepoArg, A::Error> {
                 let (mut name, mut location, mut region, mut account, mut password) =
                     (None, None, None, None, None);
+                let mut s3_endpoint = None;
                 let (mut kind, mut unknown) = (None::<String>, None::<String>);
                 while let Some(k) = m.next_key::<String>()? {
                     match k.as_str() {
@@ -95,6 +108,7 @@ impl<'de> Deserialize<'de> for RepoArg {
                         "region" => region = Some(m.next_value()?),
                         "account" => account = Some(m.next_value()?),
                         "password" => password = Some(m.next_value()?),
+                        "s3_endpoint" => s3_endpoint = Some(m.next_value()?),
                         _ => {
                             m.next_value::<de::IgnoredAny>()?;
                             unknown.get_or_insert(k);
@@ -108,10 +122,7 @@ impl<'de> Deserialize<'de> for RepoArg {
                     )));
                 }
                 if let Some(k) = unknown {
-                    return Err(de::Error::unknown_field(
-                        &k,
-                        &["name", "location", "region", "account", "password"],
-                    ));
+                    return Err(de::Error::unknown_field(&k, REPO_FIELDS));
                 }
                 if name.is_none() && location.is_none() {
                     return Err(de::Error::custom(
@@ -124,6 +135,7 @@ impl<'de> Deserialize<'de> for RepoArg {
                     region,
                     account,
                     password,
+                    s3_endpoint,
                 })
             }
         }
@@ -245,6 +257,7 @@ fn resolve_repo(
             region,
             account,
             password,
+            s3_endpoint,
         } => {
             let location = location.unwrap_or_default();
             check_location(&location)
@@ -258,7 +271,8 @@ fn resolve_repo(
             Ok(Repository {
                 region,
                 account,
-                password: password,
+                password,
+                s3_endpoint,
                 ..Repository::at(&location)
             })
         }
@@ -270,6 +284,13 @@ fn declare_repository(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
     let o: RepositoryOpts = opts::parse(R, v)?;
     check_name(&o.name).map_err(|m| ApiError::field(R, "name", m))?;
     check_location(&o.location).map_err(|m| ApiError::field(R, "location", m))?;
+    if o.s3_endpoint.is_some() && !o.location.starts_with("s3://") {
+        return Err(ApiError::field(
+            R,
+            "s3_endpoint",
+            format!("{} is not in S3; an S3 endpoint is for s3:// repositories", o.location),
+        ));
+    }
     if let Some(r) = &o.region {
         check_region(ctx, R, "region", r)?;
     }
@@ -292,6 +313,7 @@ fn declare_repository(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
         region: o.region,
         account: o.account,
         password: o.password,
+        s3_endpoint: o.s3_endpoint,
         declared_at: Some(at),
     };
     {

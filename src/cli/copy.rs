@@ -35,9 +35,17 @@ pub struct AccessOpts {
     /// Region for EBS, S3 and SSM.
     #[arg(long, global = true)]
     pub region: Option<String>,
+    /// Send every S3 request for the repository here: an S3 interface
+    /// endpoint's address, e.g. https://bucket.vpce-….s3.REGION.vpce.amazonaws.com
+    #[arg(long, value_name = "URL", global = true, value_parser = parse_s3_endpoint)]
+    pub s3_endpoint: Option<crate::cloud::S3Endpoint>,
     /// Config file (default: skiff.toml in the current directory).
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+}
+
+fn parse_s3_endpoint(s: &str) -> Result<crate::cloud::S3Endpoint, String> {
+    crate::cloud::S3Endpoint::parse(s)
 }
 
 impl AccessOpts {
@@ -69,10 +77,11 @@ impl AccessOpts {
         mut op: O,
         progress: Option<ProgressFn<'_>>,
     ) -> anyhow::Result<O::Output> {
-        let (password, account, region) = op.access_mut();
+        let (password, account, region, s3_endpoint) = op.access_mut();
         *password = self.password();
         *account = self.account.clone();
         *region = self.region.clone();
+        *s3_endpoint = self.s3_endpoint.clone();
         let cloud = self.cloud(op.needs_aws()).await?;
         let stop = Stop::default();
         let stoppable = op.stoppable();

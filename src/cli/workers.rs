@@ -29,10 +29,15 @@ pub struct AgentCmd {
 }
 
 pub async fn agent_main(a: AgentCmd) -> anyhow::Result<i32> {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(a.region.clone()))
-        .load()
-        .await;
+    // The worker names itself in every request's User-Agent
+    // (`app/skiff-agent-ID`), so CloudTrail and S3's access logs say which
+    // worker made it.
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(a.region.clone()));
+    if let Ok(name) = aws_types::app_name::AppName::new(format!("skiff-agent-{}", a.worker_id)) {
+        loader = loader.app_name(name);
+    }
+    let sdk = loader.load().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let args = AgentArgs {
         worker_id: a.worker_id.clone(),

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod owner;
+mod s3_endpoint;
 pub mod tags;
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +15,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 
 pub use error::{is_retryable_code, AwsError};
+pub use s3_endpoint::S3Endpoint;
 
 pub use crate::config::{account_id_of_role, DEFAULT_ACCOUNT};
 use crate::config::{AccountConfig, Config};
@@ -130,6 +132,12 @@ impl Cloud {
         &self.config
     }
 
+    /// The one address every service is reached at, when one is configured
+    /// (`AWS_ENDPOINT_URL`: an emulator or a gateway).
+    pub fn endpoint_url(&self) -> Option<&str> {
+        self.base.endpoint_url()
+    }
+
     /// The same credentials and settings, reaching these further accounts
     /// by their roles (a worker given another account's role with a task).
     pub fn with_accounts(&self, accounts: &BTreeMap<String, AccountConfig>) -> Cloud {
@@ -243,14 +251,23 @@ impl Cloud {
     /// not the default 3: at a 5 % error rate, 3 attempts leave one request
     /// in 8,000 failing, which a long backup or prune meets.
     pub async fn s3(&self, scope: &Scope) -> aws_sdk_s3::Client {
+        self.s3_via(scope, None).await
+    }
+
+    /// As [`Cloud::s3`], every request going to `endpoint` when one is
+    /// given (a repository's S3 interface endpoint), path-style: the
+    /// endpoint's address already names the bucket request type.
+    pub async fn s3_via(&self, scope: &Scope, endpoint: Option<&S3Endpoint>) -> aws_sdk_s3::Client {
         let sdk = self.sdk(scope).await;
-        let conf = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(sdk.endpoint_url().is_some())
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(sdk.endpoint_url().is_some() || endpoint.is_some())
             .retry_config(
                 aws_smithy_types::retry::RetryConfig::standard().with_max_attempts(S3_ATTEMPTS),
-            )
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+            );
+        if let Some(e) = endpoint {
+            conf = conf.endpoint_url(&e.url);
+        }
+        aws_sdk_s3::Client::from_conf(conf.build())
     }
 
     /// The 12-digit id of an account: from its role ARN, or for `default`

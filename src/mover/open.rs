@@ -11,15 +11,35 @@ use super::location::Location;
 use super::pool::CpuPool;
 use super::repository::RepoSource;
 use super::{MoverError, MoverSettings, Result};
-use crate::cloud::{Cloud, Scope};
+use crate::cloud::{Cloud, S3Endpoint, Scope};
 use crate::repo::password::PasswordSource;
-use crate::repo::{Repo, RepoUrl};
+use crate::repo::{Repo, RepoUrl, S3Client};
 
 /// AWS access for one location: the clients of an (account, region).
 #[derive(Clone)]
 pub struct Aws {
     pub cloud: Arc<Cloud>,
     pub scope: Scope,
+    /// Where S3 requests for a repository go (its S3 interface endpoint).
+    pub s3_endpoint: Option<S3Endpoint>,
+}
+
+impl Aws {
+    pub fn new(cloud: Arc<Cloud>, scope: Scope) -> Aws {
+        Aws {
+            cloud,
+            scope,
+            s3_endpoint: None,
+        }
+    }
+
+    /// The S3 client of a repository at this place.
+    pub async fn s3(&self) -> S3Client {
+        S3Client {
+            client: self.cloud.s3_via(&self.scope, self.s3_endpoint.as_ref()).await,
+            via: self.s3_endpoint.as_ref().map(|e| e.to_string()),
+        }
+    }
 }
 
 pub struct Opener {
@@ -71,7 +91,7 @@ impl Opener {
     /// Opens a repository (refusing a wrong password before anything else).
     pub async fn repo(&self, url: &RepoUrl, aws: Option<&Aws>) -> Result<Arc<Repo>> {
         let s3 = match (url, aws) {
-            (RepoUrl::S3 { .. }, Some(a)) => Some(a.cloud.s3(&a.scope).await),
+            (RepoUrl::S3 { .. }, Some(a)) => Some(a.s3().await),
             (RepoUrl::S3 { .. }, None) => return Err(needs_aws(&format!("repository {url}"))),
             _ => None,
         };

@@ -7,19 +7,21 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::cloud::S3Endpoint;
 use crate::mover::Location;
 use crate::repo::password::PasswordSource;
 use crate::repo::RepoUrl;
 
 /// A copy's end: `"file:…"`, or `{location = "…", account = …, region = …,
-/// password = …}` (a repository's own password source, when the two
-/// repositories of a copy have different ones).
+/// password = …, s3_endpoint = …}` (a repository's own password source and
+/// S3 endpoint, when the two repositories of a copy differ in them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Place {
     pub location: Location,
     pub account: Option<String>,
     pub region: Option<String>,
     pub password: Option<PasswordSource>,
+    pub s3_endpoint: Option<S3Endpoint>,
 }
 
 impl Place {
@@ -29,9 +31,12 @@ impl Place {
             account: None,
             region: None,
             password: None,
+            s3_endpoint: None,
         }
     }
 }
+
+const PLACE_FIELDS: &[&str] = &["location", "account", "region", "password", "s3_endpoint"];
 
 impl<'de> Deserialize<'de> for Place {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -45,20 +50,16 @@ impl<'de> Deserialize<'de> for Place {
                 Ok(Place::at(s.parse().map_err(E::custom)?))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Place, A::Error> {
-                let (mut location, mut account, mut region, mut password) =
-                    (None::<String>, None, None, None);
+                let (mut location, mut account, mut region, mut password, mut s3_endpoint) =
+                    (None::<String>, None, None, None, None);
                 while let Some(k) = m.next_key::<String>()? {
                     match k.as_str() {
                         "location" => location = Some(m.next_value()?),
                         "account" => account = Some(m.next_value()?),
                         "region" => region = Some(m.next_value()?),
                         "password" => password = Some(m.next_value()?),
-                        _ => {
-                            return Err(de::Error::unknown_field(
-                                &k,
-                                &["location", "account", "region", "password"],
-                            ))
-                        }
+                        "s3_endpoint" => s3_endpoint = Some(m.next_value()?),
+                        _ => return Err(de::Error::unknown_field(&k, PLACE_FIELDS)),
                     }
                 }
                 let location = location.ok_or_else(|| de::Error::missing_field("location"))?;
@@ -67,6 +68,7 @@ impl<'de> Deserialize<'de> for Place {
                     account,
                     region,
                     password,
+                    s3_endpoint,
                 })
             }
         }
@@ -76,7 +78,11 @@ impl<'de> Deserialize<'de> for Place {
 
 impl Serialize for Place {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.account.is_none() && self.region.is_none() && self.password.is_none() {
+        if self.account.is_none()
+            && self.region.is_none()
+            && self.password.is_none()
+            && self.s3_endpoint.is_none()
+        {
             return s.serialize_str(&self.location.to_string());
         }
         let mut m = s.serialize_map(None)?;
@@ -89,6 +95,9 @@ impl Serialize for Place {
         }
         if let Some(p) = &self.password {
             m.serialize_entry("password", p)?;
+        }
+        if let Some(e) = &self.s3_endpoint {
+            m.serialize_entry("s3_endpoint", e)?;
         }
         m.end()
     }
@@ -139,7 +148,9 @@ mod tests {
         let s: Place = serde_json::from_value(serde_json::json!("file:/a")).unwrap();
         assert_eq!(serde_json::to_value(&s).unwrap(), "file:/a");
         let t = serde_json::json!({"location": "repo:s3://bkt/p", "region": "eu-west-1",
-            "password": {"ssm": "/pw"}});
+            "password": {"ssm": "/pw"},
+            "s3_endpoint": {"url": "https://bucket.vpce-0123abcd-x.s3.eu-west-1.vpce.amazonaws.com",
+                "endpoint": "vpce-0123abcd", "account": "repository", "region": "eu-west-1"}});
         let p: Place = serde_json::from_value(t.clone()).unwrap();
         assert_eq!(serde_json::to_value(&p).unwrap(), t);
         let e = serde_json::from_value::<Place>(serde_json::json!("disk.img")).unwrap_err();

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::args::{ParentArg, Place};
 use super::{Access, ForWorker, Operation, RunCx, TASK_TAG};
+use crate::cloud::S3Endpoint;
 use crate::failure::Error;
 use crate::mover::{self, CopyOptions, CopyResult, Location, MoverSettings, ParentChoice};
 use crate::repo::password::PasswordSource;
@@ -41,6 +42,9 @@ pub struct CopyOpts {
     pub account: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Where S3 requests for both repositories go, unless a place names its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<S3Endpoint>,
 }
 
 impl CopyOpts {
@@ -58,6 +62,7 @@ impl CopyOpts {
             time: None,
             account: None,
             region: None,
+            s3_endpoint: None,
         }
     }
 
@@ -115,6 +120,7 @@ impl Operation for CopyOpts {
             prim: Self::NAME,
             account: self.account.as_deref(),
             region: self.region.as_deref(),
+            s3_endpoint: self.s3_endpoint.as_ref(),
         };
         let (from, to) = (&self.from, &self.to);
         let from_aws = access.aws(
@@ -122,13 +128,25 @@ impl Operation for CopyOpts {
             from.location.needs_aws(),
             from.account.as_deref(),
             from.region.as_deref(),
+            from.s3_endpoint.as_ref(),
         )?;
         let to_aws = access.aws(
             "to",
             to.location.needs_aws(),
             to.account.as_deref(),
             to.region.as_deref(),
+            to.s3_endpoint.as_ref(),
         )?;
+        for (field, place) in [("from.s3_endpoint", from), ("to.s3_endpoint", to)] {
+            let in_s3 = matches!(&place.location, Location::Repo { repo: crate::repo::RepoUrl::S3 { .. }, .. });
+            if place.s3_endpoint.is_some() && !in_s3 {
+                return Err(Error::field(
+                    Self::NAME,
+                    field,
+                    format!("{} is not a repository in S3; an S3 endpoint is for repo:s3://… places", place.location),
+                ));
+            }
+        }
         let parent = self.parent_choice()?;
         let time = self.point_time()?;
         if self.volume.as_deref().is_some_and(|v| v.trim().is_empty()) {
@@ -228,7 +246,12 @@ impl Operation for CopyOpts {
     }
 
     fn access_mut(&mut self) -> super::AccessMut<'_> {
-        (&mut self.password, &mut self.account, &mut self.region)
+        (
+            &mut self.password,
+            &mut self.account,
+            &mut self.region,
+            &mut self.s3_endpoint,
+        )
     }
 
     fn needs_aws(&self) -> bool {

@@ -25,7 +25,7 @@ pub use repo::{
 };
 pub use worker::ForWorker;
 
-use crate::cloud::{Cloud, Scope};
+use crate::cloud::{Cloud, S3Endpoint, Scope};
 use crate::failure::{Error, Failure};
 use crate::mover::{Aws, MoverSettings, Opener, ProgressFn, Stop};
 use crate::repo::password::PasswordSource;
@@ -75,11 +75,12 @@ pub trait Operation: Serialize + DeserializeOwned + Send {
     fn needs_aws(&self) -> bool;
 }
 
-/// An operation's password source, account and region, to set.
+/// An operation's password source, account, region and S3 endpoint, to set.
 pub type AccessMut<'a> = (
     &'a mut Option<PasswordSource>,
     &'a mut Option<String>,
     &'a mut Option<String>,
+    &'a mut Option<S3Endpoint>,
 );
 
 /// Declares [`Op`] from one list of operations, with its names and the
@@ -174,16 +175,20 @@ pub(crate) struct Access<'a> {
     pub prim: &'static str,
     pub account: Option<&'a str>,
     pub region: Option<&'a str>,
+    /// Where S3 requests for the operation's repositories go.
+    pub s3_endpoint: Option<&'a S3Endpoint>,
 }
 
 impl Access<'_> {
-    /// The AWS access of the option `what`, resolved only when it needs any.
+    /// The AWS access of the option `what`, resolved only when it needs
+    /// any; a repository's requests go to `s3_endpoint`, else the operation's.
     pub fn aws(
         &self,
         what: &str,
         needs: bool,
         account: Option<&str>,
         region: Option<&str>,
+        s3_endpoint: Option<&S3Endpoint>,
     ) -> Result<Option<Aws>, Error> {
         if !needs {
             return Ok(None);
@@ -201,6 +206,7 @@ impl Access<'_> {
         Ok(Some(Aws {
             cloud: self.cloud.clone(),
             scope,
+            s3_endpoint: s3_endpoint.or(self.s3_endpoint).cloned(),
         }))
     }
 
@@ -234,7 +240,13 @@ impl Access<'_> {
     ) -> Result<(PasswordSource, Option<Aws>), Error> {
         let password = password.unwrap_or_default();
         let aws = match password.ssm() {
-            Some(p) => self.aws("password", true, p.account.as_deref(), p.region.as_deref())?,
+            Some(p) => self.aws(
+                "password",
+                true,
+                p.account.as_deref(),
+                p.region.as_deref(),
+                None,
+            )?,
             None => None,
         };
         Ok((password, aws))
@@ -246,7 +258,7 @@ impl Access<'_> {
         location: &RepoLocation,
         password: Option<PasswordSource>,
     ) -> Result<Arc<Repo>, Error> {
-        let aws = self.aws("location", location.is_s3(), None, None)?;
+        let aws = self.aws("location", location.is_s3(), None, None, None)?;
         self.opener(password)?
             .repo(&location.0, aws.as_ref())
             .await

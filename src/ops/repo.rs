@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::args::RepoLocation;
 use super::{Access, AccessMut, ForWorker, Operation, RunCx};
+use crate::cloud::S3Endpoint;
 use crate::failure::Error;
 use crate::repo::check::CheckReport;
 use crate::repo::forget::{self, Decision, KeepOptions};
@@ -38,17 +39,18 @@ macro_rules! repo_operation {
             pub account: Option<String>,
             #[serde(skip_serializing_if = "Option::is_none")]
             pub region: Option<String>,
+            /// Where S3 requests for the repository go (its S3 interface endpoint).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub s3_endpoint: Option<S3Endpoint>,
         }
 
         impl Operation for $opts {
             const NAME: &'static str = $name;
             type Output = $out;
 
-            fn run(
-                self,
-                cx: RunCx<'_>,
-            ) -> impl std::future::Future<Output = Result<$out, Error>> + Send {
-                self.exec(cx)
+            async fn run(self, cx: RunCx<'_>) -> Result<$out, Error> {
+                self.check_endpoint()?;
+                self.exec(cx).await
             }
 
             fn for_worker(&mut self, w: &ForWorker<'_>) -> Result<(), Error> {
@@ -61,7 +63,12 @@ macro_rules! repo_operation {
             }
 
             fn access_mut(&mut self) -> AccessMut<'_> {
-                (&mut self.password, &mut self.account, &mut self.region)
+                (
+                    &mut self.password,
+                    &mut self.account,
+                    &mut self.region,
+                    &mut self.s3_endpoint,
+                )
             }
 
             fn needs_aws(&self) -> bool {
@@ -83,7 +90,20 @@ macro_rules! repo_operation {
                     password: None,
                     account: None,
                     region: None,
+                    s3_endpoint: None,
                 }
+            }
+
+            /// Refuses an S3 endpoint for a repository that is not in S3.
+            fn check_endpoint(&self) -> Result<(), Error> {
+                if self.s3_endpoint.is_some() && !self.location.is_s3() {
+                    return Err(Error::field(
+                        $name,
+                        "s3_endpoint",
+                        format!("{} is not in S3; an S3 endpoint is for s3:// repositories", self.location.0),
+                    ));
+                }
+                Ok(())
             }
 
             fn access<'a>(&'a self, cloud: &'a std::sync::Arc<crate::cloud::Cloud>) -> Access<'a> {
@@ -92,6 +112,7 @@ macro_rules! repo_operation {
                     prim: $name,
                     account: self.account.as_deref(),
                     region: self.region.as_deref(),
+                    s3_endpoint: self.s3_endpoint.as_ref(),
                 }
             }
 
@@ -133,10 +154,10 @@ impl InitOpts {
     async fn exec(self, cx: RunCx<'_>) -> Result<InitOutput, Error> {
         let access = self.access(&cx.cloud);
         let url = &self.location.0;
-        let aws = access.aws("location", self.location.is_s3(), None, None)?;
+        let aws = access.aws("location", self.location.is_s3(), None, None, None)?;
         let opener = access.opener(self.password.clone())?;
         let s3 = match &aws {
-            Some(a) => Some(a.cloud.s3(&a.scope).await),
+            Some(a) => Some(a.s3().await),
             None => None,
         };
         let password = opener

@@ -58,6 +58,9 @@ pub struct Repository {
     pub account: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<PasswordSource>,
+    /// Where S3 requests for the repository go (its S3 interface endpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<crate::cloud::S3Endpoint>,
     /// `file:line` of the `repository{}` call, for declared ones.
     #[serde(skip)]
     pub declared_at: Option<String>,
@@ -72,6 +75,7 @@ impl Repository {
             region: None,
             account: None,
             password: None,
+            s3_endpoint: None,
             declared_at: None,
         }
     }

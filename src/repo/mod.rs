@@ -32,7 +32,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::StreamExt;
 
-pub use backend::{backend_for, Backend, RepoUrl};
+pub use backend::{backend_for, Backend, RepoUrl, S3Client};
 pub use error::{RepoError, Result};
 pub use format::{Point, PointStats};
 pub use index::Index;

@@ -227,7 +227,7 @@ impl Repo {
     /// Opens a repository given as a URL, with an S3 client when it lives in S3.
     pub async fn open_url(
         url: &RepoUrl,
-        s3: Option<aws_sdk_s3::Client>,
+        s3: Option<super::S3Client>,
         password: &[u8],
     ) -> Result<Arc<Repo>> {
         let backend = backend_for(url, s3)?;

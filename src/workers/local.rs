@@ -2,6 +2,14 @@
 //! instances run nothing, so `skiff agent` runs here as a process bound to
 //! the instance, with the worker account's credentials, and is restarted when
 //! it dies as systemd's `Restart=on-failure` would.
+//!
+//! A private worker's agent reaches AWS only as its subnet would: through
+//! the interface endpoints of its VPC, each at the address the test
+//! emulator gives it (`{emulator}/skiff/vpce/{vpce-id}`, which answers only
+//! while the endpoint exists and admits the worker), set as the SDK's
+//! per-service endpoint (`AWS_ENDPOINT_URL_SQS`…); every other service is
+//! at an address nothing answers, and the repository's S3 endpoint comes
+//! with each task.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +37,7 @@ impl LocalAgent {
         exe: &Path,
         log_dir: &Path,
         w: &Worker,
+        private: bool,
     ) -> Result<LocalAgent> {
         let creds = cloud.credentials(&w.scope).await.map_err(|e| {
             WorkerError::Lost(format!(
@@ -65,6 +74,16 @@ impl LocalAgent {
             Some(t) => cmd.env("AWS_SESSION_TOKEN", t),
             None => cmd.env_remove("AWS_SESSION_TOKEN"),
         };
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_ENDPOINT_URL_") {
+                cmd.env_remove(k);
+            }
+        }
+        if private {
+            for (k, v) in private_endpoints(cloud, w).await? {
+                cmd.env(k, v);
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let gave_up = Arc::new(Mutex::new(None));
         let spawn =
@@ -134,4 +153,41 @@ impl LocalAgent {
         self.stop.store(true, Ordering::SeqCst);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.supervisor).await;
     }
+}
+
+/// An address nothing answers: a private worker's way to a service its VPC
+/// has no endpoint for.
+const NOWHERE: &str = "http://127.0.0.1:9";
+
+/// The SDK endpoint variables of a private worker: the emulator's address
+/// of each available interface endpoint in the worker's VPC, and nowhere
+/// for the rest.
+async fn private_endpoints(cloud: &Cloud, w: &Worker) -> Result<Vec<(String, String)>> {
+    let base = cloud.endpoint_url().ok_or_else(|| {
+        WorkerError::Settings(
+            "the local launcher keeps a private worker private through the emulator's per-endpoint addresses, and needs AWS_ENDPOINT_URL (the emulator)".into(),
+        )
+    })?;
+    let base = base.trim_end_matches('/').to_string();
+    let vpc = crate::network::ResourceRef {
+        id: w.vpc.clone(),
+        scope: w.scope.clone(),
+    };
+    let endpoints = crate::network::endpoint::of_vpc(cloud, &vpc, None)
+        .await
+        .map_err(|e| WorkerError::Lost(format!("endpoints of {}: {e}", w.vpc)))?;
+    let mut vars = vec![("AWS_ENDPOINT_URL".to_string(), NOWHERE.to_string())];
+    for e in endpoints {
+        if e.kind != crate::network::endpoint::Kind::Interface
+            || !e.state.eq_ignore_ascii_case("available")
+        {
+            continue;
+        }
+        let var = format!(
+            "AWS_ENDPOINT_URL_{}",
+            e.service.to_ascii_uppercase().replace(['-', '.'], "_")
+        );
+        vars.push((var, format!("{base}/skiff/vpce/{}", e.id)));
+    }
+    Ok(vars)
 }

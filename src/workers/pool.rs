@@ -333,7 +333,9 @@ impl WorkerPool {
             permit: Mutex::new(Some(permit)),
         };
         // From here on, a failure removes what was created.
-        let result = self.bring_up(&mut worker, &ec2, launcher, &mut ready).await;
+        let result = self
+            .bring_up(&mut worker, &ec2, launcher, spec.private, &mut ready)
+            .await;
         hub.unsubscribe(&Route::Ready(worker_id.clone()));
         worker.ready_after = started.elapsed();
         let worker = Arc::new(worker);
@@ -358,6 +360,7 @@ impl WorkerPool {
         w: &mut Worker,
         ec2: &aws_sdk_ec2::Client,
         launcher: Launcher,
+        private: bool,
         ready: &mut mpsc::UnboundedReceiver<Reply>,
     ) -> Result<()> {
         let inst = launch::wait_running(ec2, &w.instance_id).await?;
@@ -366,7 +369,8 @@ impl WorkerPool {
         let ready_within = match launcher {
             Launcher::Local => {
                 let agent =
-                    LocalAgent::start(&self.cloud, &self.agent_exe, &self.log_dir, w).await?;
+                    LocalAgent::start(&self.cloud, &self.agent_exe, &self.log_dir, w, private)
+                        .await?;
                 *w.agent.lock().unwrap() = Some(agent);
                 Duration::from_secs(60)
             }

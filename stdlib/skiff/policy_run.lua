@@ -112,9 +112,11 @@ local function password_of(repository, what)
 end
 
 -- A repository as a copy location or a repo.* option set on a worker: the
--- worker acts with its own role, so no account is named; the region is.
+-- worker acts with its own role, so no account is named; the region and the
+-- S3 endpoint its requests go through are.
 local function at(repository, extra)
-  local t = { location = repository.location, region = repository.region }
+  local t = { location = repository.location, region = repository.region,
+              s3_endpoint = repository.s3_endpoint }
   for k, v in pairs(extra or {}) do t[k] = v end
   return t
 end
@@ -138,7 +140,7 @@ local function backup_instance(policy, ctx, inst, password)
     }
     local ok, r = pcall(copy_volume, {
       from = { location = "ebs:" .. snap.id, region = inst.region },
-      to = { location = "repo:" .. policy.repository.location, region = policy.repository.region },
+      to = at(policy.repository, { location = "repo:" .. policy.repository.location }),
       password = password,
       volume = vol.id,
       tags = {
@@ -270,10 +272,10 @@ local function archive(policy, ctx, password)
         if not k:find("^skiff:") then tags[k] = v end
       end
       local r = copy_volume{
-        from = { location = "repo:" .. policy.repository.location .. "#" .. p.id,
-                 region = policy.repository.region, password = password },
-        to = { location = "repo:" .. arch.repository.location,
-               region = arch.repository.region, password = arch_password },
+        from = at(policy.repository, { location = "repo:" .. policy.repository.location .. "#" .. p.id,
+                                       password = password }),
+        to = at(arch.repository, { location = "repo:" .. arch.repository.location,
+                                   password = arch_password }),
         volume = p.volume,
         time = p.time,
         tags = tags,

@@ -59,7 +59,7 @@ impl Account {
             Arc::new(skiff::config::Config::default()),
         ));
         let scope = cloud.scope(None, Some("us-east-1")).unwrap();
-        skiff::mover::Aws { cloud, scope }
+        skiff::mover::Aws::new(cloud, scope)
     }
 
     /// Sets this account's EBS fault injection (see tests/emulator/patches/ebs.py).

@@ -60,7 +60,7 @@ impl Fixture {
             .unwrap();
         let url = skiff::repo::RepoUrl::parse(&format!("s3://{bucket}/{prefix}")).unwrap();
         let aws = self.account.aws();
-        let backend = skiff::repo::backend_for(&url, Some(aws.cloud.s3(&aws.scope).await)).unwrap();
+        let backend = skiff::repo::backend_for(&url, Some(aws.s3().await)).unwrap();
         Repo::init(backend, &url.to_string(), b"correct horse", KdfParams::MIN)
             .await
             .unwrap();
@@ -698,7 +698,7 @@ async fn a_repository_in_s3_works_like_a_local_one() {
     let aws = f.account.aws();
     let repo = std::sync::Arc::new(
         Repo::open(
-            skiff::repo::backend_for(&url, Some(aws.cloud.s3(&aws.scope).await)).unwrap(),
+            skiff::repo::backend_for(&url, Some(aws.s3().await)).unwrap(),
             &url.to_string(),
             b"correct horse",
         )

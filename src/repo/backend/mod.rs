@@ -19,6 +19,20 @@ use futures::future::BoxFuture;
 use super::buf::{self, AlignedBuf};
 use super::error::{RepoError, Result};
 
+/// An S3 client for a repository, and the address its requests go to when
+/// not the SDK's own (an S3 interface endpoint), which errors name.
+#[derive(Clone)]
+pub struct S3Client {
+    pub client: aws_sdk_s3::Client,
+    pub via: Option<String>,
+}
+
+impl From<aws_sdk_s3::Client> for S3Client {
+    fn from(client: aws_sdk_s3::Client) -> S3Client {
+        S3Client { client, via: None }
+    }
+}
+
 /// A repository location as written by users: a directory or `s3://bucket/prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoUrl {
@@ -203,7 +217,7 @@ impl Backend {
         Backend::from_store(local::Local::new(root.into()))
     }
 
-    pub fn s3(client: aws_sdk_s3::Client, bucket: String, prefix: String) -> Backend {
+    pub fn s3(client: S3Client, bucket: String, prefix: String) -> Backend {
         Backend::from_store(s3::S3::new(client, bucket, prefix))
     }
 
@@ -332,7 +346,7 @@ impl Backend {
 }
 
 /// The backend a URL names.
-pub fn backend_for(url: &RepoUrl, s3: Option<aws_sdk_s3::Client>) -> Result<Backend> {
+pub fn backend_for(url: &RepoUrl, s3: Option<S3Client>) -> Result<Backend> {
     match url {
         RepoUrl::Local(p) => Ok(Backend::local(p.clone())),
         RepoUrl::S3 { bucket, prefix } => {

@@ -18,6 +18,8 @@ use crate::repo::error::{RepoError, Result};
 
 pub(super) struct S3 {
     client: aws_sdk_s3::Client,
+    /// The endpoint requests go to, when not the SDK's own (named in errors).
+    via: Option<String>,
     bucket: String,
     prefix: String,
     /// Storage class of data packs, from the repository's config.
@@ -41,11 +43,14 @@ enum S3Error {
 }
 
 /// The one mapping of S3 SDK failures for the repository.
-fn s3_error<E>(op: &'static str, e: SdkError<E, Response>) -> S3Error
+fn s3_error<E>(op: &'static str, e: SdkError<E, Response>, via: Option<&str>) -> S3Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let e = AwsError::from_sdk(op, e);
+    let mut e = AwsError::from_sdk(op, e);
+    if let Some(via) = via {
+        e.message = format!("{} (through the S3 endpoint {via})", e.message);
+    }
     if e.code_is("NoSuchKey") || e.status == Some(404) {
         S3Error::Missing(e)
     } else if e.code_is("PreconditionFailed") || e.code_is("ConditionalRequestConflict") {
@@ -76,11 +81,12 @@ impl From<S3Error> for RepoError {
 fn conditional<T, E>(
     op: &'static str,
     sent: std::result::Result<T, SdkError<E, Response>>,
+    via: Option<&str>,
 ) -> Result<bool>
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match sent.map_err(|e| s3_error(op, e)) {
+    match sent.map_err(|e| s3_error(op, e, via)) {
         Ok(_) => Ok(true),
         Err(S3Error::Missing(_) | S3Error::ConditionFailed(_)) => Ok(false),
         Err(e) => Err(e.into()),
@@ -147,7 +153,7 @@ impl Store for S3 {
                 .key(self.key(name))
                 .send()
                 .await
-                .map_err(|e| s3_error("s3:DeleteObject", e))?;
+                .map_err(|e| s3_error("s3:DeleteObject", e, self.via.as_deref()))?;
             Ok(())
         })
     }
@@ -163,7 +169,7 @@ impl Store for S3 {
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| s3_error("s3:ListObjectsV2", e))?;
+                let page = page.map_err(|e| s3_error("s3:ListObjectsV2", e, self.via.as_deref()))?;
                 for o in page.contents() {
                     if let Some(k) = o.key() {
                         out.push(Listed {
@@ -192,7 +198,7 @@ impl Store for S3 {
                 .key(self.key(LEASE))
                 .send()
                 .await;
-            let out = match sent.map_err(|e| s3_error("s3:GetObject", e)) {
+            let out = match sent.map_err(|e| s3_error("s3:GetObject", e, self.via.as_deref())) {
                 Ok(o) => o,
                 Err(S3Error::Missing(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
@@ -220,7 +226,7 @@ impl Store for S3 {
                 .if_match(&expect.0)
                 .send()
                 .await;
-            conditional("s3:DeleteObject", sent)
+            conditional("s3:DeleteObject", sent, self.via.as_deref())
         })
     }
 
@@ -266,9 +272,10 @@ impl Store for S3 {
 }
 
 impl S3 {
-    pub(super) fn new(client: aws_sdk_s3::Client, bucket: String, prefix: String) -> S3 {
+    pub(super) fn new(client: super::S3Client, bucket: String, prefix: String) -> S3 {
         S3 {
-            client,
+            client: client.client,
+            via: client.via,
             bucket,
             prefix,
             data_class: OnceLock::new(),
@@ -311,7 +318,7 @@ impl S3 {
             .clone()
             .send()
             .await
-            .map_err(|e| s3_error("s3:GetObject", e))
+            .map_err(|e| s3_error("s3:GetObject", e, self.via.as_deref()))
         {
             Ok(o) => o,
             Err(S3Error::Missing(_)) => {
@@ -324,7 +331,7 @@ impl S3 {
             Err(e) if e.aws().code_is("InvalidObjectState") => {
                 // An archived pack: bring a copy back, then read it.
                 self.rehydrate(name).await?;
-                req.send().await.map_err(|e| s3_error("s3:GetObject", e))?
+                req.send().await.map_err(|e| s3_error("s3:GetObject", e, self.via.as_deref()))?
             }
             Err(e) => return Err(e.into()),
         };
@@ -358,7 +365,7 @@ impl S3 {
             Condition::Matches(etag) => req = req.if_match(etag),
         }
         // If-Match on an object that vanished answers 404: someone else removed the lease.
-        conditional("s3:PutObject", req.send().await)
+        conditional("s3:PutObject", req.send().await, self.via.as_deref())
     }
 
     /// Restores an object of an archive storage class (GLACIER, DEEP_ARCHIVE)
@@ -387,7 +394,7 @@ impl S3 {
             .key(key)
             .send()
             .await
-            .map_err(|e| s3_error("s3:HeadObject", e))?)
+            .map_err(|e| s3_error("s3:HeadObject", e, self.via.as_deref()))?)
     }
 
     /// Asks S3 to restore an archived object; false when it is readable as
@@ -430,7 +437,7 @@ impl S3 {
             .restore_request(request.build())
             .send()
             .await;
-        match sent.map_err(|e| s3_error("s3:RestoreObject", e)) {
+        match sent.map_err(|e| s3_error("s3:RestoreObject", e, self.via.as_deref())) {
             Ok(_) => Ok(true),
             Err(e) if e.aws().code_is("RestoreAlreadyInProgress") => Ok(true),
             Err(e) => Err(e.into()),
