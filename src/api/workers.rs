@@ -13,7 +13,7 @@ use crate::failure::Kind;
 use crate::network::ResourceRef;
 use crate::workers::channel::Event;
 use crate::workers::placement::{self, Purpose, Resource, ResourceKind};
-use crate::workers::{is_instance_type, network, LaunchSpec, Worker};
+use crate::workers::{is_instance_type, network, LaunchSpec, RepoReach, Worker};
 
 const P: &str = "deploy_worker";
 
@@ -34,6 +34,87 @@ struct DeployOpts {
     private: Option<bool>,
     #[serde(default)]
     tags: Tags,
+    /// The repositories the worker will reach (beside a repository
+    /// resource), whose way a private worker's preflight checks.
+    #[serde(default)]
+    repositories: Vec<ReachArg>,
+}
+
+/// A repository a worker reaches: its location, or the table
+/// `repository{}` returned (or `{location = …, region = …, s3_endpoint = …}`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ReachArg {
+    Location(String),
+    Table {
+        location: String,
+        region: Option<String>,
+        account: Option<String>,
+        s3_endpoint: Option<crate::cloud::S3Endpoint>,
+    },
+}
+
+/// The S3 repositories among `args` and a repository `resource`, each with
+/// where it lives and the endpoint its requests go through.
+fn repositories(
+    ctx: &Context,
+    resource: &serde_json::Value,
+    args: Vec<ReachArg>,
+) -> Result<Vec<RepoReach>, ApiError> {
+    let from_resource = match resource {
+        serde_json::Value::Object(m)
+            if m.get("kind").and_then(|k| k.as_str()) == Some("repository") =>
+        {
+            let mut m = m.clone();
+            if !m.contains_key("location") {
+                if let Some(id) = m.get("id").cloned() {
+                    m.insert("location".into(), id);
+                }
+            }
+            let v = serde_json::Value::Object(m);
+            let r: ReachArg = serde_json::from_value(v)
+                .map_err(|e| ApiError::field(P, "resource", e.to_string()))?;
+            vec![("resource".to_string(), r)]
+        }
+        _ => Vec::new(),
+    };
+    let listed = args
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (format!("repositories[{}]", i + 1), r));
+    let mut out = Vec::new();
+    for (field, r) in from_resource.into_iter().chain(listed) {
+        let (location, region, account, s3_endpoint) = match r {
+            ReachArg::Location(l) => (l, None, None, None),
+            ReachArg::Table {
+                location,
+                region,
+                account,
+                s3_endpoint,
+            } => (location, region, account, s3_endpoint),
+        };
+        let location = location.strip_prefix("repo:").unwrap_or(&location).to_string();
+        if !location.starts_with("s3://") {
+            if s3_endpoint.is_some() {
+                return Err(ApiError::field(
+                    P,
+                    &format!("{field}.s3_endpoint"),
+                    format!("{location} is not in S3"),
+                ));
+            }
+            continue;
+        }
+        let scope = ctx
+            .cloud
+            .scope(account.as_deref(), region.as_deref())
+            .map_err(|e| ApiError::field(P, &field, e))?;
+        out.push(RepoReach {
+            location,
+            scope,
+            s3_endpoint,
+        });
+    }
+    Ok(out)
 }
 
 fn str_field<'a>(v: &'a serde_json::Value, k: &str) -> Option<&'a str> {
@@ -211,6 +292,7 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             .scope(Some(a), None)
             .map_err(|e| ApiError::field(P, "account", e))?;
     }
+    let repositories = repositories(&ctx, &o.resource, o.repositories)?;
     let resource =
         resolve_resource(&ctx, &o.resource, o.account.as_deref(), o.region.as_deref()).await?;
     let backup = ctx.cloud.backup_account();
@@ -234,6 +316,7 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             instance_type,
             private,
             tags: o.tags,
+            repositories,
         })
         .await
         .map_err(|e| e.into_error(P))?;

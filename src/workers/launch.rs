@@ -19,7 +19,7 @@ use super::network::{self, Site};
 use super::placement::{Purpose, Resource};
 use super::settings::{is_instance_type, RegionConfig};
 use super::{tags, Result, WorkerError};
-use crate::cloud::{AwsError, Cloud, Scope};
+use crate::cloud::{AwsError, Cloud, S3Endpoint, Scope};
 use crate::network::verify::{self, VerifySpec};
 use crate::network::ResourceRef;
 
@@ -32,6 +32,18 @@ pub struct LaunchSpec {
     pub instance_type: String,
     pub private: bool,
     pub tags: BTreeMap<String, String>,
+    /// The S3 repositories the worker will reach, which a private worker's
+    /// preflight follows the way to.
+    pub repositories: Vec<RepoReach>,
+}
+
+/// An S3 repository a worker reaches: its location, where it lives, and
+/// the endpoint its requests go through.
+#[derive(Debug, Clone)]
+pub struct RepoReach {
+    pub location: String,
+    pub scope: Scope,
+    pub s3_endpoint: Option<S3Endpoint>,
 }
 
 /// Where and from what image a launch goes, once every check has passed.
@@ -60,7 +72,7 @@ pub(super) async fn check(
     }
     let site = network::choose(cloud, scope, cfg).await?;
     if spec.private {
-        preflight(cloud, spec, &site.subnet).await?;
+        preflight(cloud, spec, &site).await?;
     }
     if let Some(p) = instance_profile {
         check_instance_profile(cloud, scope, p).await?;
@@ -74,37 +86,135 @@ pub(super) async fn check(
     Ok(Checked { site, ami })
 }
 
-/// A private worker's subnet must reach the services its purpose needs.
-async fn preflight(cloud: &Cloud, spec: &LaunchSpec, subnet: &str) -> Result<()> {
-    let report = verify::verify(
-        cloud,
-        &VerifySpec {
-            subnets: vec![ResourceRef {
-                id: subnet.to_string(),
-                scope: spec.scope.clone(),
-            }],
-            services: spec
-                .purpose
-                .services()
-                .iter()
-                .map(|s| s.to_string())
-                // A worker acting on another account's data assumes its role.
-                .chain(
-                    (spec.resource.scope.account != spec.scope.account).then(|| "sts".to_string()),
-                )
-                .collect(),
-            repository_vpc: None,
-            from: None,
-        },
-    )
-    .await?;
-    if report.ok() {
+/// A private worker's subnet must reach the services its purpose needs,
+/// and each repository through its S3 endpoint: the endpoint exists, admits
+/// the subnet on 443, and is reached over a peering routed both ways.
+async fn preflight(cloud: &Cloud, spec: &LaunchSpec, site: &Site) -> Result<()> {
+    let subnet = ResourceRef {
+        id: site.subnet.clone(),
+        scope: spec.scope.clone(),
+    };
+    let mut services: Vec<String> = spec.purpose.services().iter().map(|s| s.to_string()).collect();
+    // A worker acting on another account's data assumes its role.
+    if spec.resource.scope.account != spec.scope.account {
+        services.push("sts".into());
+    }
+    let mut findings = Vec::new();
+    let mut repository_vpcs = Vec::new();
+    for r in &spec.repositories {
+        match repository_vpc(cloud, &spec.scope, site, r).await? {
+            Ok(Some(vpc)) => repository_vpcs.push(vpc),
+            Ok(None) => {}
+            Err(finding) => findings.push(finding),
+        }
+    }
+    // The services once, with the first repository; the others alone.
+    let mut checks = vec![(services, repository_vpcs.first().cloned())];
+    checks.extend(repository_vpcs.into_iter().skip(1).map(|v| (Vec::new(), Some(v))));
+    for (services, repository_vpc) in checks {
+        let report = verify::verify(
+            cloud,
+            &VerifySpec {
+                subnets: vec![subnet.clone()],
+                services,
+                repository_vpc,
+                from: None,
+            },
+        )
+        .await?;
+        findings.extend(report.findings.iter().map(|f| f.to_string()));
+    }
+    if findings.is_empty() {
         return Ok(());
     }
+    findings.dedup();
     Err(WorkerError::Preflight {
-        subnet: subnet.to_string(),
-        findings: report.findings.iter().map(|f| f.to_string()).collect(),
+        subnet: site.subnet.clone(),
+        findings,
     })
+}
+
+/// The VPC of the S3 interface endpoint a repository is reached through,
+/// to check the way to (none when the address names no VPC endpoint, or
+/// the worker reaches the repository through an S3 endpoint of its own
+/// VPC); or what is wrong with it.
+async fn repository_vpc(
+    cloud: &Cloud,
+    worker: &Scope,
+    site: &Site,
+    r: &RepoReach,
+) -> Result<std::result::Result<Option<ResourceRef>, String>> {
+    use crate::network::endpoint;
+    let Some(e) = &r.s3_endpoint else {
+        // Without an endpoint of its own the worker uses S3's regional
+        // name, which a private subnet reaches only through an S3 endpoint
+        // in its VPC (a gateway, or an interface one with private DNS).
+        let vpc = ResourceRef {
+            id: site.vpc.clone(),
+            scope: worker.clone(),
+        };
+        let s3 = endpoint::service_name("s3", &worker.region);
+        let own = endpoint::of_vpc(cloud, &vpc, Some(&s3)).await?;
+        let usable = own
+            .iter()
+            .any(|e| e.kind == endpoint::Kind::Gateway || e.private_dns);
+        return Ok(if usable {
+            Ok(None)
+        } else {
+            Err(format!(
+                "repository {}: a private worker reaches S3 only through an endpoint, and {} has no S3 gateway endpoint; give the repository its S3 interface endpoint (s3_endpoint = …)",
+                r.location, site.vpc
+            ))
+        });
+    };
+    let Some(id) = &e.endpoint else {
+        tracing::warn!(
+            "repository {}: the S3 endpoint {} names no VPC endpoint (vpce-…); the way to it is not checked",
+            r.location,
+            e.url
+        );
+        return Ok(Ok(None));
+    };
+    let scope = cloud
+        .scope(
+            Some(e.account.as_deref().unwrap_or(&r.scope.account)),
+            Some(e.region.as_deref().unwrap_or(&r.scope.region)),
+        )
+        .map_err(|m| WorkerError::invalid("repositories", format!("{}: {m}", r.location)))?;
+    let found = match endpoint::describe(cloud, &scope, id).await {
+        Ok(found) => found,
+        Err(crate::network::NetError::Timeout(_)) => {
+            return Ok(Err(format!(
+                "{id}: the S3 endpoint of repository {} does not exist in {scope}",
+                r.location
+            )))
+        }
+        Err(crate::network::NetError::Aws(a)) if a.code_is("InvalidVpcEndpointId.NotFound") => {
+            return Ok(Err(format!(
+                "{id}: the S3 endpoint of repository {} does not exist in {scope}",
+                r.location
+            )))
+        }
+        Err(other) => return Err(other.into()),
+    };
+    if !found.state.eq_ignore_ascii_case("available") {
+        return Ok(Err(format!(
+            "{id}: the S3 endpoint of repository {} is {}, not available",
+            r.location, found.state
+        )));
+    }
+    if found.service != "s3" || found.kind != endpoint::Kind::Interface {
+        return Ok(Err(format!(
+            "{id}: the S3 endpoint of repository {} is a {} endpoint for {}; it needs an S3 interface endpoint",
+            r.location,
+            found.kind.as_str(),
+            found.service
+        )));
+    }
+    Ok(Ok(Some(ResourceRef {
+        id: found.vpc_id,
+        scope,
+    })))
 }
 
 /// The region's configured image, else the one the SSM public parameter names.
@@ -324,6 +434,7 @@ mod tests {
             instance_type: "c5.large".into(),
             private: false,
             tags: BTreeMap::from([("team".into(), "call".into())]),
+            repositories: Vec::new(),
         };
         let ids = Ids {
             worker: "w1",

@@ -15,7 +15,7 @@ pub mod reaper;
 mod settings;
 mod task;
 
-pub use launch::LaunchSpec;
+pub use launch::{LaunchSpec, RepoReach};
 pub use placement::{Purpose, Resource, ResourceKind};
 pub use pool::{Worker, WorkerPool};
 // The `[workers]` schema is config's; re-exported where callers look for it.

@@ -129,6 +129,7 @@ local function backup_instance(policy, ctx, inst, password)
     account = policy.worker.account,
     private = policy.worker.private,
     profile = policy.worker.profile,
+    repositories = { policy.repository },
     tags = { policy = policy.name, ["backup-of"] = inst.id },
   }
   local done = {}
@@ -247,6 +248,7 @@ local function archive(policy, ctx, password)
   local arch_password = password_of(arch.repository, "archive")
   local w = deploy_worker{
     purpose = "archive", resource = policy.repository,
+    repositories = { arch.repository },
     tags = { policy = policy.name },
   }
   local ok, res = pcall(function()

@@ -10,6 +10,11 @@
 --- @field region? string The bucket's region (retention and archive workers run there).
 --- @field account? string The account owning the bucket (an account from skiff.toml, or `default`).
 --- @field password? skiff.PasswordSource (default: `{env = "SKIFF_PASSWORD"}`; see volume.lua)
+--- Where every S3 request for the repository goes, here and on workers:
+--- the S3 interface endpoint that private workers reach it through (see
+--- `skiff.S3Endpoint`). Only for `s3://` repositories. (default: S3's
+--- regional address)
+--- @field s3_endpoint? skiff.S3Endpoint
 
 --- A repository as `repository{}` returns it, and as policies carry it.
 --- @class skiff.Repository
@@ -19,6 +24,7 @@
 --- @field region? string
 --- @field account? string
 --- @field password? skiff.PasswordSource
+--- @field s3_endpoint? skiff.S3Endpoint
 
 --- Declares a named repository that policies in the same script (and the
 --- scripts it `require`s) can name. Declare it before the policies using it.

@@ -14,6 +14,11 @@
 --- @field account? string
 --- (default: the account's region, else skiff.toml's, else AWS_REGION)
 --- @field region? string
+--- Where every S3 request for the repository goes, here and on workers:
+--- the S3 interface endpoint that private workers reach it through (see
+--- `skiff.S3Endpoint`). Only for `s3://` repositories. (default: S3's
+--- regional address)
+--- @field s3_endpoint? skiff.S3Endpoint
 --- Run on this worker (from `deploy_worker`) instead of here; the password
 --- must then come from `{ssm = "/name"}`. (default: run here)
 --- @field worker? skiff.Worker

@@ -25,6 +25,18 @@
 --- This repository's own password, when the two repositories of a copy
 --- have different ones. (default: `password` of the call)
 --- @field password? skiff.PasswordSource
+--- This repository's own S3 endpoint. (default: `s3_endpoint` of the call)
+--- @field s3_endpoint? skiff.S3Endpoint
+
+--- The address S3 requests for a repository go to: its URL (AWS's name
+--- for bucket requests through an interface endpoint,
+--- `https://bucket.vpce-….s3.REGION.vpce.amazonaws.com`, or any address
+--- naming its `vpce-…`), the table `create_endpoint` returned for an S3
+--- interface endpoint (its regional DNS name becomes the URL), or
+--- `{url = …, account = …, region = …}` saying where the endpoint lives
+--- when the URL does not. A private worker's preflight follows the way to
+--- the `vpce-…` it names; a URL naming none is used unchecked.
+--- @alias skiff.S3Endpoint string|skiff.Endpoint|{url: string, endpoint?: string, account?: string, region?: string}
 
 --- Where a repository password is read: never the password itself. The
 --- same table in `copy_volume`, `repo.*`, `repository{}` and on the command
@@ -95,6 +107,10 @@
 --- Region for locations that do not name their own.
 --- (default: the account's region, else skiff.toml's, else AWS_REGION)
 --- @field region? string
+---
+--- S3 endpoint of the repositories that do not name their own.
+--- (default: S3's regional address)
+--- @field s3_endpoint? skiff.S3Endpoint
 ---
 --- Seconds to wait for another writer's lease on the target repository
 --- before failing with `kind = "locked"`. (default: `0`)

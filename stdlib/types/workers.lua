@@ -87,6 +87,16 @@
 --- (default: `[workers] private` in skiff.toml, else `false`)
 --- @field private? boolean
 ---
+--- The S3 repositories the worker will reach (locations, or tables from
+--- `repository{}` with their `s3_endpoint`), besides a repository
+--- `resource`. For a private worker the preflight also follows the way to
+--- each: its S3 interface endpoint exists and is available, admits the
+--- worker subnet on 443, and is reached over an active peering routed both
+--- ways; a repository without `s3_endpoint` needs an S3 endpoint in the
+--- worker's VPC (a gateway, or an interface one with private DNS).
+--- (default: `{}`)
+--- @field repositories? (string|skiff.Repository)[]
+---
 --- Extra tags for the instance and its volumes, besides `workers.tags` and
 --- skiff's own (`Name`, `skiff:worker`, `skiff:job`, `skiff:purpose`,
 --- `skiff:expires`, `skiff:owner`, `skiff:resource`).
