@@ -78,11 +78,6 @@ pub(super) async fn check(
         check_instance_profile(cloud, scope, p).await?;
     }
     let ami = image(cloud, scope, cfg, ami_parameter).await?;
-    let mut site = site;
-    if site.security_groups.is_empty() {
-        site.security_groups =
-            vec![network::worker_group(cloud, scope, &site.vpc, !spec.private).await?];
-    }
     Ok(Checked { site, ami })
 }
 
