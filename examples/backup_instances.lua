@@ -10,12 +10,17 @@
 --
 --   skiff run examples/backup_instances.lua repository=s3://bucket/prefix \
 --     [tag=backup=daily] [regions=us-east-1,eu-west-1] [accounts=default,prod] \
---     [password_ssm=/skiff/repository-password] [parallel=8]
+--     [repository_account=NAME] [repository_region=REGION] [s3_endpoint=URL] \
+--     [private=true] [password_ssm=/skiff/repository-password] [parallel=8]
 --
 -- The repository password is read from an SSM SecureString parameter by each
 -- worker through its instance role; it never travels in a task. Workers run
--- in the instances' own account: EBS direct APIs read a snapshot in the
--- account that owns it.
+-- in the backup account (`[workers] account`) in each instance's region, and
+-- read a production account's snapshots through that account's role. With
+-- private=true they have no public address and reach AWS through the
+-- interface endpoints of their VPC, and the repository through its S3
+-- interface endpoint (s3_endpoint=, e.g. over peering into the repository
+-- account: see private_network_backup.lua).
 
 local function list(s)
   local out = {}
@@ -26,6 +31,13 @@ end
 local repository = args.repository or error("give repository=LOCATION (a folder or s3://bucket/prefix)", 0)
 local tag_key, tag_value = (args.tag or "backup=daily"):match("^([^=]+)=(.*)$")
 local password = { ssm = args.password_ssm or "/skiff/repository-password" }
+-- Where the repository lives and the address its S3 requests go to.
+local repo = {
+  location = repository,
+  account = args.repository_account,
+  region = args.repository_region,
+  s3_endpoint = args.s3_endpoint,
+}
 
 local instances = ec2.instances{
   tags = { [tag_key] = tag_value },
@@ -37,6 +49,8 @@ log.info(string.format("%d instance(s) tagged %s=%s", #instances, tag_key, tag_v
 local results = parallel(instances, function(inst)
   local w = deploy_worker{
     purpose = "backup", resource = inst,
+    private = args.private == "true",
+    repositories = { repo },
     tags = { ["backup-of"] = inst.id },
   }
   local done = {}
@@ -47,7 +61,8 @@ local results = parallel(instances, function(inst)
     }
     local ok, r = pcall(copy_volume, {
       from = { location = "ebs:" .. snap.id, account = inst.account, region = inst.region },
-      to = "repo:" .. repository,
+      to = { location = "repo:" .. repository, account = repo.account, region = repo.region,
+             s3_endpoint = repo.s3_endpoint },
       password = password,
       volume = vol.id,
       tags = { instance = inst.id, device = vol.device, region = inst.region },

@@ -4,7 +4,8 @@
 -- beside the standard repository's VPC, and copy restore points to an
 -- archive repository whose VPC is in a third region. The three VPCs are
 -- peered with each other, with routes, and each S3 interface endpoint admits
--- all three networks.
+-- all three networks and the appliance (where skiff itself runs: it reads
+-- and writes both repositories through their endpoints too).
 --
 --   skiff run examples/private_network_archive.lua [key=value …]
 --
@@ -24,10 +25,13 @@ local p = {
   standard_subnet_cidr = args.standard_subnet_cidr or "10.60.1.0/24",
   archive_cidr = args.archive_cidr or "10.70.0.0/16",
   archive_subnet_cidr = args.archive_subnet_cidr or "10.70.1.0/24",
+  -- The appliance's one address (private_network_backup.lua's appliance).
+  appliance_address = args.appliance_address or "10.40.1.10/32",
 }
 
--- Archive jobs read and write repositories only: no EBS endpoint.
-local worker_services = { "ssm", "ssmmessages", "ec2messages", "sqs" }
+-- Archive jobs read and write repositories only: no EBS endpoint; sts, as
+-- a worker in the backup account assumes the repository accounts' roles.
+local worker_services = { "ssm", "ssmmessages", "ec2messages", "sqs", "sts" }
 
 local worker_vpc = ec2.vpc{
   name = p.prefix .. "-workers", cidr = p.worker_cidr,
@@ -64,13 +68,14 @@ peer_vpcs{ requester = worker_vpc, accepter = standard.vpc }
 peer_vpcs{ requester = worker_vpc, accepter = archive.vpc }
 peer_vpcs{ requester = standard.vpc, accepter = archive.vpc }
 
--- Each S3 endpoint admits all three networks (rules are added, never duplicated).
-local all_three = {}
-for _, cidr in ipairs({ worker_vpc.cidr, standard.vpc.cidr, archive.vpc.cidr }) do
-  table.insert(all_three, { proto = "tcp", port = 443, cidr = cidr })
+-- Each S3 endpoint admits all three networks and the appliance (rules are
+-- added, never duplicated).
+local admitted = {}
+for _, cidr in ipairs({ worker_vpc.cidr, standard.vpc.cidr, archive.vpc.cidr, p.appliance_address }) do
+  table.insert(admitted, { proto = "tcp", port = 443, cidr = cidr })
 end
 for _, repo in ipairs({ standard, archive }) do
-  ec2.security_group{ vpc = repo.vpc, name = repo.sg.name, ingress = all_three }
+  ec2.security_group{ vpc = repo.vpc, name = repo.sg.name, ingress = admitted }
 end
 
 -- Preflight: archive workers reach both repositories privately.

@@ -28,7 +28,9 @@ local p = {
   appliance_address = args.appliance_address or "10.40.1.10/32",
 }
 
-local worker_services = { "ssm", "ssmmessages", "ec2messages", "sqs", "ebs" }
+-- sts: a worker in the backup account assumes the production and
+-- repository accounts' roles.
+local worker_services = { "ssm", "ssmmessages", "ec2messages", "sqs", "ebs", "sts" }
 
 -- Worker side: a private subnet and one interface endpoint per service.
 local worker_vpc = ec2.vpc{
