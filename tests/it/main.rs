@@ -14,6 +14,7 @@ mod network;
 mod policy_run;
 mod repo_cli;
 mod repo_repair;
+mod scenario;
 mod serve;
 mod serve_lifecycle;
 mod soak;

@@ -78,7 +78,7 @@ impl Account {
     }
 }
 
-fn http(method: &str, path: &str, body: &str) -> serde_json::Value {
+pub fn http(method: &str, path: &str, body: &str) -> serde_json::Value {
     let host = emulator()
         .endpoint
         .trim_start_matches("http://")
