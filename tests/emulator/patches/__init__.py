@@ -11,3 +11,8 @@ ebs.apply()
 from . import volumes
 
 volumes.apply()
+
+# Last, so its gate wraps the others: they see the path without /skiff/vpce/<id>.
+from . import vpce
+
+vpce.apply()
