@@ -45,7 +45,11 @@ impl S3Endpoint {
                 "{url:?}: an endpoint address has no query or fragment"
             ));
         }
-        let url = url.trim_end_matches('/').to_string();
+        // A path ends in '/', as the SDK puts the bucket right after it.
+        let url = match u.path() {
+            "" | "/" => url.trim_end_matches('/').to_string(),
+            _ => format!("{}/", url.trim_end_matches('/')),
+        };
         Ok(S3Endpoint {
             endpoint: endpoint_in(&u),
             region: region_in(u.host_str().unwrap_or_default()),
@@ -189,6 +193,8 @@ mod tests {
         assert_eq!(e.endpoint.as_deref(), Some("vpce-0a1b2c3d4e5f60718"));
         assert_eq!(e.region.as_deref(), Some("eu-west-1"));
         assert!(!e.url.ends_with('/'));
+        let path = S3Endpoint::parse("http://127.0.0.1:5000/skiff/vpce/vpce-1234abcd").unwrap();
+        assert_eq!(path.url, "http://127.0.0.1:5000/skiff/vpce/vpce-1234abcd/");
         let p = S3Endpoint::parse("http://127.0.0.1:5000/skiff/vpce/vpce-1234abcd").unwrap();
         assert_eq!(p.endpoint.as_deref(), Some("vpce-1234abcd"));
         assert_eq!(p.region, None);

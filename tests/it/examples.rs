@@ -191,7 +191,8 @@ async fn private_network_backup_builds_the_scenario_exactly_once() {
             "com.amazonaws.us-east-1.ec2messages",
             "com.amazonaws.us-east-1.sqs",
             "com.amazonaws.us-east-1.ssm",
-            "com.amazonaws.us-east-1.ssmmessages"
+            "com.amazonaws.us-east-1.ssmmessages",
+            "com.amazonaws.us-east-1.sts"
         ]
     );
     for (_, kind, groups) in &eps {
@@ -263,13 +264,15 @@ async fn private_network_archive_builds_the_scenario_exactly_once() {
     let worker_eps = endpoints(&b, &worker).await;
     assert_eq!(
         worker_eps.len(),
-        4,
-        "ssm, ssmmessages, ec2messages, sqs: {worker_eps:?}"
+        5,
+        "ssm, ssmmessages, ec2messages, sqs, sts: {worker_eps:?}"
     );
+    // The three networks and the appliance's address.
     let all_three = BTreeSet::from([
         "10.50.0.0/16".to_string(),
         "10.60.0.0/16".to_string(),
         "10.70.0.0/16".to_string(),
+        "10.40.1.10/32".to_string(),
     ]);
     for (ec2, vpc, region) in [
         (&s, &std_vpc, "eu-west-1"),

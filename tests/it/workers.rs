@@ -448,9 +448,10 @@ async fn private_workers_get_no_public_address_after_the_preflight() {
 #[tokio::test]
 async fn a_failing_preflight_refuses_the_launch_and_names_what_is_missing() {
     let ws = Workspace::new(&toml_accounts(&[], "private = true\n")).await;
-    // Enough for an archive worker (no ebs), not for a backup or restore worker.
+    // Enough for an archive worker (no ebs; S3 through a gateway endpoint),
+    // not for a backup or restore worker.
     let script = format!(
-        "{}local ok, err = pcall(deploy_worker, {{ purpose = 'restore', resource = {{ region = 'us-east-1' }} }})\nprint(err.kind)\nprint(err.message)\nlocal a = deploy_worker{{ purpose = 'archive', resource = {{ kind = 'repository', id = 's3://b/r', region = 'us-east-1' }} }}\nprint(a.public_ip)\n",
+        "{}create_endpoint{{ vpc = vpc, service = 's3', type = 'Gateway' }}\nlocal ok, err = pcall(deploy_worker, {{ purpose = 'restore', resource = {{ region = 'us-east-1' }} }})\nprint(err.kind)\nprint(err.message)\nlocal a = deploy_worker{{ purpose = 'archive', resource = {{ kind = 'repository', id = 's3://b/r', region = 'us-east-1' }} }}\nprint(a.public_ip)\n",
         private_network("'ssm', 'ssmmessages', 'ec2messages', 'sqs'")
     );
     let out = ws.run_lua("preflight.lua", &script, &[]).await;
