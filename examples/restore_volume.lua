@@ -3,7 +3,8 @@
 --
 --   skiff run examples/restore_volume.lua repository=s3://bucket/prefix \
 --     volume=vol-0123… [point=POINT] [region=eu-west-1] [az=eu-west-1b] \
---     [account=default] [password_ssm=/skiff/repository-password]
+--     [account=default] [password_ssm=/skiff/repository-password] \
+--     [repository_account=NAME] [repository_region=REGION] [s3_endpoint=URL]
 --
 -- Without `point`, the volume's newest point is restored. The worker writes
 -- the blocks through the EBS direct APIs (zero blocks are skipped), the
@@ -14,8 +15,12 @@ local volume = args.volume or error("give volume=NAME (the volume id the point w
 local password = { ssm = args.password_ssm or "/skiff/repository-password" }
 local region = args.region
 local account = args.account
+-- Where the repository lives and the address its S3 requests go to.
+local repo_at = { account = args.repository_account, region = args.repository_region,
+                  s3_endpoint = args.s3_endpoint }
 
-local points = repo.points{ location = repository, volume = volume, password = password }
+local points = repo.points{ location = repository, volume = volume, password = password,
+  account = repo_at.account, region = repo_at.region, s3_endpoint = repo_at.s3_endpoint }
 if #points == 0 then error("no restore point of " .. volume .. " in " .. repository, 0) end
 local point = args.point
 if not point then
@@ -23,9 +28,12 @@ if not point then
   point = points[#points].id
 end
 
-local w = deploy_worker{ purpose = "restore", resource = { region = region, account = account }, account = account }
+local w = deploy_worker{ purpose = "restore", resource = { region = region, account = account }, account = account,
+  repositories = { { location = repository, account = repo_at.account, region = repo_at.region,
+                     s3_endpoint = repo_at.s3_endpoint } } }
 local r = copy_volume{
-  from = "repo:" .. repository .. "#" .. point,
+  from = { location = "repo:" .. repository .. "#" .. point, account = repo_at.account,
+           region = repo_at.region, s3_endpoint = repo_at.s3_endpoint },
   to = { location = "ebs:", region = w.region, account = w.account },
   password = password,
   worker = w,

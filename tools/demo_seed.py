@@ -8,6 +8,15 @@ protects, built the way it would exist on AWS.
                         /skiff/volumes endpoint stands in for the guest)
   same VOL_A REG_A VOL_B REG_B
                         exits 0 when the two volumes hold the same bytes
+  account ACCOUNT_ID REGION...
+                        in another account (through its role `skiff`): the
+                        repository password in SSM in each region
+  bucket ACCOUNT_ID REGION NAME
+                        an S3 bucket in that account and region
+  private ACCOUNT_ID WORKER_REGION REPOSITORY_ACCOUNT_ID REPOSITORY_REGION
+                        the worker subnet (tag Name skiff-workers-private)
+                        and the repository's S3 interface endpoint that
+                        private_network_backup.lua built
 
 Prints JSON. Uses boto3 from the emulator's virtual environment.
 """
@@ -30,8 +39,38 @@ BLOCK = 524288
 PASSWORD_PARAM = "/skiff/repository-password"
 
 
-def client(service, region):
-    return boto3.client(service, endpoint_url=ENDPOINT, region_name=region)
+def client(service, region, account=None):
+    if account is None:
+        return boto3.client(service, endpoint_url=ENDPOINT, region_name=region)
+    creds = boto3.client("sts", endpoint_url=ENDPOINT, region_name=region).assume_role(
+        RoleArn=f"arn:aws:iam::{account}:role/skiff", RoleSessionName="demo-seed")["Credentials"]
+    return boto3.client(service, endpoint_url=ENDPOINT, region_name=region,
+                        aws_access_key_id=creds["AccessKeyId"],
+                        aws_secret_access_key=creds["SecretAccessKey"],
+                        aws_session_token=creds["SessionToken"])
+
+
+def password_in(account, *regions):
+    for region in regions:
+        client("ssm", region, account).put_parameter(
+            Name=PASSWORD_PARAM, Value="demo-repository-password", Type="SecureString", Overwrite=True)
+    print(json.dumps({"account": account, "regions": list(regions)}))
+
+
+def bucket(account, region, name):
+    s3 = client("s3", region, account)
+    conf = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    s3.create_bucket(Bucket=name, **conf)
+    print(json.dumps({"bucket": name, "account": account, "region": region}))
+
+
+def private(account, region, repo_account, repo_region):
+    subnets = client("ec2", region, account).describe_subnets(
+        Filters=[{"Name": "tag:Name", "Values": ["skiff-workers-private"]}])["Subnets"]
+    endpoints = client("ec2", repo_region, repo_account).describe_vpc_endpoints(
+        Filters=[{"Name": "service-name", "Values": [f"com.amazonaws.{repo_region}.s3"]}])["VpcEndpoints"]
+    live = [e for e in endpoints if e["State"].lower() == "available"]
+    print(json.dumps({"worker_subnet": subnets[0]["SubnetId"], "s3_endpoint": live[0]["VpcEndpointId"]}))
 
 
 def block(rng, kind):
@@ -112,4 +151,6 @@ def same(vol_a, region_a, vol_b, region_b):
 
 if __name__ == "__main__":
     cmd, rest = sys.argv[1], sys.argv[2:]
-    {"seed": lambda: seed(rest), "write": lambda: write(*rest), "same": lambda: same(*rest)}[cmd]()
+    {"seed": lambda: seed(rest), "write": lambda: write(*rest), "same": lambda: same(*rest),
+     "account": lambda: password_in(*rest), "bucket": lambda: bucket(*rest),
+     "private": lambda: private(*rest)}[cmd]()

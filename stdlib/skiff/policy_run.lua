@@ -140,7 +140,9 @@ local function backup_instance(policy, ctx, inst, password)
       tags = { policy = policy.name },
     }
     local ok, r = pcall(copy_volume, {
-      from = { location = "ebs:" .. snap.id, region = inst.region },
+      -- The instance's account: a worker in the backup account reads the
+      -- snapshot through that account's role.
+      from = { location = "ebs:" .. snap.id, account = inst.account, region = inst.region },
       to = at(policy.repository, { location = "repo:" .. policy.repository.location }),
       password = password,
       volume = vol.id,
