@@ -60,7 +60,7 @@ pub(super) async fn check(
     }
     let site = network::choose(cloud, scope, cfg).await?;
     if spec.private {
-        preflight(cloud, spec, &site.subnet).await?;
+        preflight(cloud, spec, &site).await?;
     }
     if let Some(p) = instance_profile {
         check_instance_profile(cloud, scope, p).await?;
@@ -74,15 +74,18 @@ pub(super) async fn check(
     Ok(Checked { site, ami })
 }
 
-/// A private worker's subnet must reach the services its purpose needs.
-async fn preflight(cloud: &Cloud, spec: &LaunchSpec, subnet: &str) -> Result<()> {
+/// A private worker's subnet must reach the services its purpose needs,
+/// and its groups (the declared ones, else skiff's, if it exists yet) let it out.
+async fn preflight(cloud: &Cloud, spec: &LaunchSpec, site: &Site) -> Result<()> {
+    let in_scope = |id: &String| ResourceRef {
+        id: id.clone(),
+        scope: spec.scope.clone(),
+    };
+    let subnet = &site.subnet;
     let report = verify::verify(
         cloud,
         &VerifySpec {
-            subnets: vec![ResourceRef {
-                id: subnet.to_string(),
-                scope: spec.scope.clone(),
-            }],
+            subnets: vec![in_scope(subnet)],
             services: spec
                 .purpose
                 .services()
@@ -95,6 +98,7 @@ async fn preflight(cloud: &Cloud, spec: &LaunchSpec, subnet: &str) -> Result<()>
                 .collect(),
             repository_vpc: None,
             from: None,
+            groups: site.security_groups.iter().map(in_scope).collect(),
         },
     )
     .await?;
