@@ -86,7 +86,9 @@ local appliance_subnet = ec2.subnet{
 peer_vpcs{ requester = worker_vpc, accepter = repo_vpc }
 peer_vpcs{ requester = appliance_vpc, accepter = repo_vpc }
 
--- Preflight: what a private backup worker and the appliance need.
+-- Preflight: what a private backup worker and the appliance need (and, once
+-- the first private launch has made it, that skiff's worker group
+-- `skiff-workers` lets HTTPS out to every endpoint).
 local checks = {
   workers = net.verify{
     subnets = { worker_subnet }, services = worker_services, repository_vpc = repo_vpc,

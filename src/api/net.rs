@@ -248,6 +248,8 @@ struct VerifyOpts {
     repository_vpc: Option<RefArg>,
     from: Option<String>,
     #[serde(default)]
+    groups: List<RefArg>,
+    #[serde(default)]
     strict: bool,
     account: Option<String>,
     region: Option<String>,
@@ -322,11 +324,27 @@ async fn verify_fn(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
         .as_deref()
         .map(|f| super::ec2::parse_cidr(P, "from", f))
         .transpose()?;
+    let groups = o
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            g.resolve(
+                &ctx,
+                P,
+                &format!("groups[{}]", i + 1),
+                "security_group",
+                a,
+                r,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let spec = verify::VerifySpec {
         subnets,
         services: o.services.0,
         repository_vpc,
         from,
+        groups,
     };
     let report = run_verify(&ctx, &spec).await.map_err(|e| e.into_error(P))?;
     if o.strict && !report.ok() {

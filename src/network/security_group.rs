@@ -1,6 +1,11 @@
 //! Security groups, found by VPC and group name; their inbound rules are
 //! reconciled: missing rules are added, rules already there are kept.
 
+/// skiff's own group for private workers, one per VPC.
+pub const WORKER_GROUP: &str = "skiff-workers";
+/// skiff's own group for public workers, which may also reach anywhere on 443.
+pub const PUBLIC_WORKER_GROUP: &str = "skiff-workers-public";
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -49,15 +54,36 @@ pub struct Rule {
     pub cidr: Cidr,
 }
 
+/// Whether a rule for `rule_proto` on `ports` lets `proto`/`port` traffic through.
+fn covers(rule_proto: Proto, ports: Option<(i32, i32)>, proto: Proto, port: i32) -> bool {
+    let proto_ok = rule_proto == Proto::All || rule_proto == proto;
+    let port_ok = match ports {
+        None => true,
+        Some((lo, hi)) => (lo == -1 && hi == -1) || (lo <= port && port <= hi),
+    };
+    proto_ok && port_ok
+}
+
 impl Rule {
     /// Whether this rule admits `proto`/`port` traffic from every address of `from`.
     pub fn admits(&self, proto: Proto, port: i32, from: &Cidr) -> bool {
-        let proto_ok = self.proto == Proto::All || self.proto == proto;
-        let port_ok = match self.ports {
-            None => true,
-            Some((lo, hi)) => (lo == -1 && hi == -1) || (lo <= port && port <= hi),
-        };
-        proto_ok && port_ok && self.cidr.contains(from)
+        covers(self.proto, self.ports, proto, port) && self.cidr.contains(from)
+    }
+}
+
+/// A rule addressed to another security group (its members) instead of a block.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupRule {
+    pub proto: Proto,
+    pub ports: Option<(i32, i32)>,
+    /// `sg-…`
+    pub group: String,
+}
+
+impl GroupRule {
+    /// Whether this rule lets `proto`/`port` traffic through to or from `group`.
+    pub fn allows(&self, proto: Proto, port: i32, group: &str) -> bool {
+        covers(self.proto, self.ports, proto, port) && self.group == group
     }
 }
 
@@ -143,6 +169,8 @@ pub struct SecurityGroup {
     pub ingress: Vec<Rule>,
     /// Outbound rules (`cidr` is the destination).
     pub egress: Vec<Rule>,
+    /// Outbound rules whose destination is another group's members.
+    pub egress_groups: Vec<GroupRule>,
     pub created: bool,
     /// Rules this call added.
     pub added: Vec<Rule>,
@@ -159,15 +187,43 @@ pub fn egress_of(g: &aws_sdk_ec2::types::SecurityGroup) -> Vec<Rule> {
     cidr_rules(g.ip_permissions_egress())
 }
 
+/// The outbound rules of a group that name other groups.
+pub fn egress_groups_of(g: &aws_sdk_ec2::types::SecurityGroup) -> Vec<GroupRule> {
+    let mut rules: Vec<GroupRule> = g
+        .ip_permissions_egress()
+        .iter()
+        .filter_map(|p| Some((p, proto_and_ports(p)?)))
+        .flat_map(|(p, (proto, ports))| {
+            p.user_id_group_pairs()
+                .iter()
+                .filter_map(|pair| pair.group_id())
+                .map(move |group| GroupRule {
+                    proto,
+                    ports,
+                    group: group.to_string(),
+                })
+        })
+        .collect();
+    rules.sort();
+    rules.dedup();
+    rules
+}
+
+/// A permission's protocol and port range; `None` for a protocol skiff does not model.
+fn proto_and_ports(p: &IpPermission) -> Option<(Proto, Option<(i32, i32)>)> {
+    let proto = Proto::parse(p.ip_protocol().unwrap_or("-1")).ok()?;
+    let ports = match proto {
+        Proto::All => None,
+        _ => Some((p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1))),
+    };
+    Some((proto, ports))
+}
+
 fn cidr_rules(perms: &[IpPermission]) -> Vec<Rule> {
     let mut rules = Vec::new();
     for p in perms {
-        let Ok(proto) = Proto::parse(p.ip_protocol().unwrap_or("-1")) else {
+        let Some((proto, ports)) = proto_and_ports(p) else {
             continue;
-        };
-        let ports = match proto {
-            Proto::All => None,
-            _ => Some((p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1))),
         };
         for r in p.ip_ranges() {
             if let Some(cidr) = r.cidr_ip().and_then(|c| c.parse().ok()) {
@@ -192,6 +248,7 @@ fn from_sdk(g: &aws_sdk_ec2::types::SecurityGroup, scope: &Scope, created: bool)
         scope: scope.clone(),
         ingress: rules_of(g),
         egress: egress_of(g),
+        egress_groups: egress_groups_of(g),
         created,
         added: Vec::new(),
     }
@@ -253,6 +310,40 @@ pub async fn lookup_many(
         .collect()
 }
 
+/// Describes one security group; `field` names the argument.
+pub async fn lookup(cloud: &Cloud, field: &str, r: &ResourceRef) -> Result<SecurityGroup> {
+    let found = lookup_many(cloud, field, &r.scope, std::slice::from_ref(&r.id))
+        .await
+        .map_err(|e| match e {
+            // lookup_many numbers its fields; this is one.
+            NetError::Invalid { message, .. } => NetError::invalid(field, message),
+            other => other,
+        })?;
+    Ok(found.into_iter().next().expect("one group per id"))
+}
+
+/// The group named `name` in VPC `vpc_id`, if there is one.
+pub async fn find_named(
+    cloud: &Cloud,
+    scope: &Scope,
+    vpc_id: &str,
+    name: &str,
+) -> Result<Option<SecurityGroup>> {
+    let found = cloud
+        .ec2(scope)
+        .await
+        .describe_security_groups()
+        .filters(filter("vpc-id", [vpc_id]))
+        .filters(filter("group-name", [name]))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeSecurityGroups", e))?;
+    Ok(found
+        .security_groups()
+        .first()
+        .map(|g| from_sdk(g, scope, false)))
+}
+
 /// Finds the group named `spec.name` in `spec.vpc` or creates it, then adds missing rules.
 pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityGroup> {
     let vpc: Vpc = vpc::lookup(cloud, "vpc", &spec.vpc).await?;
@@ -266,21 +357,7 @@ pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityG
         ));
     }
     let ec2 = cloud.ec2(&vpc.scope).await;
-    let find = || async {
-        let found = ec2
-            .describe_security_groups()
-            .filters(filter("vpc-id", [vpc.id.as_str()]))
-            .filters(filter("group-name", [spec.name.as_str()]))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("ec2:DescribeSecurityGroups", e))?;
-        Ok::<_, NetError>(
-            found
-                .security_groups()
-                .first()
-                .map(|g| from_sdk(g, &vpc.scope, false)),
-        )
-    };
+    let find = || find_named(cloud, &vpc.scope, &vpc.id, &spec.name);
     let mut group = match find().await? {
         Some(g) => g,
         None => {
@@ -317,6 +394,7 @@ pub async fn ensure(cloud: &Cloud, spec: &SecurityGroupSpec) -> Result<SecurityG
                             ports: None,
                             cidr: "0.0.0.0/0".parse().expect("a CIDR"),
                         }],
+                        egress_groups: Vec::new(),
                         created: true,
                         added: Vec::new(),
                     }
@@ -474,5 +552,23 @@ mod tests {
         };
         assert!(all.admits(Proto::Tcp, 443, &vpc));
         assert_eq!(r.to_string(), "tcp 443 from 10.0.0.0/8");
+    }
+
+    #[test]
+    fn group_rules_allow_their_group_only() {
+        let r = GroupRule {
+            proto: Proto::Tcp,
+            ports: Some((443, 443)),
+            group: "sg-1".into(),
+        };
+        assert!(r.allows(Proto::Tcp, 443, "sg-1"));
+        assert!(!r.allows(Proto::Tcp, 443, "sg-2"));
+        assert!(!r.allows(Proto::Tcp, 80, "sg-1"));
+        let all = GroupRule {
+            proto: Proto::All,
+            ports: None,
+            ..r
+        };
+        assert!(all.allows(Proto::Tcp, 443, "sg-1"));
     }
 }

@@ -1,11 +1,12 @@
 //! The private-network preflight: can a worker in each subnet reach every
 //! service it needs, and the repository's S3 endpoint, without a public
-//! address? Each gap becomes a finding that names the resource and what it lacks.
+//! address — and do the workers' own groups let it out? Each gap becomes a
+//! finding that names the resource and what it lacks.
 
 use super::acl::{self, Acl};
 use super::endpoint::{self, Endpoint, Kind};
 use super::peering::{self, RouteTable};
-use super::security_group::{self, Proto};
+use super::security_group::{self, Proto, SecurityGroup};
 use super::subnet::{self, Subnet};
 use super::vpc::{self, Vpc};
 use super::{Cidr, NetError, ResourceRef, Result};
@@ -22,11 +23,15 @@ pub struct VerifySpec {
     /// The addresses the traffic comes from (default: each subnet's CIDR),
     /// e.g. the one address of an appliance inside its subnet.
     pub from: Option<Cidr>,
+    /// The workers' own security groups, checked for TCP 443 out to every
+    /// endpoint; each applies to the subnets of its VPC. Empty: skiff's
+    /// private worker group of each subnet's VPC, where it exists.
+    pub groups: Vec<ResourceRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Finding {
-    /// The resource at fault: `vpce-…`, `vpc-…`, `rtb-…`, `pcx-…`, `subnet-…`.
+    /// The resource at fault: `vpce-…`, `vpc-…`, `rtb-…`, `pcx-…`, `acl-…`, `subnet-…`, `sg-…`.
     pub resource: String,
     /// The service concerned, when there is one.
     pub service: Option<String>,
@@ -146,6 +151,40 @@ impl Checker<'_> {
             );
         }
         Ok(())
+    }
+
+    /// Checks that each worker group lets TCP 443 out to every subnet of the
+    /// endpoint: by a block containing the subnet's, or by naming one of the
+    /// endpoint's groups.
+    fn check_egress(
+        &mut self,
+        worker_groups: &[SecurityGroup],
+        e: &Endpoint,
+        svc: &str,
+        servers: &[&Subnet],
+    ) {
+        for g in worker_groups {
+            let to_endpoint_group = g.egress_groups.iter().any(|r| {
+                e.security_groups
+                    .iter()
+                    .any(|eg| r.allows(Proto::Tcp, 443, eg))
+            });
+            if to_endpoint_group {
+                continue;
+            }
+            for t in servers {
+                if !g.egress.iter().any(|r| r.admits(Proto::Tcp, 443, &t.cidr)) {
+                    self.report.add(
+                        &g.id,
+                        Some(svc),
+                        format!(
+                            "does not allow TCP 443 out to {} ({svc}) in {} ({})",
+                            e.id, t.id, t.cidr
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// Finds a usable interface endpoint for `svc` among `endpoints` of `vpc`.
@@ -302,6 +341,27 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
         Some(r) => Some(vpc::lookup(cloud, "repository_vpc", r).await?),
         None => None,
     };
+    let mut given_groups = Vec::new();
+    for (i, r) in spec.groups.iter().enumerate() {
+        let field = format!("groups[{}]", i + 1);
+        let g = security_group::lookup(cloud, &field, r).await?;
+        if !subnets
+            .iter()
+            .any(|s| s.vpc_id == g.vpc_id && s.scope == g.scope)
+        {
+            let ids: Vec<&str> = subnets.iter().map(|s| s.id.as_str()).collect();
+            return Err(NetError::invalid(
+                field,
+                format!(
+                    "{} is in {}, which holds none of the subnets ({})",
+                    g.id,
+                    g.vpc_id,
+                    ids.join(", ")
+                ),
+            ));
+        }
+        given_groups.push(g);
+    }
 
     let mut c = Checker {
         cloud,
@@ -324,6 +384,15 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
         let endpoints = endpoint::of_vpc(cloud, &worker.as_ref(), None).await?;
         let worker_acls = acl::of_vpc(cloud, &worker.as_ref()).await?;
         let worker_subnets = subnet::of_vpc(cloud, &worker.as_ref()).await?;
+        let worker_groups: Vec<SecurityGroup> = if spec.groups.is_empty() {
+            skiff_group(cloud, &worker).await?.into_iter().collect()
+        } else {
+            given_groups
+                .iter()
+                .filter(|g| g.vpc_id == worker.id && g.scope == worker.scope)
+                .cloned()
+                .collect()
+        };
         if let Some(from) = &spec.from {
             if !s.cidr.contains(from) {
                 return Err(NetError::invalid(
@@ -348,6 +417,7 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
                     .filter(|t| e.subnets.contains(&t.id))
                     .collect();
                 c.check_acls(&worker_acls, s, &source, &worker_acls, &servers, svc);
+                c.check_egress(&worker_groups, &e, svc, &servers);
             }
         }
         if let Some(repo) = &repo {
@@ -378,6 +448,7 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
                     .filter(|t| e.subnets.contains(&t.id))
                     .collect();
                 c.check_acls(&worker_acls, s, &source, &repo_acls, &servers, "s3");
+                c.check_egress(&worker_groups, e, "s3", &servers);
             }
             if repo.id != worker.id {
                 c.check_path(&worker, s, repo, s3.as_ref()).await?;
@@ -385,4 +456,11 @@ pub async fn verify(cloud: &Cloud, spec: &VerifySpec) -> Result<Report> {
         }
     }
     Ok(c.report)
+}
+
+/// skiff's own group for private workers in a VPC, when it exists. One that
+/// does not exist yet has nothing to check: the first private launch creates
+/// it with HTTPS out to the VPC and its peers.
+async fn skiff_group(cloud: &Cloud, vpc: &Vpc) -> Result<Option<SecurityGroup>> {
+    security_group::find_named(cloud, &vpc.scope, &vpc.id, security_group::WORKER_GROUP).await
 }

@@ -52,17 +52,23 @@ pub(super) struct Checked {
     pub ami: String,
 }
 
-/// Everything that can refuse a launch, checked before anything is created:
-/// the instance type, the network, the private-network preflight, the
-/// instance profile and the image. (Without declared groups the site has
-/// none yet: the pool adds skiff's worker group of the VPC.)
-pub(super) async fn check(
+/// Everything that can refuse a launch, checked before an instance is
+/// launched: the instance type, the network, the private-network preflight,
+/// the instance profile and the image. Without declared groups the worker
+/// gets skiff's own group of the VPC, from `own_group` (found or created,
+/// its rules reconciled), before the preflight checks it.
+pub(super) async fn check<G, F>(
     cloud: &Cloud,
     spec: &LaunchSpec,
     cfg: &RegionConfig,
     instance_profile: Option<&str>,
     ami_parameter: &str,
-) -> Result<Checked> {
+    own_group: G,
+) -> Result<Checked>
+where
+    G: FnOnce(String) -> F,
+    F: std::future::Future<Output = Result<String>>,
+{
     let scope = &spec.scope;
     if !is_instance_type(&spec.instance_type) {
         return Err(WorkerError::invalid(
@@ -70,7 +76,10 @@ pub(super) async fn check(
             format!("unknown instance type {:?}", spec.instance_type),
         ));
     }
-    let site = network::choose(cloud, scope, cfg).await?;
+    let mut site = network::choose(cloud, scope, cfg).await?;
+    if site.security_groups.is_empty() {
+        site.security_groups = vec![own_group(site.vpc.clone()).await?];
+    }
     if spec.private {
         preflight(cloud, spec, &site).await?;
     }
@@ -85,10 +94,11 @@ pub(super) async fn check(
 /// and each repository through its S3 endpoint: the endpoint exists, admits
 /// the subnet on 443, and is reached over a peering routed both ways.
 async fn preflight(cloud: &Cloud, spec: &LaunchSpec, site: &Site) -> Result<()> {
-    let subnet = ResourceRef {
-        id: site.subnet.clone(),
+    let in_scope = |id: &String| ResourceRef {
+        id: id.clone(),
         scope: spec.scope.clone(),
     };
+    let subnet = in_scope(&site.subnet);
     let mut services: Vec<String> = spec.purpose.services().iter().map(|s| s.to_string()).collect();
     // A worker acting on another account's data assumes its role.
     if spec.resource.scope.account != spec.scope.account {
@@ -114,6 +124,7 @@ async fn preflight(cloud: &Cloud, spec: &LaunchSpec, site: &Site) -> Result<()> 
                 services,
                 repository_vpc,
                 from: None,
+                groups: site.security_groups.iter().map(in_scope).collect(),
             },
         )
         .await?;

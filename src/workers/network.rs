@@ -66,9 +66,9 @@ pub async fn check(
 /// one for public ones (which may also reach the internet on 443).
 pub fn worker_group_name(public: bool) -> &'static str {
     if public {
-        "skiff-workers-public"
+        security_group::PUBLIC_WORKER_GROUP
     } else {
-        "skiff-workers"
+        security_group::WORKER_GROUP
     }
 }
 

@@ -221,14 +221,18 @@ impl WorkerPool {
                 s.file.ami_parameter.clone(),
             )
         };
-        let mut checked =
-            launch::check(&self.cloud, &spec, &cfg, profile.as_deref(), &ami_param).await?;
-        if checked.site.security_groups.is_empty() {
-            checked.site.security_groups = vec![
-                self.worker_group(&scope, &checked.site.vpc, !spec.private)
-                    .await?,
-            ];
-        }
+        let checked = launch::check(
+            &self.cloud,
+            &spec,
+            &cfg,
+            profile.as_deref(),
+            &ami_param,
+            |vpc| {
+                let (scope, public) = (&scope, !spec.private);
+                async move { self.worker_group(scope, &vpc, public).await }
+            },
+        )
+        .await?;
         // On AWS the instance fetches this binary; the local launcher runs it here.
         let agent = match (&agents, launcher) {
             (Some(a), _) => Some(self.agent_source(a).await?),

@@ -184,6 +184,12 @@ net.services = {}
 --- (default: each subnet's own block)
 --- @field from? string
 ---
+--- The workers' security groups, each in the VPC of one of `subnets`;
+--- each must allow TCP 443 out to every endpoint checked for the subnets
+--- of its VPC.
+--- (default: skiff's own `skiff-workers` group of each subnet's VPC, where it exists)
+--- @field groups? skiff.SecurityGroupRef[]
+---
 --- Raise a `skiff.error` of kind `"preflight"` (its `details` the report)
 --- when anything is found, instead of returning the report.
 --- (default: `false`)
@@ -199,7 +205,7 @@ net.services = {}
 
 --- One gap in the private network.
 --- @class skiff.Finding
---- @field resource string The resource at fault: `vpce-…`, `vpc-…`, `rtb-…`, `pcx-…`, `acl-…`, `subnet-…`.
+--- @field resource string The resource at fault: `vpce-…`, `vpc-…`, `rtb-…`, `pcx-…`, `acl-…`, `subnet-…`, `sg-…`.
 --- @field service? string The service concerned, when there is one.
 --- @field problem string What is missing or wrong, e.g. `"has no route to 10.30.1.0/24 through pcx-…"`.
 --- @field message string `"<resource>: <problem>"`.
@@ -215,7 +221,9 @@ net.services = {}
 --- Gateway endpoint is reported as unsupported) admitting the subnet, CIDRs
 --- that do not overlap, an active peering, and routes through it both ways.
 --- On every path, the network ACLs of both ends must let TCP 443 through and
---- the replies back on ephemeral ports (1024–65535), since ACLs are stateless.
+--- the replies back on ephemeral ports (1024–65535), since ACLs are stateless,
+--- and the workers' groups (`groups`, else skiff's `skiff-workers`) must
+--- allow TCP 443 out to every endpoint checked.
 ---
 --- ```lua
 --- local report = net.verify{ subnets = { a }, services = { "ssm", "sqs" }, repository_vpc = repo }

@@ -19,5 +19,6 @@ mod serve;
 mod serve_lifecycle;
 mod soak;
 mod specs;
+mod verify_groups;
 mod volume;
 mod workers;

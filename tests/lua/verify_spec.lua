@@ -155,6 +155,24 @@ describe("net.verify", function()
       finding(r.id, nil, string.format("CIDR 10.186.0.0/20 overlaps the worker VPC %s (10.186.0.0/16); peered VPCs need disjoint CIDRs", w.vpc.id)))
   end)
 
+  it("checks the given worker groups, each in the VPC of a subnet", function()
+    local w = worker(189, { "ssm" })
+    local app = ec2.security_group{ vpc = w.vpc, name = spec.unique("app") }
+    -- A new group allows everything out (the gaps are in tests/it/verify_groups.rs).
+    expect(net.verify{ subnets = { w.subnet }, services = { "ssm" }, groups = { app } })
+      :to_equal({ ok = true, findings = {} })
+    local elsewhere = worker(184)
+    expect(function() net.verify{ subnets = { w.subnet }, groups = { app.id, elsewhere.sg } } end)
+      :to_fail(string.format("net.verify: opts.groups[2]: %s is in %s, which holds none of the subnets (%s)",
+        elsewhere.sg.id, elsewhere.vpc.id, w.subnet.id))
+    expect(function() net.verify{ subnets = { w.subnet }, groups = { w.subnet } } end)
+      :to_fail(string.format("net.verify: opts.groups[1]: expected a security group, got a subnet (%s)", w.subnet.id))
+    expect(function() net.verify{ subnets = { w.subnet }, groups = { w.vpc.id } } end)
+      :to_fail(string.format('net.verify: opts.groups[1]: expected a security group (a table from ec2.security_group or an "sg-…" id), got %q', w.vpc.id))
+    expect(function() net.verify{ subnets = { w.subnet }, groups = { "sg-0123456789abcdef0" } } end)
+      :to_fail("net.verify: opts.groups[1]: no security group sg-0123456789abcdef0 in account default, region us-east-1")
+  end)
+
   it("with strict = true raises a structured preflight error carrying the report", function()
     local w = worker(187, { "ssm" })
     local expected = finding(w.vpc.id, "sqs", "worker VPC has no interface endpoint for sqs (com.amazonaws.us-east-1.sqs)")
@@ -193,7 +211,7 @@ describe("net.verify", function()
     expect(function() net.verify{ subnets = { w.subnet }, strict = 1 } end)
       :to_fail("net.verify: opts.strict: expected boolean, got number")
     expect(function() net.verify{ subnets = { w.subnet }, service = { "ssm" } } end)
-      :to_fail("net.verify: opts.service: unknown option; expected one of subnets, services, repository_vpc, from, strict, account, region")
+      :to_fail("net.verify: opts.service: unknown option; expected one of subnets, services, repository_vpc, from, groups, strict, account, region")
   end)
 end)
 
