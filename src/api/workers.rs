@@ -142,6 +142,7 @@ fn kind_of_id(s: &str) -> Option<ResourceKind> {
 /// Reads `resource`: an id string, a table from a primitive (its own
 /// account and region honoured), a repository `{kind = "repository", id =
 /// location, region = …}`, or a restore target `{region = …, account = …}`.
+/// A repository in S3 with no region here is placed by its bucket's.
 async fn resolve_resource(
     ctx: &Context,
     v: &serde_json::Value,
@@ -211,6 +212,7 @@ async fn resolve_resource(
     };
     // The table's own account and region, named as its fields when wrong.
     let in_table = acc.is_some() || reg.is_some();
+    let region_declared = reg.is_some() || region.is_some();
     let scope = ctx
         .cloud
         .scope(acc.as_deref().or(account), reg.as_deref().or(region))
@@ -226,7 +228,7 @@ async fn resolve_resource(
             };
             ApiError::field(P, &field, e)
         })?;
-    Resource::look_up(&ctx.cloud, kind, id, scope)
+    Resource::look_up(&ctx.cloud, kind, id, scope, region_declared)
         .await
         .map_err(|e| e.into_error(P))
 }
@@ -293,11 +295,18 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             .map_err(|e| ApiError::field(P, "account", e))?;
     }
     let repositories = repositories(&ctx, &o.resource, o.repositories)?;
-    let resource =
+    let mut resource =
         resolve_resource(&ctx, &o.resource, o.account.as_deref(), o.region.as_deref()).await?;
     let backup = ctx.cloud.backup_account();
-    let scope = placement::place(purpose, &resource, o.account.as_deref(), &backup)
-        .map_err(|e| e.into_error(P))?;
+    let scope = placement::locate(
+        &ctx.cloud,
+        purpose,
+        &mut resource,
+        o.account.as_deref(),
+        &backup,
+    )
+    .await
+    .map_err(|e| e.into_error(P))?;
     let pool = ctx.pool();
     let (instance_type, private) = {
         let s = pool.settings.lock().unwrap();

@@ -435,6 +435,7 @@ mod tests {
                 id: "vol-1".into(),
                 scope: scope.clone(),
                 size_gib: 8,
+                region_of_bucket: None,
             },
             scope,
             instance_type: "c5.large".into(),

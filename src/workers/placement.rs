@@ -8,10 +8,14 @@
 //! | restore | the target's | backup, or the target's (production) |
 //! | archive | the standard repository's | backup |
 //! | retention, health, flr | the repository's | backup |
+//!
+//! A repository in S3 whose region the script does not declare is where S3
+//! says its bucket is (GetBucketLocation in the repository's account).
 
 use super::{Result, WorkerError};
-use crate::cloud::{Cloud, Scope};
+use crate::cloud::{AwsError, Cloud, Scope};
 use crate::estate::{self, EstateError};
+use crate::repo::RepoUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Purpose {
@@ -134,16 +138,22 @@ pub struct Resource {
     pub scope: Scope,
     /// Total size of the source volumes, for the instance type (GiB).
     pub size_gib: u64,
+    /// A repository's S3 bucket whose region is still to be asked (none was
+    /// declared): until [`locate`] asks, `scope.region` is only the default.
+    pub region_of_bucket: Option<String>,
 }
 
 impl Resource {
     /// `id` of `kind` in `scope`, looked up in the estate for the size of
     /// its volumes; an id that names nothing there is refused as `resource`.
+    /// `region_declared`: whether `scope.region` was given rather than the
+    /// default, which for a repository in S3 leaves its bucket to be asked.
     pub async fn look_up(
         cloud: &Cloud,
         kind: ResourceKind,
         id: String,
         scope: Scope,
+        region_declared: bool,
     ) -> Result<Resource> {
         let size_gib = match kind {
             ResourceKind::Instance => estate::attached_size_gib(cloud, &scope, &id).await,
@@ -160,12 +170,85 @@ impl Resource {
             EstateError::Aws(a) => WorkerError::Aws(a),
             EstateError::Timeout(m) => WorkerError::Lost(m),
         })?;
+        let region_of_bucket = match kind {
+            ResourceKind::Repository if !region_declared => s3_bucket(&id)?,
+            _ => None,
+        };
         Ok(Resource {
             kind,
             id,
             scope,
             size_gib,
+            region_of_bucket,
         })
+    }
+}
+
+/// The bucket of a repository location in S3 (`s3://…` or `repo:s3://…`);
+/// none for a directory.
+fn s3_bucket(location: &str) -> Result<Option<String>> {
+    let location = location.strip_prefix("repo:").unwrap_or(location);
+    match RepoUrl::parse(location) {
+        Ok(RepoUrl::S3 { bucket, .. }) => Ok(Some(bucket)),
+        Ok(RepoUrl::Local(_)) => Ok(None),
+        Err(m) => Err(WorkerError::invalid("resource", m)),
+    }
+}
+
+/// The region a `GetBucketLocation` answer names: none (or empty) is
+/// us-east-1 and the legacy `EU` is eu-west-1, as S3 documents.
+fn region_of_constraint(constraint: Option<&str>) -> String {
+    match constraint {
+        None | Some("") => "us-east-1",
+        Some("EU") => "eu-west-1",
+        Some(r) => r,
+    }
+    .to_string()
+}
+
+/// Where S3 says `bucket` (of repository `location`) is, asked in `scope`'s
+/// account. A bucket that is not there or that the account may not read is
+/// refused as `resource`; a temporary failure stays a retryable AWS error.
+async fn bucket_region(
+    cloud: &Cloud,
+    scope: &Scope,
+    bucket: &str,
+    location: &str,
+) -> Result<String> {
+    let asked = cloud
+        .s3(scope)
+        .await
+        .get_bucket_location()
+        .bucket(bucket)
+        .send()
+        .await;
+    match asked {
+        Ok(out) => Ok(region_of_constraint(
+            out.location_constraint().map(|c| c.as_str()),
+        )),
+        Err(e) => {
+            let e = AwsError::from_sdk("s3:GetBucketLocation", e);
+            let whose = format!(
+                "S3 bucket {bucket:?} of repository {location}, asked in account {}",
+                scope.account
+            );
+            if e.retryable {
+                Err(WorkerError::Aws(AwsError {
+                    message: format!("the region of {whose}: {}", e.message),
+                    ..e
+                }))
+            } else if e.code.as_deref() == Some("NoSuchBucket") || e.status == Some(404) {
+                Err(WorkerError::invalid(
+                    "resource",
+                    format!("no {whose}; create the bucket, or declare the repository's region"),
+                ))
+            } else {
+                Err(WorkerError::invalid(
+                    "resource",
+                    format!("the region of {whose} could not be read ({e}); declare the repository's region"),
+                ))
+            }
+        }
     }
 }
 
@@ -233,6 +316,26 @@ pub fn place(
     })
 }
 
+/// [`place`], then, for a repository in S3 with no declared region, the
+/// region of its bucket (asked only once the placement rules have passed, so
+/// a refused account or purpose is named first). `resource.scope` is then
+/// the bucket's too.
+pub async fn locate(
+    cloud: &Cloud,
+    purpose: Purpose,
+    resource: &mut Resource,
+    requested: Option<&str>,
+    backup_account: &str,
+) -> Result<Scope> {
+    let mut scope = place(purpose, resource, requested, backup_account)?;
+    if let Some(bucket) = resource.region_of_bucket.take() {
+        let region = bucket_region(cloud, &resource.scope, &bucket, &resource.id).await?;
+        resource.scope.region = region.clone();
+        scope.region = region;
+    }
+    Ok(scope)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +349,7 @@ mod tests {
                 region: region.into(),
             },
             size_gib: 8,
+            region_of_bucket: None,
         }
     }
 
@@ -310,5 +414,28 @@ mod tests {
             vec!["ssm", "ssmmessages", "ec2messages", "sqs", "ebs"]
         );
         assert!(!Purpose::Archive.services().contains(&"ebs"));
+    }
+
+    #[test]
+    fn a_bucket_region_as_s3_names_it() {
+        assert_eq!(region_of_constraint(None), "us-east-1");
+        assert_eq!(region_of_constraint(Some("")), "us-east-1");
+        assert_eq!(region_of_constraint(Some("EU")), "eu-west-1");
+        assert_eq!(region_of_constraint(Some("ap-south-1")), "ap-south-1");
+        assert_eq!(
+            s3_bucket("repo:s3://acme-backups/skiff")
+                .unwrap()
+                .as_deref(),
+            Some("acme-backups")
+        );
+        assert_eq!(
+            s3_bucket("s3://acme-backups").unwrap().as_deref(),
+            Some("acme-backups")
+        );
+        assert_eq!(s3_bucket("/srv/skiff").unwrap(), None);
+        assert_eq!(
+            s3_bucket("s3://B/x").unwrap_err().to_string(),
+            "resource: invalid S3 bucket name \"B\" in \"s3://B/x\": expected s3://BUCKET/PREFIX with a bucket of 3-63 lowercase letters, digits, '-' or '.'"
+        );
     }
 }

@@ -7,13 +7,16 @@
 --      older snapshot is then deleted (the newest stays as the next run's
 --      base) and the worker removed as soon as it is done;
 --   2. archive (when the policy has one): an archive worker in the standard
---      repository's region copies the points the policy selects for archive
+--      repository's region (its bucket's, when not declared) copies the points the policy selects for archive
 --      (the first point of each week, month or year of each volume, or all)
 --      that are not archived yet into the archive repository, oldest first,
 --      keeping each point's time — the archive is its own forever-incremental
 --      chain, its data stored in the archive storage class;
 --   3. retention: a retention worker in the repository's region forgets the
 --      policy's points its retention does not keep, then prunes.
+--
+-- The policy's `worker` settings hold for all three kinds of worker, except
+-- `account`, which only backup workers may take (see `deploy` below).
 --
 -- Archive comes before retention so a point chosen for the archive is copied
 -- before retention may forget it. Everything the run creates is tagged with
@@ -121,17 +124,27 @@ local function at(repository, extra)
   return t
 end
 
-local function backup_instance(policy, ctx, inst, password)
-  local w = deploy_worker{
-    purpose = "backup", resource = inst.resource,
-    -- The backup account unless the policy asks for the production one; a
-    -- worker there reads the snapshot through the production account's role.
-    account = policy.worker.account,
+-- A worker of the run, with the policy's `worker` settings: `private` and
+-- `profile` hold for every worker. `account` is for backup workers only —
+-- the backup account unless the policy asks for the production one, where a
+-- worker reads the snapshot through that account's role; archive and
+-- retention workers always run in the backup account (placement refuses any
+-- other), whatever account the backups run in.
+-- `repositories` are those the worker reaches besides a repository
+-- `resource` (a private worker's preflight follows the way to each).
+local function deploy(policy, purpose, resource, tags, repositories)
+  return deploy_worker{
+    purpose = purpose, resource = resource, tags = tags,
+    account = purpose == "backup" and policy.worker.account or nil,
     private = policy.worker.private,
     profile = policy.worker.profile,
-    repositories = { policy.repository },
-    tags = { policy = policy.name, ["backup-of"] = inst.id },
+    repositories = repositories,
   }
+end
+
+local function backup_instance(policy, ctx, inst, password)
+  local w = deploy(policy, "backup", inst.resource, { policy = policy.name, ["backup-of"] = inst.id },
+    { policy.repository })
   local done = {}
   for _, vol in ipairs(inst.volumes) do
     local snap = ec2.snapshot{
@@ -248,11 +261,8 @@ end
 local function archive(policy, ctx, password)
   local arch = policy.archive
   local arch_password = password_of(arch.repository, "archive")
-  local w = deploy_worker{
-    purpose = "archive", resource = policy.repository,
-    repositories = { arch.repository },
-    tags = { policy = policy.name },
-  }
+  -- In the standard repository's region: its bucket's, unless declared.
+  local w = deploy(policy, "archive", policy.repository, { policy = policy.name }, { arch.repository })
   local ok, res = pcall(function()
     local ok_points, existing = pcall(repo.points, at(arch.repository, { password = arch_password, worker = w }))
     if not ok_points then
@@ -300,10 +310,7 @@ end
 -- ─── retention ─────────────────────────────────────────────────────────────
 
 local function retention(policy, ctx, password)
-  local w = deploy_worker{
-    purpose = "retention", resource = policy.repository,
-    tags = { policy = policy.name },
-  }
+  local w = deploy(policy, "retention", policy.repository, { policy = policy.name })
   local ok, res = pcall(function()
     local rules = at(policy.repository, {
       password = password, tags = { policy = policy.name }, wait = M.lease_wait, worker = w,

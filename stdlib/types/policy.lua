@@ -7,7 +7,7 @@
 --- @class skiff.RepositoryOpts
 --- @field name string Letters, digits, `_`, `-`, `.`; unique among the script's repositories.
 --- @field location string A directory (`/srv/skiff`, `./repo`) or `s3://bucket/prefix`.
---- @field region? string The bucket's region (retention and archive workers run there).
+--- @field region? string The bucket's region, where retention and archive workers run (default: the bucket's region as S3 tells it — GetBucketLocation in `account` — before the workers are launched).
 --- @field account? string The account owning the bucket (an account from skiff.toml, or `default`).
 --- @field password? skiff.PasswordSource (default: `{env = "SKIFF_PASSWORD"}`; see volume.lua)
 --- Where every S3 request for the repository goes, here and on workers:
@@ -94,11 +94,11 @@ function repository(opts) end
 --- @field storage_class skiff.StorageClass
 --- @field points? "weekly"|"monthly"|"yearly"|"all" Which points go to the archive (default: `"monthly"`).
 
---- How the default run deploys the policy's backup workers; placement rules decide the rest.
+--- How the default run deploys all its workers — backup, archive and retention; placement rules decide the rest.
 --- @class skiff.PolicyWorker
---- @field account? string The account backup workers run in (default: each instance's own account, since the EBS direct APIs read a snapshot only in the account that owns it). Any other account fails each copy: its worker cannot read the instance's snapshots.
---- @field private? boolean Private-network deployment (default: `[workers] private` in skiff.toml).
---- @field profile? string An instance type overriding the configured profile (`"c5.2xlarge"`).
+--- @field account? string The account backup workers run in: the backup account (the default; a worker there reads a production snapshot through that account's role) or the instance's own account. Archive and retention workers run in the backup account whatever this says.
+--- @field private? boolean Private-network deployment of every worker of the run (default: `[workers] private` in skiff.toml).
+--- @field profile? string An instance type for every worker of the run, overriding the configured profile (`"c5.2xlarge"`).
 
 --- What a run is told about itself.
 --- @class skiff.RunContext

@@ -17,6 +17,12 @@
 --- | restore | the target (`{ region = … }`, or an instance, volume or snapshot) | the target's | backup, or the target's |
 --- | archive | the standard repository | the repository's | backup |
 --- | retention, health, flr | the repository | the repository's | backup |
+---
+--- A repository in S3 whose region is given neither in its table nor as the
+--- `region` option is in its bucket's region, which skiff asks S3
+--- (GetBucketLocation, in the repository's account) before launching; a
+--- bucket S3 does not have, or will not tell, is refused as `resource`.
+--- A repository in a directory is in the default region.
 --- @alias skiff.Purpose
 ---| "backup"    # copies a source's snapshots into a repository
 ---| "restore"   # writes a repository point into new snapshots and volumes
@@ -36,7 +42,7 @@
 --- @field kind "repository"
 --- @field location? string `"s3://bucket/prefix"`, `"repo:…"` or a path.
 --- @field id? string The same as `location`.
---- @field region? string (default: the `region` option, else the account's region)
+--- @field region? string (default: the `region` option, else, in S3, the bucket's region as S3 tells it; for a directory the account's region)
 --- @field account? string (default: the `account` option, else the default account)
 
 --- What a job is about. A string is an id (`"i-…"`, `"vol-…"`, `"snap-…"`)

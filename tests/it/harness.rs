@@ -153,6 +153,29 @@ impl Emulator {
     pub fn ec2(&self, account: &Account, region: &str) -> aws_sdk_ec2::Client {
         aws_sdk_ec2::Client::new(&self.sdk(account, region))
     }
+
+    /// A new S3 bucket of `account` in `region` (its LocationConstraint),
+    /// named `<prefix>-<random>`; its name.
+    pub async fn bucket_in(&self, account: &Account, region: &str, prefix: &str) -> String {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        let bucket = format!("{prefix}-{}", rand::random::<u32>());
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.sdk(account, region))
+                .force_path_style(true)
+                .build(),
+        );
+        let mut create = s3.create_bucket().bucket(&bucket);
+        // us-east-1 is the one region S3 takes without a constraint (and refuses one for).
+        if region != "us-east-1" {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        create.send().await.unwrap();
+        bucket
+    }
 }
 
 /// `[workers]` for tests: each worker's agent runs as a local process, and

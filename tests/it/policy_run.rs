@@ -67,12 +67,16 @@ async fn run_once(ws: &Workspace, policy: &str) -> (Value, String) {
             }));
             break;
         }
+        // serve is listening, but still loading its policies (a file that
+        // declares a network checks it with AWS first).
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let not_yet = format!("no policy named {policy:?} is loaded");
+        let loading = stderr.contains(&not_yet) || stdout.contains(&not_yet);
         assert!(
-            !stdout.contains("attached to skiff serve"),
-            "attached, but no run:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            loading || !stdout.contains("attached to skiff serve"),
+            "attached, but no run:\n{stdout}\n{stderr}"
         );
-        // serve is not listening yet.
+        // serve is not listening yet, or not loaded.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     unsafe { libc::kill(serve.id().unwrap() as i32, libc::SIGTERM) };
@@ -468,4 +472,118 @@ fn archived_from(p: &Value) -> String {
     let source = p["source"].as_str().unwrap();
     assert!(source.starts_with("repo:"), "{p:#?}");
     source.rsplit_once('#').unwrap().1.to_string()
+}
+
+/// A private network for workers in `region`: a VPC of `cidr` (a /16), a
+/// subnet, a group admitting the VPC on 443 and the interface endpoints
+/// `services` (Lua source), as the Lua of a `workers.configuration{}`.
+async fn private_workers_in(ws: &Workspace, region: &str, cidr: &str, services: &str) -> String {
+    let subnet = cidr.replace(".0.0/16", ".1.0/24");
+    let net = lua_json(
+        ws,
+        &format!(
+            r#"local vpc = ec2.vpc{{ name = "private-workers", cidr = "{cidr}", region = "{region}" }}
+local subnet = ec2.subnet{{ vpc = vpc, cidr = "{subnet}" }}
+local sg = ec2.security_group{{ vpc = vpc, name = "endpoints", ingress = {{ {{ port = 443, cidr = vpc.cidr }} }} }}
+for _, s in ipairs({{ {services} }}) do
+  create_endpoint{{ vpc = vpc, service = s, subnets = {{ subnet }}, security_groups = {{ sg }} }}
+end
+print(json.encode({{ vpc = vpc.id, subnet = subnet.id, sg = sg.id }}))"#
+        ),
+    )
+    .await;
+    format!(
+        "workers.configuration{{ region = {region:?}, vpc = {}, subnet = {}, security_groups = {{ {} }} }}\n",
+        net["vpc"], net["subnet"], net["sg"]
+    )
+}
+
+#[tokio::test]
+async fn a_private_policy_runs_all_its_workers_privately_and_archives_where_the_bucket_is() {
+    let ws = Workspace::new(TOML).await;
+    seed_tool(&ws.account, &["seed", "us-east-1"]).await;
+    // The standard repository in a bucket in eu-west-1 whose region is not
+    // declared: its archive and retention workers go there, S3 says.
+    let main = emulator()
+        .bucket_in(&ws.account, "eu-west-1", "skiff-far")
+        .await;
+    let cold = emulator()
+        .bucket_in(&ws.account, "us-east-1", "skiff-cold")
+        .await;
+    let password = "{ ssm = '/skiff/repository-password', region = 'us-east-1' }";
+    let backup_net = private_workers_in(
+        &ws,
+        "us-east-1",
+        "10.91.0.0/16",
+        "'ssm', 'ssmmessages', 'ec2messages', 'sqs', 'ebs'",
+    )
+    .await;
+    let far_net = private_workers_in(
+        &ws,
+        "eu-west-1",
+        "10.92.0.0/16",
+        "'ssm', 'ssmmessages', 'ec2messages', 'sqs'",
+    )
+    .await;
+    lua_json(
+        &ws,
+        &format!(
+            "repo.init{{ location = 's3://{main}/skiff', password = {password} }} print('null')"
+        ),
+    )
+    .await;
+    ws.write(
+        "policies/private.lua",
+        &format!(
+            r#"{backup_net}{far_net}
+repository{{ name = "main", location = "s3://{main}/skiff", password = {password} }}
+repository{{ name = "cold", location = "s3://{cold}/skiff", region = "us-east-1", password = {password} }}
+policy{{
+  name = "private", schedule = "@yearly", select = {{ tags = {{ backup = "daily" }} }},
+  repository = "main", retention = {{ keep_last = 1 }},
+  archive = {{ repository = "cold", storage_class = "DEEP_ARCHIVE", points = "all" }},
+  worker = {{ private = true }},
+}}
+"#
+        ),
+    );
+    // Every worker as it runs (a terminated instance has no public address
+    // on AWS either, so only a look while it lives tells).
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (watching, account) = (watching.clone(), ws.account.clone());
+        tokio::spawn(async move {
+            let mut live = BTreeMap::new();
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                for region in ["us-east-1", "eu-west-1"] {
+                    for w in running(&workers_in(&account, region).await) {
+                        let purpose = w.tags["skiff:purpose"].clone();
+                        live.insert(
+                            w.instance_id.clone(),
+                            (purpose, region.to_string(), w.public_ip.clone()),
+                        );
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            live
+        })
+    };
+    let (run, log) = run_once(&ws, "private").await;
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let live = watcher.await.unwrap();
+    assert_eq!(run["outcome"], "success", "{run}\n{log}");
+    assert_eq!(run["points"], 2, "one backup, one archive copy: {log}");
+    let mut seen: Vec<(String, String, Option<String>)> = live.into_values().collect();
+    seen.sort();
+    let want = |purpose: &str, region: &str| (purpose.to_string(), region.to_string(), None);
+    assert_eq!(
+        seen,
+        vec![
+            want("archive", "eu-west-1"),
+            want("backup", "us-east-1"),
+            want("retention", "eu-west-1"),
+        ],
+        "every worker private while it ran; archive and retention in the bucket's region"
+    );
 }

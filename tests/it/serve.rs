@@ -124,7 +124,9 @@ pub async fn attach(ws: &Workspace, secs: u64, script: &str) -> std::process::Ou
     {
         use tokio::io::AsyncWriteExt;
         let mut stdin = attach.stdin.take().unwrap();
-        stdin.write_all(script.as_bytes()).await.unwrap();
+        // An attach that found no serve listening may be gone already (a
+        // broken pipe): its output says so, and callers retry.
+        let _ = stdin.write_all(script.as_bytes()).await;
     }
     tokio::time::timeout(Duration::from_secs(secs), attach.wait_with_output())
         .await

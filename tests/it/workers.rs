@@ -482,3 +482,44 @@ async fn a_failing_preflight_refuses_the_launch_and_names_what_is_missing() {
         "only the archive worker was launched"
     );
 }
+
+#[tokio::test]
+async fn a_repository_without_a_region_is_placed_where_its_bucket_is() {
+    let ws = Workspace::new(&toml_accounts(&[], "")).await;
+    let bucket = emulator()
+        .bucket_in(&ws.account, "eu-west-1", "skiff-placed")
+        .await;
+    let script = format!(
+        r#"local a = deploy_worker{{ purpose = 'archive', resource = {{ kind = 'repository', location = 's3://{bucket}/skiff' }} }}
+local r = deploy_worker{{ purpose = 'retention', resource = 'repo:s3://{bucket}/skiff' }}
+local l = deploy_worker{{ purpose = 'retention', resource = './local-repository' }}
+print(a.region, r.region, l.region)
+local ok, err = pcall(deploy_worker, {{ purpose = 'archive', resource = 's3://{bucket}-gone/skiff' }})
+print(err)
+"#
+    );
+    let out = ws.run_lua("bucket.lua", &script, &[]).await;
+    out.ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0], "eu-west-1\teu-west-1\tus-east-1",
+        "S3 repositories in their bucket's region, a directory in the default: {}",
+        out.stdout
+    );
+    assert_eq!(
+        lines[1],
+        format!("bucket.lua:5: deploy_worker: opts.resource: no S3 bucket \"{bucket}-gone\" of repository s3://{bucket}-gone/skiff, asked in account default; create the bucket, or declare the repository's region")
+    );
+    let far = workers_in(&ws.account, "eu-west-1").await;
+    let mut purposes: Vec<&str> = far
+        .iter()
+        .map(|w| w.tags["skiff:purpose"].as_str())
+        .collect();
+    purposes.sort();
+    assert_eq!(purposes, ["archive", "retention"]);
+    assert_eq!(
+        workers_in(&ws.account, "us-east-1").await.len(),
+        1,
+        "the directory's worker, and none for the missing bucket"
+    );
+}

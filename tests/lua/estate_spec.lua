@@ -234,7 +234,7 @@ describe("ec2.instances", function()
   end)
 
   it("never lists skiff's own workers, not even by id or by their tags", function()
-    local w = deploy_worker{ purpose = "health", resource = "s3://estate-spec/repo" }
+    local w = deploy_worker{ purpose = "health", resource = "/srv/estate-spec/repo" }
     local ok, err = pcall(function()
       for _, i in ipairs(ec2.instances{}) do
         expect(i.id ~= w.instance_id):to_be(true)

@@ -13,7 +13,9 @@
 -- and resets every configuration it declares (us-east-2).
 
 local ACCOUNTS = 'skiff.toml declares "other"'
-local REPO = "s3://workers-spec/repo"
+-- A repository in a directory, placed in the default region (one in S3
+-- with no region is placed by its bucket's, asked of S3: tests/it/workers.rs).
+local REPO = "/srv/workers-spec/repo"
 
 -- Workers deployed by the current test, removed after it whatever happened.
 local live = {}
@@ -204,6 +206,12 @@ describe("deploy_worker placement", function()
     local v = volume()
     expect(function() deploy{ purpose = "backup", resource = v.id, account = "other" } end)
       :to_fail(string.format("deploy_worker: opts.resource: no volume %s in account other, region eu-west-1", v.id))
+    -- A repository in S3 with no region is placed by its bucket's: a bucket
+    -- S3 does not have is refused.
+    local nowhere = "s3://skiff-workers-spec-nowhere/repo"
+    expect(function() deploy{ purpose = "archive", resource = nowhere } end)
+      :to_fail('deploy_worker: opts.resource: no S3 bucket "skiff-workers-spec-nowhere" of repository ' .. nowhere
+        .. ", asked in account default; create the bucket, or declare the repository's region")
   end)
 
   it("refuses bad options, naming the field", function()
