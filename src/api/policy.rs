@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::opts::{self, List, Tags};
 use super::{ApiError, ApiResult, Context, Registrar};
+use crate::cloud::S3Endpoint;
 use crate::failure::Kind;
 use crate::host::Vm;
 use crate::policy::schedule::{Schedule, ScheduleSpec};
@@ -17,7 +18,6 @@ use crate::policy::{
     check_location, check_name, is_location, Archive, ArchivePoints, Policy, Repository, Retention,
     Selection, WorkerChoice,
 };
-use crate::cloud::S3Endpoint;
 use crate::repo::password::PasswordSource;
 
 const P: &str = "policy";
@@ -288,7 +288,10 @@ fn declare_repository(lua: &Lua, ctx: &Context, args: MultiValue) -> ApiResult {
         return Err(ApiError::field(
             R,
             "s3_endpoint",
-            format!("{} is not in S3; an S3 endpoint is for s3:// repositories", o.location),
+            format!(
+                "{} is not in S3; an S3 endpoint is for s3:// repositories",
+                o.location
+            ),
         ));
     }
     if let Some(r) = &o.region {

@@ -93,7 +93,10 @@ fn repositories(
                 s3_endpoint,
             } => (location, region, account, s3_endpoint),
         };
-        let location = location.strip_prefix("repo:").unwrap_or(&location).to_string();
+        let location = location
+            .strip_prefix("repo:")
+            .unwrap_or(&location)
+            .to_string();
         if !location.starts_with("s3://") {
             if s3_endpoint.is_some() {
                 return Err(ApiError::field(

@@ -85,7 +85,12 @@ impl S3Endpoint {
             .iter()
             .map(|n| n.trim_start_matches("*."))
             .min_by_key(|n| n.len())
-            .ok_or_else(|| format!("{id} has no DNS names (state {})", s("state").unwrap_or("?")))?;
+            .ok_or_else(|| {
+                format!(
+                    "{id} has no DNS names (state {})",
+                    s("state").unwrap_or("?")
+                )
+            })?;
         let mut e = S3Endpoint::parse(&format!("https://bucket.{regional}"))?;
         e.endpoint = Some(id.to_string());
         e.account = s("account").map(str::to_string);
@@ -99,14 +104,12 @@ impl S3Endpoint {
 fn endpoint_in(u: &url::Url) -> Option<String> {
     let host = u.host_str().unwrap_or_default();
     let segments = u.path_segments().into_iter().flatten();
-    host.split('.')
-        .chain(segments)
-        .find_map(|part| {
-            let hex = part.strip_prefix("vpce-")?;
-            let hex = hex.split('-').next().unwrap_or_default();
-            ((8..=17).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| format!("vpce-{hex}"))
-        })
+    host.split('.').chain(segments).find_map(|part| {
+        let hex = part.strip_prefix("vpce-")?;
+        let hex = hex.split('-').next().unwrap_or_default();
+        ((8..=17).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| format!("vpce-{hex}"))
+    })
 }
 
 /// The region of an AWS endpoint name (`….s3.REGION.vpce.amazonaws.com`).

@@ -36,7 +36,10 @@ impl Aws {
     /// The S3 client of a repository at this place.
     pub async fn s3(&self) -> S3Client {
         S3Client {
-            client: self.cloud.s3_via(&self.scope, self.s3_endpoint.as_ref()).await,
+            client: self
+                .cloud
+                .s3_via(&self.scope, self.s3_endpoint.as_ref())
+                .await,
             via: self.s3_endpoint.as_ref().map(|e| e.to_string()),
         }
     }

@@ -138,12 +138,21 @@ impl Operation for CopyOpts {
             to.s3_endpoint.as_ref(),
         )?;
         for (field, place) in [("from.s3_endpoint", from), ("to.s3_endpoint", to)] {
-            let in_s3 = matches!(&place.location, Location::Repo { repo: crate::repo::RepoUrl::S3 { .. }, .. });
+            let in_s3 = matches!(
+                &place.location,
+                Location::Repo {
+                    repo: crate::repo::RepoUrl::S3 { .. },
+                    ..
+                }
+            );
             if place.s3_endpoint.is_some() && !in_s3 {
                 return Err(Error::field(
                     Self::NAME,
                     field,
-                    format!("{} is not a repository in S3; an S3 endpoint is for repo:s3://… places", place.location),
+                    format!(
+                        "{} is not a repository in S3; an S3 endpoint is for repo:s3://… places",
+                        place.location
+                    ),
                 ));
             }
         }

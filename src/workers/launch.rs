@@ -99,7 +99,12 @@ async fn preflight(cloud: &Cloud, spec: &LaunchSpec, site: &Site) -> Result<()> 
         scope: spec.scope.clone(),
     };
     let subnet = in_scope(&site.subnet);
-    let mut services: Vec<String> = spec.purpose.services().iter().map(|s| s.to_string()).collect();
+    let mut services: Vec<String> = spec
+        .purpose
+        .services()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     // A worker acting on another account's data assumes its role.
     if spec.resource.scope.account != spec.scope.account {
         services.push("sts".into());
@@ -115,7 +120,12 @@ async fn preflight(cloud: &Cloud, spec: &LaunchSpec, site: &Site) -> Result<()> 
     }
     // The services once, with the first repository; the others alone.
     let mut checks = vec![(services, repository_vpcs.first().cloned())];
-    checks.extend(repository_vpcs.into_iter().skip(1).map(|v| (Vec::new(), Some(v))));
+    checks.extend(
+        repository_vpcs
+            .into_iter()
+            .skip(1)
+            .map(|v| (Vec::new(), Some(v))),
+    );
     for (services, repository_vpc) in checks {
         let report = verify::verify(
             cloud,

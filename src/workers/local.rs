@@ -7,7 +7,9 @@
 //! the interface endpoints of its VPC, each at the address the test
 //! emulator gives it (`{emulator}/skiff/vpce/{vpce-id}`, which answers only
 //! while the endpoint exists and admits the worker), set as the SDK's
-//! per-service endpoint (`AWS_ENDPOINT_URL_SQS`…); every other service is
+//! per-service endpoint (`AWS_ENDPOINT_URL_SQS`…; a gateway endpoint too,
+//! which the emulator carries only from subnets on its route tables);
+//! every other service is
 //! at an address nothing answers, and the repository's S3 endpoint comes
 //! with each task.
 
@@ -178,9 +180,13 @@ async fn private_endpoints(cloud: &Cloud, w: &Worker) -> Result<Vec<(String, Str
         .map_err(|e| WorkerError::Lost(format!("endpoints of {}: {e}", w.vpc)))?;
     let mut vars = vec![("AWS_ENDPOINT_URL".to_string(), NOWHERE.to_string())];
     for e in endpoints {
-        if e.kind != crate::network::endpoint::Kind::Interface
-            || !e.state.eq_ignore_ascii_case("available")
-        {
+        // A service's regional name leads to an interface endpoint with
+        // private DNS, or (S3, DynamoDB) a gateway endpoint on the route.
+        let reached = match e.kind {
+            crate::network::endpoint::Kind::Interface => e.private_dns,
+            crate::network::endpoint::Kind::Gateway => true,
+        };
+        if !reached || !e.state.eq_ignore_ascii_case("available") {
             continue;
         }
         let var = format!(

@@ -9,7 +9,9 @@
 use aws_sdk_ec2::types::Filter;
 
 use crate::backup::seed_tool;
-use crate::harness::{account_toml, emulator, project_root, Account, Run, Workspace, LOCAL_WORKERS};
+use crate::harness::{
+    account_toml, emulator, project_root, Account, Run, Workspace, LOCAL_WORKERS,
+};
 use crate::workers::workers_in;
 
 const BUCKET_REGION: &str = "eu-west-1";
@@ -92,7 +94,10 @@ async fn scenario() -> Scenario {
     let endpoints = emu
         .ec2(&repo, BUCKET_REGION)
         .describe_vpc_endpoints()
-        .filters(f("service-name", &format!("com.amazonaws.{BUCKET_REGION}.s3")))
+        .filters(f(
+            "service-name",
+            &format!("com.amazonaws.{BUCKET_REGION}.s3"),
+        ))
         .send()
         .await
         .unwrap();
@@ -201,7 +206,8 @@ fn gate_calls() -> Vec<(String, Option<String>, String, bool, u64)> {
 }
 
 #[tokio::test]
-async fn private_workers_in_the_backup_account_back_up_production_through_the_repository_endpoint() {
+async fn private_workers_in_the_backup_account_back_up_production_through_the_repository_endpoint()
+{
     let s = scenario().await;
     let out = s.backup().await;
     out.ok();
@@ -240,15 +246,25 @@ async fn private_workers_in_the_backup_account_back_up_production_through_the_re
         .collect();
     assert!(!calls.is_empty(), "the gate saw no worker request");
     for c in &calls {
-        assert!(c.1.is_some() && c.3, "a request not through an endpoint: {c:?}");
+        assert!(
+            c.1.is_some() && c.3,
+            "a request not through an endpoint: {c:?}"
+        );
         if c.2 == "s3" {
             assert_eq!(c.1.as_deref(), Some(s.s3_endpoint.as_str()), "{c:?}");
         }
     }
     let s3_requests: u64 = calls.iter().filter(|c| c.2 == "s3").map(|c| c.4).sum();
-    assert!(s3_requests > 0, "no S3 request went through {}: {calls:?}", s.s3_endpoint);
+    assert!(
+        s3_requests > 0,
+        "no S3 request went through {}: {calls:?}",
+        s.s3_endpoint
+    );
     for svc in ["sqs", "ebs", "ssm", "sts"] {
-        assert!(calls.iter().any(|c| c.2 == svc), "no {svc} request: {calls:?}");
+        assert!(
+            calls.iter().any(|c| c.2 == svc),
+            "no {svc} request: {calls:?}"
+        );
     }
 
     // The point restores bit-exact (here, through the same endpoint), next
@@ -264,7 +280,11 @@ async fn private_workers_in_the_backup_account_back_up_production_through_the_re
     let snap = snaps
         .snapshots()
         .iter()
-        .find(|x| x.description().unwrap_or_default().starts_with("skiff backup of"))
+        .find(|x| {
+            x.description()
+                .unwrap_or_default()
+                .starts_with("skiff backup of")
+        })
         .and_then(|x| x.snapshot_id())
         .unwrap()
         .to_string();
@@ -315,7 +335,10 @@ async fn without_the_sqs_endpoint_the_preflight_refuses_the_launch_naming_it() {
         .send()
         .await
         .unwrap();
-    let id = sqs.vpc_endpoints()[0].vpc_endpoint_id().unwrap().to_string();
+    let id = sqs.vpc_endpoints()[0]
+        .vpc_endpoint_id()
+        .unwrap()
+        .to_string();
     ec2.delete_vpc_endpoints()
         .vpc_endpoint_ids(&id)
         .send()
@@ -354,10 +377,9 @@ copy_volume{{
         repo = s.repository_opts()
     );
     s.ws.write("deleted.lua", &script);
-    let run = s
-        .ws
-        .command(&["run", "--config", "skiff.toml", "deleted.lua"])
-        .output();
+    let run =
+        s.ws.command(&["run", "--config", "skiff.toml", "deleted.lua"])
+            .output();
     let deleter = async {
         // Once the worker runs, its repository's endpoint goes.
         for _ in 0..600 {

@@ -169,7 +169,8 @@ impl Store for S3 {
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| s3_error("s3:ListObjectsV2", e, self.via.as_deref()))?;
+                let page =
+                    page.map_err(|e| s3_error("s3:ListObjectsV2", e, self.via.as_deref()))?;
                 for o in page.contents() {
                     if let Some(k) = o.key() {
                         out.push(Listed {
@@ -331,7 +332,9 @@ impl S3 {
             Err(e) if e.aws().code_is("InvalidObjectState") => {
                 // An archived pack: bring a copy back, then read it.
                 self.rehydrate(name).await?;
-                req.send().await.map_err(|e| s3_error("s3:GetObject", e, self.via.as_deref()))?
+                req.send()
+                    .await
+                    .map_err(|e| s3_error("s3:GetObject", e, self.via.as_deref()))?
             }
             Err(e) => return Err(e.into()),
         };

@@ -34,6 +34,12 @@ it:
     through it.
   Packets reach one endpoint subnet: a request passes when some endpoint
   subnet passes the last two rules.
+- A gateway endpoint (S3, DynamoDB) has no address on AWS: a subnet whose
+  route table the endpoint is attached to reaches the service's regional
+  name through it. Here the local launcher hands a worker in such a subnet
+  the gateway's address instead, which carries its requests only when the
+  worker is in the endpoint's VPC and its subnet's route table is one of the
+  endpoint's.
 - A caller that is not a worker (the operator's own skiff process, which in
   the reference scenario reaches the endpoint over its own VPN link that the
   emulator cannot model) needs only the first rule.
@@ -108,9 +114,6 @@ def _endpoint(vpce_id):
             if state in ("pending", "pendingacceptance"):
                 raise Refused(f"{vpce_id} is not available yet (state {endpoint.state})")
             raise Refused(f"{vpce_id} does not exist (state {endpoint.state})")
-        kind = endpoint.vpc_endpoint_type or "Gateway"
-        if kind.lower() != "interface":
-            raise Refused(f"{vpce_id} is a {kind} endpoint, which has no address; only Interface endpoints do")
         return backend, endpoint
     raise Refused(f"{vpce_id} does not exist")
 
@@ -250,11 +253,29 @@ def _and(ids):
     return ", ".join(ids) if ids else "no group"
 
 
+def _is_gateway(endpoint):
+    return (endpoint.vpc_endpoint_type or "Gateway").lower() == "gateway"
+
+
+def check_gateway_path(vpce_id, endpoint, worker_id, wb, wsubnet):
+    """Raises Refused unless the worker's subnet routes through the gateway endpoint."""
+    if endpoint.vpc_id != wsubnet.vpc_id:
+        raise Refused(f"{vpce_id} is a gateway endpoint of {endpoint.vpc_id}; worker {worker_id} is in "
+                      f"{wsubnet.vpc_id}, and a gateway endpoint is not reached across a peering")
+    table = _route_table(wb, wsubnet)
+    tables = set(endpoint.route_table_ids or [])
+    if table is None or table.id not in tables:
+        raise Refused(f"the route table {getattr(table, 'id', 'none')} of {wsubnet.id} is not one of gateway "
+                      f"endpoint {vpce_id}'s ({_and(sorted(tables))})")
+
+
 def check_worker_path(vpce_id, eb, endpoint, worker_id, wb, instance):
     """Raises Refused unless the worker's packets reach the endpoint on 443 and come back."""
     wsubnet = _subnet(wb, instance.subnet_id)
     if wsubnet is None:
         raise Refused(f"worker {worker_id} ({instance.id}) has no subnet, so no path to {vpce_id}")
+    if _is_gateway(endpoint):
+        return check_gateway_path(vpce_id, endpoint, worker_id, wb, wsubnet)
     wgroups = _groups_of(wb, instance)
     wgroup_ids = {g.id for g in wgroups}
     egroups = _endpoint_groups(eb, endpoint)
