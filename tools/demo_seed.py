@@ -13,10 +13,11 @@ protects, built the way it would exist on AWS.
                         repository password in SSM in each region
   bucket ACCOUNT_ID REGION NAME
                         an S3 bucket in that account and region
-  private ACCOUNT_ID WORKER_REGION REPOSITORY_ACCOUNT_ID REPOSITORY_REGION
-                        the worker subnet (tag Name skiff-workers-private)
-                        and the repository's S3 interface endpoint that
-                        private_network_backup.lua built
+  subnet ACCOUNT_ID REGION NAME
+                        the id of the subnet tagged Name=NAME
+  endpoint ACCOUNT_ID REGION VPC_NAME
+                        the id of the S3 interface endpoint of the VPC
+                        tagged Name=VPC_NAME
 
 Prints JSON. Uses boto3 from the emulator's virtual environment.
 """
@@ -64,13 +65,19 @@ def bucket(account, region, name):
     print(json.dumps({"bucket": name, "account": account, "region": region}))
 
 
-def private(account, region, repo_account, repo_region):
+def subnet(account, region, name):
     subnets = client("ec2", region, account).describe_subnets(
-        Filters=[{"Name": "tag:Name", "Values": ["skiff-workers-private"]}])["Subnets"]
-    endpoints = client("ec2", repo_region, repo_account).describe_vpc_endpoints(
-        Filters=[{"Name": "service-name", "Values": [f"com.amazonaws.{repo_region}.s3"]}])["VpcEndpoints"]
-    live = [e for e in endpoints if e["State"].lower() == "available"]
-    print(json.dumps({"worker_subnet": subnets[0]["SubnetId"], "s3_endpoint": live[0]["VpcEndpointId"]}))
+        Filters=[{"Name": "tag:Name", "Values": [name]}])["Subnets"]
+    print(subnets[0]["SubnetId"])
+
+
+def endpoint(account, region, vpc_name):
+    ec2 = client("ec2", region, account)
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [vpc_name]}])["Vpcs"][0]["VpcId"]
+    endpoints = ec2.describe_vpc_endpoints(Filters=[
+        {"Name": "vpc-id", "Values": [vpc]},
+        {"Name": "service-name", "Values": [f"com.amazonaws.{region}.s3"]}])["VpcEndpoints"]
+    print([e for e in endpoints if e["State"].lower() == "available"][0]["VpcEndpointId"])
 
 
 def block(rng, kind):
@@ -153,4 +160,4 @@ if __name__ == "__main__":
     cmd, rest = sys.argv[1], sys.argv[2:]
     {"seed": lambda: seed(rest), "write": lambda: write(*rest), "same": lambda: same(*rest),
      "account": lambda: password_in(*rest), "bucket": lambda: bucket(*rest),
-     "private": lambda: private(*rest)}[cmd]()
+     "subnet": lambda: subnet(*rest), "endpoint": lambda: endpoint(*rest)}[cmd]()

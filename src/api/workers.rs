@@ -297,9 +297,9 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             .scope(Some(a), None)
             .map_err(|e| ApiError::field(P, "account", e))?;
     }
-    let repositories = repositories(&ctx, &o.resource, o.repositories)?;
     let mut resource =
         resolve_resource(&ctx, &o.resource, o.account.as_deref(), o.region.as_deref()).await?;
+    let repositories = repositories(&ctx, &o.resource, o.repositories)?;
     let backup = ctx.cloud.backup_account();
     let scope = placement::locate(
         &ctx.cloud,

@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(
             rewrite("repo.forget", serde_json::json!({"location": "/r", "keep": 1}), &w)
                 .unwrap_err(),
-            "repo.forget: opts.keep: unknown option; expected one of location, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, volume, tags, points, dry_run, wait, password, account, region"
+            "repo.forget: opts.keep: unknown option; expected one of location, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, volume, tags, points, dry_run, wait, password, account, region, s3_endpoint"
         );
     }
 

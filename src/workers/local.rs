@@ -193,7 +193,9 @@ async fn private_endpoints(cloud: &Cloud, w: &Worker) -> Result<Vec<(String, Str
             "AWS_ENDPOINT_URL_{}",
             e.service.to_ascii_uppercase().replace(['-', '.'], "_")
         );
-        vars.push((var, format!("{base}/skiff/vpce/{}", e.id)));
+        // S3 puts the bucket right after the address's path (path-style).
+        let slash = if e.service == "s3" { "/" } else { "" };
+        vars.push((var, format!("{base}/skiff/vpce/{}{slash}", e.id)));
     }
     Ok(vars)
 }

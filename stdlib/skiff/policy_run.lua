@@ -114,12 +114,13 @@ local function password_of(repository, what)
   return p
 end
 
--- A repository as a copy location or a repo.* option set on a worker: the
--- worker acts with its own role, so no account is named; the region and the
--- S3 endpoint its requests go through are.
+-- A repository as a copy location or a repo.* option set on a worker: its
+-- account when it names one (the worker reaches it through that account's
+-- role; else with its own), its region and the S3 endpoint its requests go
+-- through.
 local function at(repository, extra)
-  local t = { location = repository.location, region = repository.region,
-              s3_endpoint = repository.s3_endpoint }
+  local t = { location = repository.location, account = repository.account,
+              region = repository.region, s3_endpoint = repository.s3_endpoint }
   for k, v in pairs(extra or {}) do t[k] = v end
   return t
 end

@@ -41,7 +41,7 @@ async fn lua_json(ws: &Workspace, script: &str) -> Value {
 /// Starts `skiff serve`, triggers `policy` through `skiff repl --attach`,
 /// waits for the run and stops serve; the run as the attach printed it and
 /// serve's log.
-async fn run_once(ws: &Workspace, policy: &str) -> (Value, String) {
+pub async fn run_once(ws: &Workspace, policy: &str) -> (Value, String) {
     let log = ws.path(&format!("serve-{}.log", rand::random::<u32>()));
     let mut serve = ws
         .command(&["serve", "policies", "--state-dir", "state"])
@@ -488,6 +488,8 @@ local sg = ec2.security_group{{ vpc = vpc, name = "endpoints", ingress = {{ {{ p
 for _, s in ipairs({{ {services} }}) do
   create_endpoint{{ vpc = vpc, service = s, subnets = {{ subnet }}, security_groups = {{ sg }} }}
 end
+-- S3 through a gateway endpoint on the VPC's routes.
+create_endpoint{{ vpc = vpc, service = "s3", type = "Gateway" }}
 print(json.encode({{ vpc = vpc.id, subnet = subnet.id, sg = sg.id }}))"#
         ),
     )

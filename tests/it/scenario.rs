@@ -6,6 +6,8 @@
 //! and admit it (tests/emulator/patches/vpce.py), and the gate's log says
 //! which endpoint every request of a worker went through.
 
+use std::collections::BTreeSet;
+
 use aws_sdk_ec2::types::Filter;
 
 use crate::backup::seed_tool;
@@ -209,8 +211,34 @@ fn gate_calls() -> Vec<(String, Option<String>, String, bool, u64)> {
 async fn private_workers_in_the_backup_account_back_up_production_through_the_repository_endpoint()
 {
     let s = scenario().await;
+    // Each worker as it runs: a terminated instance shows no public
+    // address, on AWS or here, so only a look while it lives tells.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (watching, account) = (watching.clone(), s.ws.account.clone());
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeMap::new();
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                for w in crate::workers::running(&workers_in(&account, "us-east-1").await) {
+                    seen.insert(
+                        w.instance_id.clone(),
+                        (w.subnet.clone(), w.public_ip.clone()),
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
     let out = s.backup().await;
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let seen = watcher.await.unwrap();
     out.ok();
+    assert!(!seen.is_empty(), "no worker seen running");
+    for (id, (subnet, public_ip)) in &seen {
+        assert_eq!(subnet, &s.worker_subnet, "{id}");
+        assert_eq!(public_ip, &None, "{id} had a public address while it ran");
+    }
     let line = out
         .stdout
         .lines()
@@ -407,4 +435,159 @@ copy_volume{{
         .filter(|w| w.state != "terminated")
         .collect();
     assert!(left.is_empty(), "workers left: {left:?}");
+}
+
+/// The archive reference scenario: a private archive worker in the backup
+/// account, in the standard repository's region, copies the standard
+/// repository's points (repository account, eu-west-1) into the archive
+/// repository (archive account, ap-southeast-2), each through its own S3
+/// interface endpoint over peering, as private_network_archive.lua builds.
+#[tokio::test]
+async fn a_private_archive_worker_copies_between_two_repositories_through_their_endpoints() {
+    let emu = emulator();
+    let (standard, archive) = (emu.account().await, emu.account().await);
+    let toml = format!(
+        "{}{}{LOCAL_WORKERS}",
+        account_toml("repository", &standard, None),
+        account_toml("archive", &archive, None)
+    );
+    let ws = Workspace::new(&toml).await;
+    let (std_region, arc_region) = ("eu-west-1", "ap-southeast-2");
+    for (a, r) in [
+        (&ws.account, "us-east-1"),
+        (&ws.account, std_region),
+        (&standard, std_region),
+        (&archive, arc_region),
+    ] {
+        put_password(a, r).await;
+    }
+    let runbook = project_root().join("examples/private_network_archive.lua");
+    ws.skiff(&[
+        "run",
+        "--config",
+        "skiff.toml",
+        runbook.to_str().unwrap(),
+        "backup_account=default",
+        "standard_account=repository",
+        "archive_account=archive",
+    ])
+    .await
+    .ok();
+    let subnets = ws
+        .ec2(std_region)
+        .describe_subnets()
+        .filters(f("tag:Name", "skiff-archive-workers-private"))
+        .send()
+        .await
+        .unwrap();
+    let worker_subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
+    let endpoint_of = |a: &Account, region: &'static str| {
+        let ec2 = emu.ec2(a, region);
+        async move {
+            let out = ec2
+                .describe_vpc_endpoints()
+                .filters(f("service-name", &format!("com.amazonaws.{region}.s3")))
+                .send()
+                .await
+                .unwrap();
+            out.vpc_endpoints()[0]
+                .vpc_endpoint_id()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let (std_vpce, arc_vpce) = (
+        endpoint_of(&standard, std_region).await,
+        endpoint_of(&archive, arc_region).await,
+    );
+    let url = |id: &str| format!("{}/skiff/vpce/{id}", emu.endpoint);
+    let std_bucket = emu.bucket_in(&standard, std_region, "std").await;
+    let arc_bucket = emu.bucket_in(&archive, arc_region, "arc").await;
+    let mut config = std::fs::read_to_string(ws.path("skiff.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[workers.regions.{std_region}]\nsubnet = \"{worker_subnet}\"\n"
+    ));
+    std::fs::write(ws.path("skiff.toml"), config).unwrap();
+    let password = "{ ssm = '/skiff/repository-password' }";
+    let main = format!(
+        "location = 's3://{std_bucket}/skiff', account = 'repository', region = '{std_region}', s3_endpoint = '{}', password = {password}",
+        url(&std_vpce)
+    );
+    let cold = format!(
+        "location = 's3://{arc_bucket}/skiff', account = 'archive', region = '{arc_region}', s3_endpoint = '{}', password = {password}",
+        url(&arc_vpce)
+    );
+    // A point of the policy in the standard repository, written from here.
+    crate::images::sparse_image(&ws.path("disk.img"), 64 << 20, 17, 0..40);
+    ws.run_lua(
+        "point.lua",
+        &format!(
+            "local main = {{ {main} }}\nrepo.init(main)\ncopy_volume{{ from = 'file:disk.img', to = {{ location = 'repo:' .. main.location, account = main.account, region = main.region, s3_endpoint = main.s3_endpoint, password = main.password }}, volume = 'vol-archived', tags = {{ policy = 'cold' }} }}\n"
+        ),
+        &["--config", "skiff.toml"],
+    )
+    .await
+    .ok();
+    ws.write(
+        "policies/cold.lua",
+        &format!(
+            r#"repository{{ name = "main", {main} }}
+repository{{ name = "cold", {cold} }}
+policy{{
+  name = "cold", schedule = "@yearly", select = {{ tags = {{ backup = "never-matches" }} }},
+  repository = "main", retention = {{ keep_last = 5 }},
+  archive = {{ repository = "cold", storage_class = "DEEP_ARCHIVE", points = "all" }},
+  worker = {{ private = true }},
+}}
+"#
+        ),
+    );
+    crate::mover_emu::http("DELETE", "/skiff/vpce", "");
+    let (run, log) = crate::policy_run::run_once(&ws, "cold").await;
+    assert_eq!(run["outcome"], "success", "{run}\n{log}");
+    // The archive worker (retention has no new point to act on, so no
+    // worker): in the backup account, in the standard repository's region,
+    // in the private subnet.
+    let workers = workers_in(&ws.account, std_region).await;
+    let purposes: BTreeSet<String> = workers
+        .iter()
+        .map(|w| w.tags["skiff:purpose"].clone())
+        .collect();
+    assert_eq!(purposes, BTreeSet::from(["archive".to_string()]));
+    for w in &workers {
+        assert_eq!(w.subnet, worker_subnet, "{w:?}");
+        assert_eq!(w.public_ip, None, "{w:?}");
+    }
+    // The archive worker's S3 requests went through both endpoints, and
+    // nothing of it went anywhere else.
+    let archiver = workers
+        .iter()
+        .find(|w| w.tags["skiff:purpose"] == "archive")
+        .map(|w| w.tags["skiff:worker"].clone())
+        .unwrap();
+    let calls: Vec<_> = gate_calls()
+        .into_iter()
+        .filter(|c| c.0 == archiver)
+        .collect();
+    for c in &calls {
+        assert!(c.1.is_some() && c.3, "{c:?}");
+    }
+    for vpce in [&std_vpce, &arc_vpce] {
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.2 == "s3" && c.1.as_deref() == Some(vpce.as_str())),
+            "no S3 request through {vpce}: {calls:?}"
+        );
+    }
+    // The archive holds the point, restorable through its endpoint.
+    let points = ws
+        .run_lua(
+            "points.lua",
+            &format!("local p = repo.points{{ {cold} }}\nprint(#p, p[1] and p[1].volume)"),
+            &["--config", "skiff.toml"],
+        )
+        .await;
+    points.ok();
+    assert_eq!(points.stdout.trim(), "1\tvol-archived");
 }

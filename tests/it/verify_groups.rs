@@ -202,6 +202,8 @@ for _, s in ipairs({ "ssm", "ssmmessages", "ec2messages", "sqs" }) do
   local e = create_endpoint{ vpc = vpc, service = s, subnets = { es }, security_groups = { ep } }
   if s == "sqs" then sqs = e end
 end
+-- The repository's S3 through a gateway endpoint on the VPC's routes.
+create_endpoint{ vpc = vpc, service = "s3", type = "Gateway" }
 local app = ec2.security_group{ vpc = vpc, name = "app" }
 workers.configuration{ region = "us-east-1", vpc = vpc.id, subnet = subnet.id, security_groups = { app } }
 print(app.id, sqs.id, es.id)

@@ -34,7 +34,7 @@ describe("repository{}", function()
 
   it("refuses unknown options, bad locations and names, and the password itself", function()
     expect(function() repository{ name = spec.unique("r"), location = "/x", bucket = "b" } end)
-      :to_fail("repository: opts.bucket: unknown option; expected one of name, location, region, account, password")
+      :to_fail("repository: opts.bucket: unknown option; expected one of name, location, region, account, password, s3_endpoint")
     expect(function() repository{ location = "/x" } end):to_fail("repository: opts.name: required")
     expect(function() repository{ name = "a b", location = "/x" } end)
       :to_fail([[repository: opts.name: expected a name of letters, digits, '_', '-' or '.' (starting with a letter or digit, at most 64), got "a b"]])

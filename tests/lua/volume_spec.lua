@@ -98,7 +98,7 @@ describe("copy_volume", function()
       'copy_volume: opts.to: "ebs:vol-1": expected ebs:snap-<hex> or ebs: (a new snapshot)')
     expect(function() copy_volume({ to = "file:/a" }) end):to_fail("copy_volume: opts.from: required")
     expect(function() copy_volume({ from = "file:/a", to = "file:/b", speed = 1 }) end):to_fail(
-      "copy_volume: opts.speed: unknown option; expected one of from, to, parent, volume, tags, password, overwrite, description, wait, time, account, region")
+      "copy_volume: opts.speed: unknown option; expected one of from, to, parent, volume, tags, password, overwrite, description, wait, time, account, region, s3_endpoint")
     expect(function() copy_volume({ from = "file:/a", to = "file:/b", password = "hunter2" }) end):to_fail(
       'copy_volume: opts.password: expected where to read the password ({env = "VAR"}, {file = "…"} or {ssm = "/name"}), not the password itself')
     expect(function() copy_volume({ from = "file:/a", to = "file:/b", password = { env = "A", file = "b" } }) end):to_fail(
