@@ -46,6 +46,25 @@ pub struct RepoReach {
     pub s3_endpoint: Option<S3Endpoint>,
 }
 
+/// What a pool's launches found of the network and images, by scope and
+/// settings: looked up at its first launch there, not at every one.
+#[derive(Default)]
+pub(super) struct Found {
+    sites: std::sync::Mutex<std::collections::HashMap<String, Site>>,
+    images: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// When each private-network preflight last passed; launches at once
+    /// wait for one check instead of each making its own.
+    preflights: std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<Instant>>>>,
+    >,
+}
+
+/// How long a passed preflight holds for further launches of the same
+/// pool to the same subnet, groups and repositories: a worker launched
+/// later than this is checked again. What breaks in between fails the
+/// worker's own requests, naming the endpoint.
+const PREFLIGHT_HOLDS: Duration = Duration::from_secs(60);
+
 /// Where and from what image a launch goes, once every check has passed.
 pub(super) struct Checked {
     pub site: Site,
@@ -57,8 +76,10 @@ pub(super) struct Checked {
 /// the instance profile and the image. Without declared groups the worker
 /// gets skiff's own group of the VPC, from `own_group` (found or created,
 /// its rules reconciled), before the preflight checks it.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn check<G, F>(
     cloud: &Cloud,
+    found: &Found,
     spec: &LaunchSpec,
     cfg: &RegionConfig,
     instance_profile: Option<&str>,
@@ -76,17 +97,57 @@ where
             format!("unknown instance type {:?}", spec.instance_type),
         ));
     }
-    let mut site = network::choose(cloud, scope, cfg).await?;
-    if site.security_groups.is_empty() {
-        site.security_groups = vec![own_group(site.vpc.clone()).await?];
-    }
+    let site_key = format!(
+        "{scope:?} {:?} {:?} {:?} {}",
+        cfg.vpc, cfg.subnet, cfg.security_groups, spec.private
+    );
+    let known = found.sites.lock().unwrap().get(&site_key).cloned();
+    let site = match known {
+        Some(site) => site,
+        None => {
+            let mut site = network::choose(cloud, scope, cfg).await?;
+            if site.security_groups.is_empty() {
+                site.security_groups = vec![own_group(site.vpc.clone()).await?];
+            }
+            found.sites.lock().unwrap().insert(site_key, site.clone());
+            site
+        }
+    };
     if spec.private {
-        preflight(cloud, spec, &site).await?;
+        let key = format!(
+            "{:?} {} {:?} {:?} {:?}",
+            spec.scope,
+            site.subnet,
+            site.security_groups,
+            spec.purpose.services(),
+            spec.repositories
+        ) + &format!(" {}", spec.resource.scope.account != spec.scope.account);
+        let slot = found
+            .preflights
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut passed = slot.lock().await;
+        if !passed.is_some_and(|t| t.elapsed() < PREFLIGHT_HOLDS) {
+            preflight(cloud, spec, &site).await?;
+            *passed = Some(Instant::now());
+        }
     }
     if let Some(p) = instance_profile {
         check_instance_profile(cloud, scope, p).await?;
     }
-    let ami = image(cloud, scope, cfg, ami_parameter).await?;
+    let image_key = format!("{scope:?} {:?} {ami_parameter}", cfg.ami);
+    let known = found.images.lock().unwrap().get(&image_key).cloned();
+    let ami = match known {
+        Some(ami) => ami,
+        None => {
+            let ami = image(cloud, scope, cfg, ami_parameter).await?;
+            found.images.lock().unwrap().insert(image_key, ami.clone());
+            ami
+        }
+    };
     Ok(Checked { site, ami })
 }
 

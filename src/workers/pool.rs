@@ -103,6 +103,8 @@ pub struct WorkerPool {
     published: tokio::sync::OnceCell<publish::Published>,
     /// skiff's worker group per VPC (and public or private), once per pool.
     groups: Mutex<HashMap<(Scope, String, bool), Arc<tokio::sync::OnceCell<String>>>>,
+    /// The sites and images launches found, once per pool.
+    found: launch::Found,
 }
 
 impl WorkerPool {
@@ -131,6 +133,7 @@ impl WorkerPool {
             log_dir: state.join("agents"),
             published: tokio::sync::OnceCell::new(),
             groups: Mutex::new(HashMap::new()),
+            found: launch::Found::default(),
         }
     }
 
@@ -223,6 +226,7 @@ impl WorkerPool {
         };
         let checked = launch::check(
             &self.cloud,
+            &self.found,
             &spec,
             &cfg,
             profile.as_deref(),
@@ -249,6 +253,7 @@ impl WorkerPool {
             .acquire_owned()
             .await
             .map_err(|_| WorkerError::Lost("worker pool closed".into()))?;
+        tracing::debug!("deploy: checked after {:?}", started.elapsed());
         let hub = self.hub(&scope).await?;
         let worker_id = new_id();
         let sqs = self.cloud.sqs(&scope).await;
@@ -298,6 +303,7 @@ impl WorkerPool {
             },
             tags: launch::instance_tags(&spec, &ids, user_tags, expires_after),
         };
+        tracing::debug!("deploy: queue after {:?}", started.elapsed());
         let ec2 = self.cloud.ec2(&scope).await;
         let instance_id = match request.send(&ec2).await {
             Ok(id) => id,
@@ -337,6 +343,7 @@ impl WorkerPool {
             permit: Mutex::new(Some(permit)),
         };
         // From here on, a failure removes what was created.
+        tracing::debug!("deploy: run_instances after {:?}", started.elapsed());
         let result = self
             .bring_up(&mut worker, &ec2, launcher, spec.private, &mut ready)
             .await;
@@ -367,7 +374,9 @@ impl WorkerPool {
         private: bool,
         ready: &mut mpsc::UnboundedReceiver<Reply>,
     ) -> Result<()> {
+        let t = Instant::now();
         let inst = launch::wait_running(ec2, &w.instance_id).await?;
+        tracing::debug!("bring_up: running after {:?}", t.elapsed());
         w.private_ip = inst.private_ip_address().map(str::to_string);
         w.public_ip = inst.public_ip_address().map(str::to_string);
         let ready_within = match launcher {
@@ -380,6 +389,7 @@ impl WorkerPool {
             }
             Launcher::Ec2 => Duration::from_secs(600),
         };
+        tracing::debug!("bring_up: agent started after {:?}", t.elapsed());
         launch::wait_ready(ready, ready_within, &w.id, &w.instance_id).await
     }
 
