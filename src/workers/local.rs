@@ -39,7 +39,7 @@ impl LocalAgent {
         exe: &Path,
         log_dir: &Path,
         w: &Worker,
-        private: bool,
+        private: Option<&[(String, String)]>,
     ) -> Result<LocalAgent> {
         let creds = cloud.credentials(&w.scope).await.map_err(|e| {
             WorkerError::Lost(format!(
@@ -81,10 +81,8 @@ impl LocalAgent {
                 cmd.env_remove(k);
             }
         }
-        if private {
-            for (k, v) in private_endpoints(cloud, w).await? {
-                cmd.env(k, v);
-            }
+        for (k, v) in private.unwrap_or_default() {
+            cmd.env(k, v);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let gave_up = Arc::new(Mutex::new(None));
@@ -164,7 +162,7 @@ const NOWHERE: &str = "http://127.0.0.1:9";
 /// The SDK endpoint variables of a private worker: the emulator's address
 /// of each available interface endpoint in the worker's VPC, and nowhere
 /// for the rest.
-async fn private_endpoints(cloud: &Cloud, w: &Worker) -> Result<Vec<(String, String)>> {
+pub(super) async fn private_endpoints(cloud: &Cloud, w: &Worker) -> Result<Vec<(String, String)>> {
     let base = cloud.endpoint_url().ok_or_else(|| {
         WorkerError::Settings(
             "the local launcher keeps a private worker private through the emulator's per-endpoint addresses, and needs AWS_ENDPOINT_URL (the emulator)".into(),

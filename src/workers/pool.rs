@@ -105,7 +105,13 @@ pub struct WorkerPool {
     groups: Mutex<HashMap<(Scope, String, bool), Arc<tokio::sync::OnceCell<String>>>>,
     /// The sites and images launches found, once per pool.
     found: launch::Found,
+    /// The local launcher's endpoint addresses of a private worker's VPC,
+    /// and when they were read (again after `PRIVATE_ENV_HOLDS`).
+    private_envs: Mutex<HashMap<(Scope, String), (Instant, Vec<(String, String)>)>>,
 }
+
+/// How long the local launcher reuses a VPC's endpoint addresses.
+const PRIVATE_ENV_HOLDS: Duration = Duration::from_secs(60);
 
 impl WorkerPool {
     pub fn new(
@@ -134,6 +140,7 @@ impl WorkerPool {
             published: tokio::sync::OnceCell::new(),
             groups: Mutex::new(HashMap::new()),
             found: launch::Found::default(),
+            private_envs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -183,6 +190,23 @@ impl WorkerPool {
         cell.get_or_try_init(|| network::worker_group(&self.cloud, scope, vpc, public))
             .await
             .cloned()
+    }
+
+    /// A private worker's endpoint addresses for the local launcher, read
+    /// once a minute per VPC.
+    async fn private_env(&self, w: &Worker) -> Result<Vec<(String, String)>> {
+        let key = (w.scope.clone(), w.vpc.clone());
+        if let Some((at, env)) = self.private_envs.lock().unwrap().get(&key) {
+            if at.elapsed() < PRIVATE_ENV_HOLDS {
+                return Ok(env.clone());
+            }
+        }
+        let env = super::local::private_endpoints(&self.cloud, w).await?;
+        self.private_envs
+            .lock()
+            .unwrap()
+            .insert(key, (Instant::now(), env.clone()));
+        Ok(env)
     }
 
     /// This binary, published to the agent store once per pool, and a fresh
@@ -381,9 +405,18 @@ impl WorkerPool {
         w.public_ip = inst.public_ip_address().map(str::to_string);
         let ready_within = match launcher {
             Launcher::Local => {
-                let agent =
-                    LocalAgent::start(&self.cloud, &self.agent_exe, &self.log_dir, w, private)
-                        .await?;
+                let env = match private {
+                    true => Some(self.private_env(w).await?),
+                    false => None,
+                };
+                let agent = LocalAgent::start(
+                    &self.cloud,
+                    &self.agent_exe,
+                    &self.log_dir,
+                    w,
+                    env.as_deref(),
+                )
+                .await?;
                 *w.agent.lock().unwrap() = Some(agent);
                 Duration::from_secs(60)
             }
