@@ -116,7 +116,8 @@ fn endpoint_in(u: &url::Url) -> Option<String> {
 fn region_in(host: &str) -> Option<String> {
     let labels: Vec<&str> = host.split('.').collect();
     let i = labels.iter().position(|l| *l == "vpce")?;
-    (i >= 1 && labels.get(i + 1) == Some(&"amazonaws")).then(|| labels[i - 1].to_string())
+    (i >= 1 && labels.get(i + 1) == Some(&"amazonaws") && super::valid_region(labels[i - 1]))
+        .then(|| labels[i - 1].to_string())
 }
 
 impl std::fmt::Display for S3Endpoint {
@@ -198,6 +199,9 @@ mod tests {
         assert!(!e.url.ends_with('/'));
         let path = S3Endpoint::parse("http://127.0.0.1:5000/skiff/vpce/vpce-1234abcd").unwrap();
         assert_eq!(path.url, "http://127.0.0.1:5000/skiff/vpce/vpce-1234abcd/");
+        let odd =
+            S3Endpoint::parse("https://bucket.vpce-12345678.s3.mars.vpce.amazonaws.com").unwrap();
+        assert_eq!(odd.region, None, "not a region name");
         let p = S3Endpoint::parse("http://127.0.0.1:5000/skiff/vpce/vpce-1234abcd").unwrap();
         assert_eq!(p.endpoint.as_deref(), Some("vpce-1234abcd"));
         assert_eq!(p.region, None);

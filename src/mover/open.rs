@@ -33,13 +33,19 @@ impl Aws {
         }
     }
 
-    /// The S3 client of a repository at this place.
+    /// The S3 client of a repository at this place: requests through an
+    /// endpoint are signed for the endpoint's region when its address says
+    /// one (an S3 interface endpoint serves its own region's buckets).
     pub async fn s3(&self) -> S3Client {
+        let scope = match self.s3_endpoint.as_ref().and_then(|e| e.region.clone()) {
+            Some(region) => Scope {
+                account: self.scope.account.clone(),
+                region,
+            },
+            None => self.scope.clone(),
+        };
         S3Client {
-            client: self
-                .cloud
-                .s3_via(&self.scope, self.s3_endpoint.as_ref())
-                .await,
+            client: self.cloud.s3_via(&scope, self.s3_endpoint.as_ref()).await,
             via: self.s3_endpoint.as_ref().map(|e| e.to_string()),
         }
     }

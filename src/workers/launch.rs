@@ -232,15 +232,19 @@ async fn repository_vpc(
         };
         let s3 = endpoint::service_name("s3", &worker.region);
         let own = endpoint::of_vpc(cloud, &vpc, Some(&s3)).await?;
-        let usable = own
-            .iter()
-            .any(|e| e.kind == endpoint::Kind::Gateway || e.private_dns);
+        // A gateway serves the subnets whose route table it is attached to.
+        let tables = crate::network::peering::route_tables_of(cloud, &vpc).await?;
+        let table = crate::network::peering::table_for_subnet(&tables, &site.subnet);
+        let usable = own.iter().any(|e| match e.kind {
+            endpoint::Kind::Gateway => table.is_some_and(|t| e.route_tables.contains(&t.id)),
+            endpoint::Kind::Interface => e.private_dns,
+        });
         return Ok(if usable {
             Ok(None)
         } else {
             Err(format!(
-                "repository {}: a private worker reaches S3 only through an endpoint, and {} has no S3 gateway endpoint; give the repository its S3 interface endpoint (s3_endpoint = …)",
-                r.location, site.vpc
+                "repository {}: a private worker reaches S3 only through an endpoint, and {} has no S3 gateway endpoint on the route table of {} (nor an S3 interface endpoint with private DNS); give the repository its S3 interface endpoint (s3_endpoint = …)",
+                r.location, site.vpc, site.subnet
             ))
         });
     };
