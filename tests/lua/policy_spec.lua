@@ -36,6 +36,14 @@ describe("repository{}", function()
     expect(function() repository{ name = spec.unique("r"), location = "/x", bucket = "b" } end)
       :to_fail("repository: opts.bucket: unknown option; expected one of name, location, region, account, password, s3_endpoint")
     expect(function() repository{ location = "/x" } end):to_fail("repository: opts.name: required")
+    expect(function() repository{ name = spec.unique("r"), location = "/x", s3_endpoint = "https://bucket.vpce-12345678.s3.eu-west-1.vpce.amazonaws.com" } end)
+      :to_fail("repository: opts.s3_endpoint: /x is not in S3; an S3 endpoint is for s3:// repositories")
+    expect(function() repository{ name = spec.unique("r"), location = "s3://b-1/x", s3_endpoint = "https://u:pw@vpce.example" } end)
+      :to_fail('repository: opts.s3_endpoint: "https://u:pw@vpce.example": an endpoint address carries no credentials')
+    local via = repository{ name = spec.unique("r"), location = "s3://b-1/x",
+      s3_endpoint = "https://bucket.vpce-0a1b2c3d-x.s3.eu-west-1.vpce.amazonaws.com" }
+    expect(via.s3_endpoint):to_equal({ url = "https://bucket.vpce-0a1b2c3d-x.s3.eu-west-1.vpce.amazonaws.com",
+      endpoint = "vpce-0a1b2c3d", region = "eu-west-1" })
     expect(function() repository{ name = "a b", location = "/x" } end)
       :to_fail([[repository: opts.name: expected a name of letters, digits, '_', '-' or '.' (starting with a letter or digit, at most 64), got "a b"]])
     expect(function() repository{ name = spec.unique("r"), location = "main" } end)

@@ -97,6 +97,9 @@ describe("copy_volume", function()
     expect(function() copy_volume({ from = "file:/a", to = "ebs:vol-1" }) end):to_fail(
       'copy_volume: opts.to: "ebs:vol-1": expected ebs:snap-<hex> or ebs: (a new snapshot)')
     expect(function() copy_volume({ to = "file:/a" }) end):to_fail("copy_volume: opts.from: required")
+    expect(function()
+      copy_volume({ from = "file:/a", to = { location = "file:/b", s3_endpoint = "https://s3.example" } })
+    end):to_fail("copy_volume: opts.to.s3_endpoint: file:/b is not a repository in S3; an S3 endpoint is for repo:s3://… places")
     expect(function() copy_volume({ from = "file:/a", to = "file:/b", speed = 1 }) end):to_fail(
       "copy_volume: opts.speed: unknown option; expected one of from, to, parent, volume, tags, password, overwrite, description, wait, time, account, region, s3_endpoint")
     expect(function() copy_volume({ from = "file:/a", to = "file:/b", password = "hunter2" }) end):to_fail(
