@@ -4,8 +4,8 @@
 
 /// Top-level modules, from the command line down to the shared failure type.
 const LAYERS: &[&str] = &[
-    "cli", "serve", "api", "host", "policy", "ops", "workers", "estate", "network", "mover",
-    "repo", "cloud", "config", "failure",
+    "cli", "serve", "api", "host", "policy", "ops", "mount", "workers", "estate", "network",
+    "mover", "repo", "cloud", "config", "failure",
 ];
 
 /// The top-level modules a source file refers to through `crate::`.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod estate;
 pub mod failure;
 pub mod host;
+pub mod mount;
 pub mod mover;
 pub mod network;
 pub mod ops;

@@ -3,6 +3,7 @@
 mod attach;
 mod console;
 mod copy;
+mod mount;
 mod repl;
 mod repo;
 mod run;
@@ -56,6 +57,8 @@ pub enum Command {
     Copy(copy::CopyArgs),
     /// Repository upkeep: init, points, check, forget, prune, repair.
     Repo(repo::RepoArgs),
+    /// Mount a repository's restore points read-only (FUSE): DIR/VOLUME/TIME_ID/image.
+    Mount(mount::MountArgs),
 }
 
 /// Options every script-running verb shares.
@@ -174,5 +177,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Workers(c) => workers::workers_main(c).await,
         Command::Copy(a) => copy::copy(a).await,
         Command::Repo(a) => repo::repo(a).await,
+        Command::Mount(a) => mount::mount(a).await,
     }
 }

@@ -9,6 +9,7 @@ pub mod cleanups;
 mod copy;
 pub mod ebs;
 pub mod file;
+pub mod image;
 pub mod location;
 mod open;
 pub mod pool;

@@ -9,6 +9,7 @@ mod boot;
 mod examples;
 mod host;
 mod images;
+mod mount;
 mod mover_emu;
 mod network;
 mod policy_run;
