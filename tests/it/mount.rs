@@ -115,3 +115,58 @@ async fn a_mounted_point_reads_as_its_restore_and_unmounts_on_sigint() {
         "still mounted"
     );
 }
+
+/// The kernel reads a mounted image as the file system it holds: ext4,
+/// mounted read-only (`noload`: no journal replay) through a loop device.
+#[tokio::test]
+async fn the_kernel_mounts_a_mounted_ext4_image_read_only() {
+    let ws = Workspace::new("").await;
+    ws.write("pw.txt", "mount-test");
+    ws.write("src/a file ä.txt", "hello from skiff\n");
+    ws.write("src/deep/er/x", "deep\n");
+    std::os::unix::fs::symlink("/etc/passwd", ws.path("src/link")).unwrap();
+    let img = ws.path("fs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(ws.path("src"))
+        .arg(&img)
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(mkfs.success());
+    let pw = ["--password-file", "pw.txt"];
+    let mut a = vec!["repo", "init", "repo"];
+    a.extend(pw);
+    ws.skiff(&a).await.ok();
+    let mut a = vec!["copy", "file:fs.img", "repo:repo", "--volume", "fs"];
+    a.extend(pw);
+    ws.skiff(&a).await.ok();
+    std::fs::create_dir(ws.path("mnt")).unwrap();
+    std::fs::create_dir(ws.path("k")).unwrap();
+    let mut mount = ws
+        .command(&["mount", "repo", "mnt", "--password-file", "pw.txt"])
+        .spawn()
+        .unwrap();
+    let found = images(&ws.path("mnt"), 1).await;
+    let kernel = std::process::Command::new("mount")
+        .args(["-o", "ro,loop,noload"])
+        .arg(&found[0])
+        .arg(ws.path("k"))
+        .status()
+        .expect("mount");
+    assert!(kernel.success(), "mount -o ro,loop of the FUSE image");
+    let text = std::fs::read_to_string(ws.path("k/a file ä.txt"));
+    let deep = std::fs::read_to_string(ws.path("k/deep/er/x"));
+    let link = std::fs::read_link(ws.path("k/link"));
+    let _ = std::process::Command::new("umount")
+        .arg(ws.path("k"))
+        .status();
+    unsafe { libc::kill(mount.id().unwrap() as i32, libc::SIGINT) };
+    let _ = tokio::time::timeout(Duration::from_secs(20), mount.wait()).await;
+    assert_eq!(text.unwrap(), "hello from skiff\n");
+    assert_eq!(deep.unwrap(), "deep\n");
+    assert_eq!(link.unwrap(), std::path::PathBuf::from("/etc/passwd"));
+}
