@@ -525,3 +525,39 @@ fn zero_detection() {
     odd[69] = 1;
     assert!(!is_zero(&odd));
 }
+
+/// A point read as an image reads only the blocks a range touches, hands
+/// back zeros for zero blocks without reading, and matches the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_image_reads_only_the_blocks_a_range_touches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, repo) = (dir.path().join("disk.img"), dir.path().join("repo"));
+    make_image(&img, 9, 40, 1000);
+    let r = backup(&img, &repo, ParentChoice::None).await.unwrap();
+    let repo = repo_at(&repo).await;
+    let point = repo.find_point(r.point.as_deref().unwrap()).await.unwrap();
+    let image = super::image::PointImage::new(repo, point, pool::CpuPool::new(2), 4).unwrap();
+    let source = std::fs::read(&img).unwrap();
+    // 100 bytes across the boundary of blocks 2 and 3: two blocks read.
+    let at = 3 * BS - 50;
+    let got = image.read_at(at, 100).await.unwrap();
+    assert_eq!(got, source[at as usize..at as usize + 100]);
+    let fetched = image.fetched();
+    assert!(fetched <= 2, "{fetched} blocks read for a 100-byte range");
+    // Again: from the cache.
+    image.read_at(at, 100).await.unwrap();
+    assert_eq!(image.fetched(), fetched);
+    // The tail past the last whole block, and past the end of the image.
+    let size = source.len() as u64;
+    assert_eq!(
+        image.read_at(size - 10, 100).await.unwrap(),
+        source[size as usize - 10..]
+    );
+    assert!(image.read_at(size, 10).await.unwrap().is_empty());
+    // The whole image, in odd pieces, with a 4-block cache.
+    let mut all = Vec::new();
+    while (all.len() as u64) < size {
+        all.extend(image.read_at(all.len() as u64, 300_001).await.unwrap());
+    }
+    assert!(all == source);
+}
