@@ -7,6 +7,7 @@
 
 mod ec2;
 mod estate;
+pub mod flr;
 mod fs;
 mod net;
 mod opts;
@@ -216,6 +217,7 @@ pub fn install(vm: &Vm, ctx: Arc<Context>, args: &[String]) -> mlua::Result<()> 
     policy::register(lua, &reg)?;
     util::register(lua, &reg)?;
     workers::register(lua, &reg)?;
+    flr::register(lua, &reg)?;
     volume::register(lua, &reg)?;
     fs::register(lua, &reg, vm.files())?;
     lua.globals().set("args", util::args_table(lua, args)?)?;

@@ -24,7 +24,7 @@ impl mlua::UserData for Handle {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeployOpts {
+pub(crate) struct DeployOpts {
     purpose: String,
     resource: serde_json::Value,
     region: Option<String>,
@@ -38,6 +38,9 @@ struct DeployOpts {
     /// resource), whose way a private worker's preflight checks.
     #[serde(default)]
     repositories: Vec<ReachArg>,
+    /// Who may reach the worker on 443 (a file-level recovery session's).
+    #[serde(skip)]
+    pub inbound_https: Option<crate::network::Cidr>,
 }
 
 /// A repository a worker reaches: its location, or the table
@@ -287,6 +290,14 @@ fn handle_table(lua: &Lua, w: Arc<Worker>) -> mlua::Result<Table> {
 
 async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     let o: DeployOpts = opts::parse(P, v)?;
+    let w = deploy_with(&ctx, o).await?;
+    handle_table(&lua, w)
+        .map(Value::Table)
+        .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))
+}
+
+/// Deploys a worker as `deploy_worker{}` does, into the current job's pool.
+pub(crate) async fn deploy_with(ctx: &Context, o: DeployOpts) -> Result<Arc<Worker>, ApiError> {
     let purpose = Purpose::parse(&o.purpose).map_err(|m| ApiError::field(P, "purpose", m))?;
     if let Some(p) = &o.profile {
         check_instance_type(P, "profile", p)?;
@@ -298,8 +309,8 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             .map_err(|e| ApiError::field(P, "account", e))?;
     }
     let mut resource =
-        resolve_resource(&ctx, &o.resource, o.account.as_deref(), o.region.as_deref()).await?;
-    let repositories = repositories(&ctx, &o.resource, o.repositories)?;
+        resolve_resource(ctx, &o.resource, o.account.as_deref(), o.region.as_deref()).await?;
+    let repositories = repositories(ctx, &o.resource, o.repositories)?;
     let backup = ctx.cloud.backup_account();
     let scope = placement::locate(
         &ctx.cloud,
@@ -329,12 +340,10 @@ async fn deploy(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             private,
             tags: o.tags,
             repositories,
+            inbound_https: o.inbound_https,
         })
         .await
-        .map_err(|e| e.into_error(P))?;
-    handle_table(&lua, w)
-        .map(Value::Table)
-        .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))
+        .map_err(|e| e.into_error(P))
 }
 
 pub fn handle_of(prim: &str, v: &Value) -> Result<Arc<Worker>, ApiError> {

@@ -3,6 +3,7 @@
 mod attach;
 mod console;
 mod copy;
+mod flr;
 mod mount;
 mod repl;
 mod repo;
@@ -59,6 +60,8 @@ pub enum Command {
     Repo(repo::RepoArgs),
     /// Mount a repository's restore points read-only (FUSE): DIR/VOLUME/TIME_ID/image.
     Mount(mount::MountArgs),
+    /// File-level recovery: browse a point's filesystems over HTTPS, download or restore files.
+    Flr(flr::FlrArgsCli),
 }
 
 /// Options every script-running verb shares.
@@ -178,5 +181,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Copy(a) => copy::copy(a).await,
         Command::Repo(a) => repo::repo(a).await,
         Command::Mount(a) => mount::mount(a).await,
+        Command::Flr(a) => flr::flr(a).await,
     }
 }

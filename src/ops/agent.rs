@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{Op, RunCx};
 use crate::failure::{Error, Failure, Kind};
-use crate::workers::agent::{Executor, Progress};
+use crate::workers::agent::{Executor, Notes, Progress};
 use crate::workers::channel::Task;
 
 pub struct AgentOps {
@@ -24,8 +24,17 @@ impl Executor for AgentOps {
         &'a self,
         task: &'a Task,
         progress: Arc<Progress>,
+        notes: Notes,
     ) -> BoxFuture<'a, Result<Value, Failure>> {
         Box::pin(async move {
+            if task.op == super::flr::OP {
+                let cloud = if task.accounts.is_empty() {
+                    self.cloud.clone()
+                } else {
+                    Arc::new(self.cloud.with_accounts(&task.accounts))
+                };
+                return super::flr::run(cloud, task, notes).await;
+            }
             if task.op == "ping" {
                 return Ok(serde_json::json!({
                     "pong": true,

@@ -5,6 +5,7 @@
 //! rewrites it on its typed fields. Nothing here knows Lua.
 
 pub mod agent;
+pub mod flr;
 mod args;
 mod copy;
 pub mod parse;

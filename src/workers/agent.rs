@@ -26,12 +26,16 @@ pub struct AgentArgs {
 /// How far the running task is; the heartbeat reports the latest.
 pub type Progress = std::sync::Mutex<crate::mover::Progress>;
 
+/// Sends a [`Event::Note`] for the running task.
+pub type Notes = Arc<dyn Fn(Value) + Send + Sync>;
+
 /// What runs a task's operation on the worker.
 pub trait Executor: Send + Sync {
     fn run<'a>(
         &'a self,
         task: &'a Task,
         progress: Arc<Progress>,
+        notes: Notes,
     ) -> BoxFuture<'a, Result<Value, Failure>>;
 }
 
@@ -155,7 +159,16 @@ pub async fn run(
                     }
                 })
             };
-            let outcome = exec.run(&task, progress).await;
+            let notes: Notes = {
+                let (sqs, a, tid) = (sqs.clone(), a.clone(), task.task_id.clone());
+                Arc::new(move |note| {
+                    let (sqs, a, tid) = (sqs.clone(), a.clone(), tid.clone());
+                    tokio::spawn(async move {
+                        reply(&sqs, &a, Some(&tid), Event::Note { note }).await;
+                    });
+                })
+            };
+            let outcome = exec.run(&task, progress, notes).await;
             heartbeat.abort();
             let event = match outcome {
                 Ok(result) => Event::Finished { result },

@@ -47,6 +47,11 @@ pub enum Event {
     Started,
     /// How far the task is: the same record a local copy reports.
     Progress(crate::mover::Progress),
+    /// Something the task tells its caller while it runs (a file-level
+    /// recovery session's address, what its browser served).
+    Note {
+        note: serde_json::Value,
+    },
     Finished {
         result: serde_json::Value,
     },

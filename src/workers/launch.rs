@@ -35,6 +35,10 @@ pub struct LaunchSpec {
     /// The S3 repositories the worker will reach, which a private worker's
     /// preflight follows the way to.
     pub repositories: Vec<RepoReach>,
+    /// Who may reach the worker on HTTPS (443): a file-level recovery
+    /// session's `allow`. The worker then also gets skiff's inbound group
+    /// for that CIDR ([`network::inbound_group`]); no other worker has one.
+    pub inbound_https: Option<crate::network::Cidr>,
 }
 
 /// An S3 repository a worker reaches: its location, where it lives, and
@@ -113,6 +117,11 @@ where
             site
         }
     };
+    let mut site = site;
+    if let Some(allow) = &spec.inbound_https {
+        let g = network::inbound_group(cloud, scope, &site.vpc, allow).await?;
+        site.security_groups.push(g);
+    }
     if spec.private {
         let key = format!(
             "{:?} {} {:?} {:?} {:?}",
@@ -517,6 +526,7 @@ mod tests {
             private: false,
             tags: BTreeMap::from([("team".into(), "call".into())]),
             repositories: Vec::new(),
+            inbound_https: None,
         };
         let ids = Ids {
             worker: "w1",

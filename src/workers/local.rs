@@ -68,6 +68,10 @@ impl LocalAgent {
         .env("AWS_ACCESS_KEY_ID", creds.access_key_id())
         .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key())
         .env("AWS_REGION", &w.scope.region)
+        // A file-level recovery session of a local agent shares this
+        // machine's loopback (any free port), and is named by it.
+        .env("SKIFF_AGENT_FLR_LISTEN", "127.0.0.1:0")
+        .env("SKIFF_AGENT_FLR_NAMES", "127.0.0.1")
         .env_remove("AWS_PROFILE")
         .stdin(std::process::Stdio::null())
         // If skiff goes away in an orderly way, its agents go with it.
@@ -129,6 +133,15 @@ impl LocalAgent {
                     }
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
                         if s.load(Ordering::SeqCst) {
+                            // As systemd stops a unit: SIGTERM, so a task
+                            // can undo what it set up (a file-level
+                            // recovery session's mounts), then SIGKILL.
+                            if let Some(pid) = child.id() {
+                                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok() {
+                                    return;
+                                }
+                            }
                             let _ = child.kill().await;
                             return;
                         }
@@ -148,10 +161,10 @@ impl LocalAgent {
         self.gave_up.lock().unwrap().clone()
     }
 
-    /// Stops the agent and waits (up to 5 s) until the supervisor has killed it.
+    /// Stops the agent and waits (up to 12 s) until it has ended.
     pub(super) async fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.supervisor).await;
+        let _ = tokio::time::timeout(Duration::from_secs(12), self.supervisor).await;
     }
 }
 

@@ -155,6 +155,35 @@ pub async fn worker_group(cloud: &Cloud, scope: &Scope, vpc: &str, public: bool)
     Ok(g.id)
 }
 
+/// skiff's group admitting HTTPS (443) from `allow` only, for the workers
+/// that serve a file-level recovery session to that address: named by the
+/// CIDR (`skiff-flr-203.0.113.7-32`), found or created, its rules
+/// reconciled; it allows nothing out (the worker's own group does that).
+pub async fn inbound_group(cloud: &Cloud, scope: &Scope, vpc: &str, allow: &Cidr) -> Result<String> {
+    let name = format!("skiff-flr-{}", allow.to_string().replace('/', "-"));
+    let g = security_group::ensure(
+        cloud,
+        &SecurityGroupSpec {
+            vpc: ResourceRef {
+                id: vpc.to_string(),
+                scope: scope.clone(),
+            },
+            name,
+            description: Some(format!("skiff file-level recovery: HTTPS in from {allow} only")),
+            ingress: vec![Rule {
+                proto: Proto::Tcp,
+                ports: Some((443, 443)),
+                cidr: allow.clone(),
+            }],
+            egress: Vec::new(),
+            egress_only: true,
+            tags: Default::default(),
+        },
+    )
+    .await?;
+    Ok(g.id)
+}
+
 /// The network for workers in `scope`: the declared configuration, else the
 /// region's default VPC and its first subnet (by zone, then id). Without
 /// declared security groups, `security_groups` is empty: the launch then

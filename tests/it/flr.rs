@@ -1,0 +1,337 @@
+//! File-level recovery end to end: ext4 (GPT) and XFS (MBR) images with
+//! known content are backed up, a `--local` session serves them, and
+//! headless Chromium — trusting only that session's key — lists, searches
+//! and downloads; every byte is compared with the source. Then what must
+//! be refused is.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::browser::{curl, Browser, Opened};
+use crate::harness::Workspace;
+
+const MIB: u64 = 1 << 20;
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (tools/system.sh installs it)"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The issue's known content: names with spaces and non-ASCII letters, a
+/// link to /etc/passwd, a sparse 1 GiB file, a tree 30 levels deep.
+pub fn known_tree(dir: &Path) {
+    let w = |rel: &str, data: &[u8]| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    w("etc/hostname", b"web-1\n");
+    w("etc/app/config.toml", b"[server]\nport = 8080\n# Tuesday's setting\n");
+    w("dir with spaces/Grüße aus Köln.txt", "Grüße!\n".as_bytes());
+    w("dir with spaces/naïve café.md", b"# notes\n");
+    w("data/report 2026.csv", &(0..20_000).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let mut deep = String::from("deep");
+    for i in 1..=30 {
+        deep.push_str(&format!("/d{i:02}"));
+    }
+    w(&format!("{deep}/leaf.txt"), b"at the bottom\n");
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd-link")).unwrap();
+    let big = dir.join("big/sparse.bin");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(1 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    for (i, off) in [0u64, 7 << 20, 512 << 20, (1 << 30) - 4096].iter().enumerate() {
+        f.write_at(&vec![b'a' + i as u8; 4096], *off).unwrap();
+    }
+}
+
+/// A disk image: partition 1 at 1 MiB holding `fs` (a filesystem image).
+fn disk_with(fs: &Path, disk: &Path, table: &str) {
+    let fs_len = std::fs::metadata(fs).unwrap().len();
+    let size = fs_len + 2 * MIB;
+    std::fs::File::create(disk).unwrap().set_len(size).unwrap();
+    let script = format!(
+        "label: {table}\nstart=2048, size={}, type={}\n",
+        fs_len / 512,
+        if table == "gpt" { "0FC63DAF-8483-4772-8E79-3D69D8477DE4" } else { "83" }
+    );
+    let mut child = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    run(
+        "dd",
+        &[
+            &format!("if={}", fs.display()),
+            &format!("of={}", disk.display()),
+            "bs=1M",
+            "seek=1",
+            "conv=sparse,notrunc",
+            "status=none",
+        ],
+    );
+}
+
+/// ext4 made from `src` (mkfs.ext4 -d keeps holes), in a GPT disk.
+fn ext4_disk(src: &Path, work: &Path) -> PathBuf {
+    let fs = work.join("ext4.fs");
+    std::fs::File::create(&fs).unwrap().set_len(96 * MIB).unwrap();
+    run("mkfs.ext4", &["-q", "-L", "root", "-d", src.to_str().unwrap(), fs.to_str().unwrap()]);
+    let disk = work.join("ext4-gpt.img");
+    disk_with(&fs, &disk, "gpt");
+    std::fs::remove_file(fs).unwrap();
+    disk
+}
+
+/// XFS filled through a read-write loop mount, in an MBR disk.
+fn xfs_disk(src: &Path, work: &Path) -> PathBuf {
+    let fs = work.join("xfs.fs");
+    std::fs::File::create(&fs).unwrap().set_len(320 * MIB).unwrap();
+    run("mkfs.xfs", &["-q", "-L", "data", fs.to_str().unwrap()]);
+    let mnt = work.join("xfs-rw");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run("mount", &["-o", "loop", fs.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let copied = Command::new("cp")
+        .args(["-a", "--sparse=always"])
+        .arg(format!("{}/.", src.display()))
+        .arg(&mnt)
+        .status();
+    run("umount", &[mnt.to_str().unwrap()]);
+    assert!(copied.unwrap().success());
+    let disk = work.join("xfs-mbr.img");
+    disk_with(&fs, &disk, "dos");
+    std::fs::remove_file(fs).unwrap();
+    disk
+}
+
+/// Backs `disk` up into `repo`; the point's id.
+async fn backup(ws: &Workspace, disk: &Path, volume: &str) -> String {
+    let out = ws
+        .skiff(&[
+            "copy",
+            &format!("file:{}", disk.display()),
+            "repo:repo",
+            "--volume",
+            volume,
+            "--password-file",
+            "pw.txt",
+        ])
+        .await;
+    out.ok();
+    out.stdout
+        .split("point ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A running `skiff flr --local` and what it printed.
+struct Served {
+    child: tokio::process::Child,
+    opened: Opened,
+}
+
+async fn open_session(ws: &Workspace, point: &str) -> Served {
+    let mut child = ws
+        .command(&[
+            "flr",
+            &format!("repo:repo#{point}"),
+            "--local",
+            "--ttl",
+            "20m",
+            "--password-file",
+            "pw.txt",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = String::new();
+    let read = async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            out.push_str(&l);
+            out.push('\n');
+            if l.starts_with("ends:") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("the session did not open in 2 minutes");
+    let opened = Opened::parse(&out).unwrap_or_else(|| panic!("skiff flr printed:\n{out}"));
+    Served { child, opened }
+}
+
+async fn stop(mut s: Served) {
+    unsafe { libc::kill(s.child.id().unwrap() as i32, libc::SIGINT) };
+    let status = tokio::time::timeout(Duration::from_secs(30), s.child.wait())
+        .await
+        .expect("skiff flr did not end on SIGINT")
+        .unwrap();
+    assert!(status.success(), "skiff flr: {status}");
+}
+
+/// No mount of any session left behind.
+fn no_session_mounts() {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains("skiff-flr-")).collect();
+    assert!(left.is_empty(), "left mounted: {left:#?}");
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} and {} differ:\n{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// What the browser shows and serves, in Chromium; `shots` names the screenshot.
+fn drive_browser(o: &Opened, src: &Path, downloads: &Path, shot: &Path) {
+    let b = Browser::start(&o.spki, downloads);
+    b.goto(&o.url);
+    let page = b.source();
+    assert!(page.contains("Partitions"), "{page}");
+    b.click("table.partitions a");
+    let listing = b.source();
+    for name in ["dir with spaces/", "etc/", "deep/", "big/", "passwd-link"] {
+        assert!(listing.contains(name), "{name} not listed:\n{listing}");
+    }
+    // The link is shown as a link, with its target, never as a file to open.
+    assert!(listing.contains("/etc/passwd"));
+    b.screenshot(shot);
+    // Into a folder with a non-ASCII name; download one file.
+    b.click("a.dir[href*='dir%20with%20spaces']");
+    let page = b.source();
+    assert!(page.contains("Grüße aus Köln.txt"), "{page}");
+    b.click("a.file[href*='Gr%C3%BC%C3%9Fe']");
+    b.click("#download");
+    let got = b.downloaded("Grüße aus Köln.txt");
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(src.join("dir with spaces/Grüße aus Köln.txt")).unwrap()
+    );
+    // Search the whole filesystem for the leaf 30 levels down.
+    b.goto(&format!("{}p/1/", o.base));
+    b.type_into("input[name=q]", "leaf*");
+    b.click("#search");
+    let found = b.source();
+    assert!(found.contains("d30/leaf.txt"), "{found}");
+    // A folder as one archive: select `etc` and download the selection.
+    b.goto(&format!("{}p/1/", o.base));
+    b.click("input[name=item][value='etc']");
+    b.click("#download-selection");
+    let tar = b.downloaded("etc.tar");
+    let x = downloads.join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    run("tar", &["-xf", tar.to_str().unwrap(), "-C", x.to_str().unwrap()]);
+    same_tree(&src.join("etc"), &x.join("etc"));
+}
+
+/// The refusals, with curl pinned to the session's key.
+fn refusals(o: &Opened) {
+    let spki = &o.spki;
+    let base = &o.base;
+    assert_eq!(curl(spki, base, &[]).status, 401, "no token");
+    assert_eq!(curl(spki, &format!("{base}?t=wrong"), &[]).status, 401, "a wrong token");
+    let first = curl(spki, &o.url, &[]);
+    assert_eq!(first.status, 200);
+    let cookie = first
+        .headers
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .expect("a cookie on the first visit")
+        .to_string();
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    let csp = first.headers.to_ascii_lowercase();
+    assert!(csp.contains("content-security-policy: default-src 'none'"), "{csp}");
+    let c = format!("Cookie: {}", cookie.split(';').next().unwrap());
+    let with = |path: &str| curl(spki, &format!("{base}{path}"), &["-H", &c]);
+    assert_eq!(with("p/1/etc/hostname?download").text(), "web-1\n");
+    for bad in ["p/1/../../etc/passwd", "p/1/etc/%2e%2e/%2e%2e/x", "p/1/etc%2F..%2F..%2Fx", "p/1/%2fetc/passwd"] {
+        let r = with(bad);
+        assert!(r.status == 400 || r.status == 404, "{bad}: {}", r.status);
+        assert!(!r.text().contains("root:x:0:0"), "{bad} reached the host's passwd");
+    }
+    let r = with("p/1/passwd-link?download");
+    assert_eq!(r.status, 400, "following the symlink");
+    assert!(!r.text().contains("root:x:0:0"));
+    let r = with("archive/1?item=passwd-link");
+    assert!(!r.text().contains("root:x:0:0"), "the archive followed the link");
+    // A resumable download: a byte range of the sparse file.
+    let r = curl(spki, &format!("{base}p/1/big/sparse.bin?download"), &["-H", &c, "-r", "7340032-7340035"]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, b"bbbb");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_session_serves_ext4_and_xfs_to_chromium_and_refuses_what_it_must() {
+    let ws = Workspace::new("").await;
+    ws.write("pw.txt", "flr-test");
+    let src = ws.path("src");
+    known_tree(&src);
+    let ext4 = ext4_disk(&src, &ws.path(""));
+    let xfs = xfs_disk(&src, &ws.path(""));
+    ws.skiff(&["repo", "init", "repo", "--password-file", "pw.txt"]).await.ok();
+    let p_ext4 = backup(&ws, &ext4, "root").await;
+    let p_xfs = backup(&ws, &xfs, "data").await;
+    let shots = crate::harness::project_root().join("target/test-output");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut fingerprints = Vec::new();
+    let mut old: Option<Opened> = None;
+    for (point, kind) in [(&p_ext4, "ext4"), (&p_xfs, "xfs")] {
+        let s = open_session(&ws, point).await;
+        let o = s.opened.clone();
+        assert!(o.partitions.iter().any(|p| p.starts_with("1: ") && p.contains(kind)), "{:?}", o.partitions);
+        fingerprints.push(o.fingerprint.clone());
+        if let Some(prev) = &old {
+            // The token of an ended session opens nothing here.
+            assert_eq!(curl(&o.spki, &format!("{}?t={}", o.base, prev.token), &[]).status, 401);
+        }
+        refusals(&o);
+        let dl = ws.path(&format!("downloads-{kind}"));
+        std::fs::create_dir_all(&dl).unwrap();
+        let shot = shots.join(format!("flr-listing-{kind}.png"));
+        let (o2, src2) = (o.clone(), src.clone());
+        tokio::task::spawn_blocking(move || drive_browser(&o2, &src2, &dl, &shot))
+            .await
+            .unwrap();
+        stop(s).await;
+        no_session_mounts();
+        // Once ended, the session listens no more.
+        assert_eq!(curl(&o.spki, &o.url, &[]).status, 0);
+        old = Some(o);
+    }
+    assert_ne!(fingerprints[0], fingerprints[1], "each session has its own certificate");
+}
