@@ -233,10 +233,18 @@ pub fn partitions(img: &(impl ReadAt + ?Sized)) -> Result<Layout> {
 /// there is none. A protective MBR with no readable GPT is an error.
 fn gpt(img: &(impl ReadAt + ?Sized), size: u64, protective: bool) -> Result<Option<Layout>> {
     let mut problems = Vec::new();
+    let mut signed = false;
+    let mut unusable = |copy: Unusable| match copy {
+        Unusable::Absent(why) => why,
+        Unusable::Damaged(why) => {
+            signed = true;
+            why
+        }
+    };
     for sector in [512u64, 4096] {
         match gpt_header(img, size, sector, sector)? {
             Ok(table) => return table.into_layout(size, sector, vec![]).map(Some),
-            Err(why) => problems.push(why),
+            Err(copy) => problems.push(unusable(copy)),
         }
         let Some(last) = (size / sector).checked_sub(1).filter(|l| *l > 1) else {
             continue;
@@ -249,11 +257,10 @@ fn gpt(img: &(impl ReadAt + ?Sized), size: u64, protective: bool) -> Result<Opti
                 );
                 return table.into_layout(size, sector, vec![note]).map(Some);
             }
-            Err(why) => problems.push(why),
+            Err(copy) => problems.push(unusable(copy)),
         }
     }
-    let found = problems.iter().any(|p| !p.ends_with("no GPT signature"));
-    if protective || found {
+    if protective || signed {
         return Err(DiskError::Invalid(format!(
             "GPT: no usable header: {}",
             problems.join("; ")
@@ -269,6 +276,14 @@ struct GptTable {
     last_usable: u64,
 }
 
+/// Why one copy of the GPT header cannot be used.
+enum Unusable {
+    /// No header there (no signature, or past the image's end).
+    Absent(String),
+    /// A header that fails its checks.
+    Damaged(String),
+}
+
 /// The header at byte `at` and its entry array, both CRC-checked; the
 /// inner `Err` says why this copy is unusable.
 fn gpt_header(
@@ -276,21 +291,16 @@ fn gpt_header(
     size: u64,
     sector: u64,
     at: u64,
-) -> Result<std::result::Result<GptTable, String>> {
+) -> Result<std::result::Result<GptTable, Unusable>> {
     let lba = at / sector;
+    let at_lba = format!("header at LBA {lba} ({sector}-byte sectors)");
     let Some(h) = read(img, at, sector, size)? else {
-        return Ok(Err(format!(
-            "header at LBA {lba} ({sector}-byte sectors): past the image's end"
-        )));
-    };
-    let bad = |why: String| {
-        Ok(Err(format!(
-            "header at LBA {lba} ({sector}-byte sectors): {why}"
-        )))
+        return Ok(Err(Unusable::Absent(format!("{at_lba}: past the image's end"))));
     };
     if &h[0..8] != b"EFI PART" {
-        return bad("no GPT signature".into());
+        return Ok(Err(Unusable::Absent(format!("{at_lba}: no GPT signature"))));
     }
+    let bad = |why: String| Ok(Err(Unusable::Damaged(format!("{at_lba}: {why}"))));
     let header_size = le32(&h, 12) as u64;
     if !(92..=sector).contains(&header_size) {
         return bad(format!(
