@@ -29,7 +29,7 @@
 ---| "archive"   # moves points from the standard repository to the archive
 ---| "retention" # forgets and prunes points
 ---| "health"    # checks a repository
----| "flr"       # reserved for file-level restore: placed like the repository jobs, but no operation does it yet
+---| "flr"       # serves a file-level recovery session (flr{}, skiff flr; docs/flr.md)
 
 --- Where a restore goes: a region, and the account that will own what is restored.
 --- @class skiff.RestoreTarget

@@ -152,16 +152,15 @@ struct Served {
 }
 
 async fn open_session(ws: &Workspace, point: &str) -> Served {
+    let p = format!("repo:repo#{point}");
+    open_with(ws, &[&p, "--local", "--password-file", "pw.txt"]).await
+}
+
+async fn open_with(ws: &Workspace, args: &[&str]) -> Served {
+    let mut a = vec!["flr", "--ttl", "20m"];
+    a.extend(args);
     let mut child = ws
-        .command(&[
-            "flr",
-            &format!("repo:repo#{point}"),
-            "--local",
-            "--ttl",
-            "20m",
-            "--password-file",
-            "pw.txt",
-        ])
+        .command(&a)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -176,7 +175,7 @@ async fn open_session(ws: &Workspace, point: &str) -> Served {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(120), read)
+    tokio::time::timeout(Duration::from_secs(180), read)
         .await
         .expect("the session did not open in 2 minutes");
     let opened = Opened::parse(&out).unwrap_or_else(|| panic!("skiff flr printed:\n{out}"));
@@ -334,4 +333,79 @@ async fn a_local_session_serves_ext4_and_xfs_to_chromium_and_refuses_what_it_mus
         old = Some(o);
     }
     assert_ne!(fingerprints[0], fingerprints[1], "each session has its own certificate");
+}
+
+/// A session on a worker (the local launcher): its own group admits the
+/// allowed address only, the server refuses any other, and stopping the
+/// session removes the worker and every mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
+    use crate::harness::{emulator, LOCAL_WORKERS};
+    let ws = Workspace::new(LOCAL_WORKERS).await;
+    let region = "us-east-1";
+    let bucket = emulator().bucket_in(&ws.account, region, "flr").await;
+    aws_sdk_ssm::Client::new(&emulator().sdk(&ws.account, region))
+        .put_parameter()
+        .name("/skiff/flr-test")
+        .value("flr-worker-test")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let src = ws.path("src");
+    known_tree(&src);
+    let disk = ext4_disk(&src, &ws.path(""));
+    let repo = format!("repo:s3://{bucket}/r");
+    let pw = ["--password-ssm", "/skiff/flr-test", "--region", region];
+    let mut a = vec!["repo", "init", &repo];
+    a.extend(pw);
+    ws.skiff(&a).await.ok();
+    let file = format!("file:{}", disk.display());
+    let mut a = vec!["copy", &file, &repo, "--volume", "root"];
+    a.extend(pw);
+    let out = ws.skiff(&a).await;
+    out.ok();
+    let point = out.stdout.split("point ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let at = format!("{repo}#{point}");
+    // Allowed: this machine.
+    let mut a = vec![at.as_str(), "--allow", "127.0.0.1/32"];
+    a.extend(pw);
+    let s = open_with(&ws, &a).await;
+    let o = s.opened.clone();
+    let groups = ws
+        .ec2(region)
+        .describe_security_groups()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("group-name").values("skiff-flr-127.0.0.1-32").build())
+        .send()
+        .await
+        .unwrap();
+    let g = &groups.security_groups()[0];
+    let rules: Vec<_> = g
+        .ip_permissions()
+        .iter()
+        .map(|p| (p.from_port(), p.to_port(), p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).collect::<Vec<_>>()))
+        .collect();
+    assert_eq!(rules, vec![(Some(443), Some(443), vec!["127.0.0.1/32"])]);
+    let live = |w: &crate::workers::SeenWorker| w.state != "terminated" && w.state != "shutting-down";
+    let workers = crate::workers::workers_in(&ws.account, region).await;
+    assert_eq!(workers.iter().filter(|w| live(w)).count(), 1, "one flr worker");
+    refusals(&o);
+    let dl = ws.path("downloads-worker");
+    std::fs::create_dir_all(&dl).unwrap();
+    let shot = crate::harness::project_root().join("target/test-output/flr-listing-worker.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let (o2, src2) = (o.clone(), src.clone());
+    tokio::task::spawn_blocking(move || drive_browser(&o2, &src2, &dl, &shot)).await.unwrap();
+    stop(s).await;
+    no_session_mounts();
+    assert_eq!(curl(&o.spki, &o.url, &[]).status, 0, "still listening");
+    let workers = crate::workers::workers_in(&ws.account, region).await;
+    assert!(!workers.iter().any(live), "the worker outlived its session");
+    // Not allowed: the worker serves no one else, whatever reaches it.
+    let mut a = vec![at.as_str(), "--allow", "203.0.113.7/32"];
+    a.extend(pw);
+    let s = open_with(&ws, &a).await;
+    assert_eq!(curl(&s.opened.spki, &s.opened.url, &[]).status, 403);
+    stop(s).await;
+    no_session_mounts();
 }

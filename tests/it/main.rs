@@ -6,7 +6,9 @@ mod harness;
 
 mod backup;
 mod boot;
+mod browser;
 mod examples;
+mod flr;
 mod host;
 mod images;
 mod mount;
