@@ -71,7 +71,7 @@ enum RepoArg {
         region: Option<String>,
         account: Option<String>,
         password: Option<PasswordSource>,
-        s3_endpoint: Option<S3Endpoint>,
+        s3_endpoint: Option<Box<S3Endpoint>>,
     },
 }
 
@@ -108,7 +108,7 @@ impl<'de> Deserialize<'de> for RepoArg {
                         "region" => region = Some(m.next_value()?),
                         "account" => account = Some(m.next_value()?),
                         "password" => password = Some(m.next_value()?),
-                        "s3_endpoint" => s3_endpoint = Some(m.next_value()?),
+                        "s3_endpoint" => s3_endpoint = Some(Box::new(m.next_value()?)),
                         _ => {
                             m.next_value::<de::IgnoredAny>()?;
                             unknown.get_or_insert(k);
@@ -272,7 +272,7 @@ fn resolve_repo(
                 region,
                 account,
                 password,
-                s3_endpoint,
+                s3_endpoint: s3_endpoint.map(|e| *e),
                 ..Repository::at(&location)
             })
         }

@@ -249,7 +249,13 @@ impl Cloud {
     /// repository makes many requests per command, so a transient 5xx or
     /// SlowDown is retried up to `S3_ATTEMPTS` times with the SDK's backoff,
     /// not the default 3: at a 5 % error rate, 3 attempts leave one request
-    /// in 8,000 failing, which a long backup or prune meets.
+    /// in 8,000 failing, which a long backup or prune meets. The SDK's
+    /// process-wide retry quota is replaced by an unlimited one: it drains
+    /// under a sustained error rate (each retry costs 5–14 tokens), after
+    /// which requests fail on their first error, so one flaky stretch would
+    /// fail whole backups, including unrelated ones in the same process.
+    /// Each request still backs off exponentially and stops after
+    /// `S3_ATTEMPTS`.
     pub async fn s3(&self, scope: &Scope) -> aws_sdk_s3::Client {
         self.s3_via(scope, None).await
     }
@@ -263,6 +269,11 @@ impl Cloud {
             .force_path_style(sdk.endpoint_url().is_some() || endpoint.is_some())
             .retry_config(
                 aws_smithy_types::retry::RetryConfig::standard().with_max_attempts(S3_ATTEMPTS),
+            )
+            .retry_partition(
+                aws_sdk_s3::config::retry::RetryPartition::custom("skiff-s3")
+                    .token_bucket(aws_sdk_s3::config::retry::TokenBucket::unlimited())
+                    .build(),
             );
         if let Some(e) = endpoint {
             conf = conf.endpoint_url(&e.url);

@@ -69,6 +69,26 @@ pub(super) struct Found {
 /// worker's own requests, naming the endpoint.
 const PREFLIGHT_HOLDS: Duration = Duration::from_secs(60);
 
+/// The value remembered under `key`, else what `look_up` finds (remembered
+/// when found).
+async fn remembered<T, F, Fut>(
+    map: &std::sync::Mutex<std::collections::HashMap<String, T>>,
+    key: String,
+    look_up: F,
+) -> Result<T>
+where
+    T: Clone,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    if let Some(v) = map.lock().unwrap().get(&key) {
+        return Ok(v.clone());
+    }
+    let v = look_up().await?;
+    map.lock().unwrap().insert(key, v.clone());
+    Ok(v)
+}
+
 /// Where and from what image a launch goes, once every check has passed.
 pub(super) struct Checked {
     pub site: Site,
@@ -105,18 +125,14 @@ where
         "{scope:?} {:?} {:?} {:?} {}",
         cfg.vpc, cfg.subnet, cfg.security_groups, spec.private
     );
-    let known = found.sites.lock().unwrap().get(&site_key).cloned();
-    let site = match known {
-        Some(site) => site,
-        None => {
-            let mut site = network::choose(cloud, scope, cfg).await?;
-            if site.security_groups.is_empty() {
-                site.security_groups = vec![own_group(site.vpc.clone()).await?];
-            }
-            found.sites.lock().unwrap().insert(site_key, site.clone());
-            site
+    let site = remembered(&found.sites, site_key, || async {
+        let mut site = network::choose(cloud, scope, cfg).await?;
+        if site.security_groups.is_empty() {
+            site.security_groups = vec![own_group(site.vpc.clone()).await?];
         }
-    };
+        Ok(site)
+    })
+    .await?;
     let mut site = site;
     if let Some(allow) = &spec.inbound_https {
         let g = network::inbound_group(cloud, scope, &site.vpc, allow).await?;
@@ -124,13 +140,14 @@ where
     }
     if spec.private {
         let key = format!(
-            "{:?} {} {:?} {:?} {:?}",
+            "{:?} {} {:?} {:?} {:?} {}",
             spec.scope,
             site.subnet,
             site.security_groups,
             spec.purpose.services(),
-            spec.repositories
-        ) + &format!(" {}", spec.resource.scope.account != spec.scope.account);
+            spec.repositories,
+            spec.resource.scope.account != spec.scope.account
+        );
         let slot = found
             .preflights
             .lock()
@@ -148,15 +165,10 @@ where
         check_instance_profile(cloud, scope, p).await?;
     }
     let image_key = format!("{scope:?} {:?} {ami_parameter}", cfg.ami);
-    let known = found.images.lock().unwrap().get(&image_key).cloned();
-    let ami = match known {
-        Some(ami) => ami,
-        None => {
-            let ami = image(cloud, scope, cfg, ami_parameter).await?;
-            found.images.lock().unwrap().insert(image_key, ami.clone());
-            ami
-        }
-    };
+    let ami = remembered(&found.images, image_key, || {
+        image(cloud, scope, cfg, ami_parameter)
+    })
+    .await?;
     Ok(Checked { site, ami })
 }
 

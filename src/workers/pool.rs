@@ -107,8 +107,11 @@ pub struct WorkerPool {
     found: launch::Found,
     /// The local launcher's endpoint addresses of a private worker's VPC,
     /// and when they were read (again after `PRIVATE_ENV_HOLDS`).
-    private_envs: Mutex<HashMap<(Scope, String), (Instant, Vec<(String, String)>)>>,
+    private_envs: Mutex<HashMap<(Scope, String), (Instant, AgentEnv)>>,
 }
+
+/// Environment variables of a local agent.
+type AgentEnv = Vec<(String, String)>;
 
 /// How long the local launcher reuses a VPC's endpoint addresses.
 const PRIVATE_ENV_HOLDS: Duration = Duration::from_secs(60);

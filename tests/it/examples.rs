@@ -137,18 +137,23 @@ async fn workspace_with(accounts: &[(&str, &Account, &str)]) -> Workspace {
 
 /// Runs `examples/<name>` with the workspace's skiff.toml; it must succeed.
 async fn run_example(ws: &Workspace, name: &str) -> Run {
-    let script = project_root().join("examples").join(name);
-    let config = ws.path("skiff.toml");
-    let run = ws
-        .skiff(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            script.to_str().unwrap(),
-        ])
-        .await;
+    let run = example(ws, name, &[]).await;
     run.ok();
     run
+}
+
+/// Runs `examples/NAME` with `key=value` arguments and the workspace's skiff.toml.
+pub async fn example(ws: &Workspace, name: &str, args: &[&str]) -> Run {
+    let script = project_root().join("examples").join(name);
+    let config = ws.path("skiff.toml");
+    let mut a = vec![
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        script.to_str().unwrap(),
+    ];
+    a.extend_from_slice(args);
+    ws.skiff(&a).await
 }
 
 #[tokio::test]

@@ -11,9 +11,8 @@ use std::collections::BTreeSet;
 use aws_sdk_ec2::types::Filter;
 
 use crate::backup::seed_tool;
-use crate::harness::{
-    account_toml, emulator, project_root, Account, Run, Workspace, LOCAL_WORKERS,
-};
+use crate::examples::example;
+use crate::harness::{account_toml, emulator, Account, Run, Workspace, LOCAL_WORKERS};
 use crate::workers::workers_in;
 
 const BUCKET_REGION: &str = "eu-west-1";
@@ -33,6 +32,30 @@ struct Scenario {
 
 fn f(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
+}
+
+/// The S3 interface endpoint of `account` in `region` (the only one there).
+async fn s3_endpoint_in(account: &Account, region: &str) -> String {
+    let out = emulator()
+        .ec2(account, region)
+        .describe_vpc_endpoints()
+        .filters(f("service-name", &format!("com.amazonaws.{region}.s3")))
+        .send()
+        .await
+        .unwrap();
+    out.vpc_endpoints()[0]
+        .vpc_endpoint_id()
+        .unwrap()
+        .to_string()
+}
+
+/// Sends the backup account's workers of `region` to `subnet`.
+fn use_worker_subnet(ws: &Workspace, region: &str, subnet: &str) {
+    let mut toml = std::fs::read_to_string(ws.path("skiff.toml")).unwrap();
+    toml.push_str(&format!(
+        "\n[workers.regions.{region}]\nsubnet = \"{subnet}\"\n"
+    ));
+    std::fs::write(ws.path("skiff.toml"), toml).unwrap();
 }
 
 async fn put_password(account: &Account, region: &str) {
@@ -68,19 +91,18 @@ async fn scenario() -> Scenario {
     ] {
         put_password(a, r).await;
     }
-    let runbook = project_root().join("examples/private_network_backup.lua");
-    ws.skiff(&[
-        "run",
-        "--config",
-        "skiff.toml",
-        runbook.to_str().unwrap(),
-        "backup_account=default",
-        "backup_region=us-east-1",
-        "repository_account=repository",
-        &format!("repository_region={BUCKET_REGION}"),
-        "appliance_account=default",
-        "appliance_region=us-east-1",
-    ])
+    example(
+        &ws,
+        "private_network_backup.lua",
+        &[
+            "backup_account=default",
+            "backup_region=us-east-1",
+            "repository_account=repository",
+            &format!("repository_region={BUCKET_REGION}"),
+            "appliance_account=default",
+            "appliance_region=us-east-1",
+        ],
+    )
     .await
     .ok();
     let ec2 = ws.ec2("us-east-1");
@@ -93,43 +115,11 @@ async fn scenario() -> Scenario {
     let subnet = &subnets.subnets()[0];
     let worker_subnet = subnet.subnet_id().unwrap().to_string();
     let worker_vpc = subnet.vpc_id().unwrap().to_string();
-    let endpoints = emu
-        .ec2(&repo, BUCKET_REGION)
-        .describe_vpc_endpoints()
-        .filters(f(
-            "service-name",
-            &format!("com.amazonaws.{BUCKET_REGION}.s3"),
-        ))
-        .send()
-        .await
-        .unwrap();
-    let s3_endpoint = endpoints.vpc_endpoints()[0]
-        .vpc_endpoint_id()
-        .unwrap()
-        .to_string();
+    let s3_endpoint = s3_endpoint_in(&repo, BUCKET_REGION).await;
     let s3_url = format!("{}/skiff/vpce/{s3_endpoint}", emu.endpoint);
-    let bucket = format!("scenario-{}", &repo.id[..8]);
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&emu.sdk(&repo, BUCKET_REGION))
-            .force_path_style(true)
-            .build(),
-    )
-    .create_bucket()
-    .bucket(&bucket)
-    .create_bucket_configuration(
-        aws_sdk_s3::types::CreateBucketConfiguration::builder()
-            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
-            .build(),
-    )
-    .send()
-    .await
-    .unwrap();
+    let bucket = emu.bucket_in(&repo, BUCKET_REGION, "scenario").await;
     // Workers of us-east-1 go to the private subnet.
-    let mut toml = std::fs::read_to_string(ws.path("skiff.toml")).unwrap();
-    toml.push_str(&format!(
-        "\n[workers.regions.us-east-1]\nsubnet = \"{worker_subnet}\"\n"
-    ));
-    std::fs::write(ws.path("skiff.toml"), toml).unwrap();
+    use_worker_subnet(&ws, "us-east-1", &worker_subnet);
     let s = Scenario {
         ws,
         prod,
@@ -169,13 +159,10 @@ impl Scenario {
     }
 
     async fn backup(&self) -> Run {
-        let script = project_root().join("examples/backup_instances.lua");
-        self.ws
-            .skiff(&[
-                "run",
-                "--config",
-                "skiff.toml",
-                script.to_str().unwrap(),
+        example(
+            &self.ws,
+            "backup_instances.lua",
+            &[
                 &format!("repository={}", self.location()),
                 "accounts=prod",
                 "regions=us-east-1",
@@ -183,8 +170,9 @@ impl Scenario {
                 &format!("repository_region={BUCKET_REGION}"),
                 &format!("s3_endpoint={}", self.s3_url),
                 "private=true",
-            ])
-            .await
+            ],
+        )
+        .await
     }
 }
 
@@ -461,16 +449,15 @@ async fn a_private_archive_worker_copies_between_two_repositories_through_their_
     ] {
         put_password(a, r).await;
     }
-    let runbook = project_root().join("examples/private_network_archive.lua");
-    ws.skiff(&[
-        "run",
-        "--config",
-        "skiff.toml",
-        runbook.to_str().unwrap(),
-        "backup_account=default",
-        "standard_account=repository",
-        "archive_account=archive",
-    ])
+    example(
+        &ws,
+        "private_network_archive.lua",
+        &[
+            "backup_account=default",
+            "standard_account=repository",
+            "archive_account=archive",
+        ],
+    )
     .await
     .ok();
     let subnets = ws
@@ -481,33 +468,14 @@ async fn a_private_archive_worker_copies_between_two_repositories_through_their_
         .await
         .unwrap();
     let worker_subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
-    let endpoint_of = |a: &Account, region: &'static str| {
-        let ec2 = emu.ec2(a, region);
-        async move {
-            let out = ec2
-                .describe_vpc_endpoints()
-                .filters(f("service-name", &format!("com.amazonaws.{region}.s3")))
-                .send()
-                .await
-                .unwrap();
-            out.vpc_endpoints()[0]
-                .vpc_endpoint_id()
-                .unwrap()
-                .to_string()
-        }
-    };
     let (std_vpce, arc_vpce) = (
-        endpoint_of(&standard, std_region).await,
-        endpoint_of(&archive, arc_region).await,
+        s3_endpoint_in(&standard, std_region).await,
+        s3_endpoint_in(&archive, arc_region).await,
     );
     let url = |id: &str| format!("{}/skiff/vpce/{id}", emu.endpoint);
     let std_bucket = emu.bucket_in(&standard, std_region, "std").await;
     let arc_bucket = emu.bucket_in(&archive, arc_region, "arc").await;
-    let mut config = std::fs::read_to_string(ws.path("skiff.toml")).unwrap();
-    config.push_str(&format!(
-        "\n[workers.regions.{std_region}]\nsubnet = \"{worker_subnet}\"\n"
-    ));
-    std::fs::write(ws.path("skiff.toml"), config).unwrap();
+    use_worker_subnet(&ws, std_region, &worker_subnet);
     let password = "{ ssm = '/skiff/repository-password' }";
     let main = format!(
         "location = 's3://{std_bucket}/skiff', account = 'repository', region = '{std_region}', s3_endpoint = '{}', password = {password}",
