@@ -7,6 +7,7 @@ mod harness;
 mod backup;
 mod boot;
 mod examples;
+mod flr_images;
 mod host;
 mod images;
 mod mount;
