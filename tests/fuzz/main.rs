@@ -3,7 +3,8 @@
 //! target, default 10; `tools/fuzz` runs them longer). The seeds come from a
 //! real repository made here: init, backups of a small image and of a large
 //! sparse one (a two-level block map), an incremental, forget and prune.
-//! Regression inputs in `fuzz/corpus/<target>/` are replayed first.
+//! Regression inputs in `fuzz/corpus/<target>/` are replayed first. The
+//! partition-table target starts from small GPT and MBR images sfdisk writes.
 
 mod engine;
 #[path = "../it/images.rs"]
@@ -274,6 +275,88 @@ fn control_session() {
             seeds: Server::seeds(),
             dict,
             limit: serve_fuzzing::SESSION_LIMIT + Duration::from_secs(5),
+        },
+        engine::budget(),
+    );
+}
+
+/// A 1 MiB image partitioned by sfdisk, with filesystem magics where mount would look.
+fn table_seed(script: &str, magics: &[(u64, &[u8])]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut child = std::process::Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk (package fdisk; tools/system.sh installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk: {script}");
+    let mut img = std::fs::read(&path).unwrap();
+    for (at, m) in magics {
+        img[*at as usize..*at as usize + m.len()].copy_from_slice(m);
+    }
+    img
+}
+
+#[test]
+fn partition_table() {
+    use skiff::flr::disk::{detect_fs, partitions};
+    let _one = engine::exclusive();
+    let ext = |start: u64| (start + 1080, &[0x53u8, 0xEF][..]);
+    let seeds = vec![
+        table_seed(
+            "label: gpt\nstart=64, size=256, name=\"root\"\nstart=512, size=1024, type=uefi\n",
+            &[ext(64 * 512), (512 * 512 + 54, b"FAT16   "), (512 * 512 + 510, &[0x55, 0xAA])],
+        ),
+        table_seed(
+            "label: dos\nt1 : start=64, size=256, type=83\nt2 : start=400, size=1500, type=5\nt5 : start=432, size=300, type=83\nt6 : start=800, size=300, type=82\n",
+            &[(432 * 512, b"XFSB"), (800 * 512 + 4086, b"SWAPSPACE2")],
+        ),
+        table_seed("label: dos\nstart=64, size=1000, type=8e\n", &[(64 * 512 + 512, b"LABELONE")]),
+    ];
+    let run = |input: &[u8]| -> Result<String, String> {
+        let layout = partitions(input).map_err(|e| e.to_string())?;
+        let mut out = format!("{:?} {}", layout.table, layout.partitions.len());
+        for p in &layout.partitions {
+            let fs = detect_fs(input, p.start, p.size).map_err(|e| e.to_string())?;
+            out += &format!(" {:?}", fs.map(|f| f.kind));
+        }
+        Ok(out)
+    };
+    let dict: Vec<&[u8]> = vec![
+        b"EFI PART",
+        b"XFSB",
+        b"_BHRfS_M",
+        b"NTFS    ",
+        b"FAT32   ",
+        b"SWAPSPACE2",
+        b"LABELONE",
+        b"LVM2 001",
+        &[0x55, 0xAA],
+        &[0x53, 0xEF],
+        &[0xEE],
+        &[0x05],
+        &[0xff, 0xff, 0xff, 0xff],
+        &[0x00, 0x00, 0x00, 0x80],
+    ];
+    fuzz(
+        Target {
+            name: "partition_table",
+            run: &run,
+            seeds,
+            dict,
+            limit: Duration::from_secs(2),
         },
         engine::budget(),
     );

@@ -9,6 +9,7 @@ mod boot;
 mod browser;
 mod examples;
 mod flr;
+mod flr_images;
 mod host;
 mod images;
 mod mount;
