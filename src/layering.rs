@@ -4,7 +4,7 @@
 
 /// Top-level modules, from the command line down to the shared failure type.
 const LAYERS: &[&str] = &[
-    "cli", "serve", "api", "host", "policy", "ops", "mount", "workers", "estate", "network",
+    "cli", "serve", "api", "host", "policy", "ops", "flr", "mount", "workers", "estate", "network",
     "mover", "repo", "cloud", "config", "failure",
 ];
 

@@ -9,6 +9,7 @@ pub mod cloud;
 pub mod config;
 pub mod estate;
 pub mod failure;
+pub mod flr;
 pub mod host;
 pub mod mount;
 pub mod mover;
