@@ -1,7 +1,16 @@
-//! File-level recovery: a restore point's image, its partitions and filesystems mounted read-only.
+//! File-level recovery: an operator browses the filesystems of a backed-up
+//! volume — the point's image, its partitions found and each filesystem
+//! mounted read-only — in a browser over HTTPS, finds files and takes them
+//! home or back to the original instance. See docs/flr.md.
 
+pub mod archive;
 pub mod attach;
+pub mod cert;
 pub mod disk;
+pub mod pages;
+pub mod server;
+pub mod session;
+pub mod tree;
 
 #[cfg(test)]
 mod testimg;

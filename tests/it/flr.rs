@@ -28,97 +28,12 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// The issue's known content: names with spaces and non-ASCII letters, a
-/// link to /etc/passwd, a sparse 1 GiB file, a tree 30 levels deep.
-pub fn known_tree(dir: &Path) {
-    let w = |rel: &str, data: &[u8]| {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, data).unwrap();
-    };
-    w("etc/hostname", b"web-1\n");
-    w("etc/app/config.toml", b"[server]\nport = 8080\n# Tuesday's setting\n");
-    w("dir with spaces/Grüße aus Köln.txt", "Grüße!\n".as_bytes());
-    w("dir with spaces/naïve café.md", b"# notes\n");
-    w("data/report 2026.csv", &(0..20_000).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-    let mut deep = String::from("deep");
-    for i in 1..=30 {
-        deep.push_str(&format!("/d{i:02}"));
-    }
-    w(&format!("{deep}/leaf.txt"), b"at the bottom\n");
-    std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd-link")).unwrap();
-    let big = dir.join("big/sparse.bin");
-    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
-    let f = std::fs::File::create(&big).unwrap();
-    f.set_len(1 << 30).unwrap();
-    use std::os::unix::fs::FileExt;
-    for (i, off) in [0u64, 7 << 20, 512 << 20, (1 << 30) - 4096].iter().enumerate() {
-        f.write_at(&vec![b'a' + i as u8; 4096], *off).unwrap();
-    }
-}
-
-/// A disk image: partition 1 at 1 MiB holding `fs` (a filesystem image).
-fn disk_with(fs: &Path, disk: &Path, table: &str) {
-    let fs_len = std::fs::metadata(fs).unwrap().len();
-    let size = fs_len + 2 * MIB;
-    std::fs::File::create(disk).unwrap().set_len(size).unwrap();
-    let script = format!(
-        "label: {table}\nstart=2048, size={}, type={}\n",
-        fs_len / 512,
-        if table == "gpt" { "0FC63DAF-8483-4772-8E79-3D69D8477DE4" } else { "83" }
-    );
-    let mut child = Command::new("sfdisk")
-        .args(["-q", "--no-reread", "--no-tell-kernel"])
-        .arg(disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("sfdisk");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
-    run(
-        "dd",
-        &[
-            &format!("if={}", fs.display()),
-            &format!("of={}", disk.display()),
-            "bs=1M",
-            "seek=1",
-            "conv=sparse,notrunc",
-            "status=none",
-        ],
-    );
-}
-
-/// ext4 made from `src` (mkfs.ext4 -d keeps holes), in a GPT disk.
 fn ext4_disk(src: &Path, work: &Path) -> PathBuf {
-    let fs = work.join("ext4.fs");
-    std::fs::File::create(&fs).unwrap().set_len(96 * MIB).unwrap();
-    run("mkfs.ext4", &["-q", "-L", "root", "-d", src.to_str().unwrap(), fs.to_str().unwrap()]);
-    let disk = work.join("ext4-gpt.img");
-    disk_with(&fs, &disk, "gpt");
-    std::fs::remove_file(fs).unwrap();
-    disk
+    crate::images::fs_image(work, "ext4", "gpt", 96 * MIB, src).path
 }
 
-/// XFS filled through a read-write loop mount, in an MBR disk.
 fn xfs_disk(src: &Path, work: &Path) -> PathBuf {
-    let fs = work.join("xfs.fs");
-    std::fs::File::create(&fs).unwrap().set_len(320 * MIB).unwrap();
-    run("mkfs.xfs", &["-q", "-L", "data", fs.to_str().unwrap()]);
-    let mnt = work.join("xfs-rw");
-    std::fs::create_dir_all(&mnt).unwrap();
-    run("mount", &["-o", "loop", fs.to_str().unwrap(), mnt.to_str().unwrap()]);
-    let copied = Command::new("cp")
-        .args(["-a", "--sparse=always"])
-        .arg(format!("{}/.", src.display()))
-        .arg(&mnt)
-        .status();
-    run("umount", &[mnt.to_str().unwrap()]);
-    assert!(copied.unwrap().success());
-    let disk = work.join("xfs-mbr.img");
-    disk_with(&fs, &disk, "dos");
-    std::fs::remove_file(fs).unwrap();
-    disk
+    crate::images::fs_image(work, "xfs", "mbr", 320 * MIB, src).path
 }
 
 /// Backs `disk` up into `repo`; the point's id.
@@ -222,23 +137,25 @@ fn drive_browser(o: &Opened, src: &Path, downloads: &Path, shot: &Path) {
     assert!(page.contains("Partitions"), "{page}");
     b.click("table.partitions a");
     let listing = b.source();
-    for name in ["dir with spaces/", "etc/", "deep/", "big/", "passwd-link"] {
+    for name in ["dir with spaces/", "etc/", "deep/", "big/", "passwd-link", "Grüße aus Köln.txt"] {
         assert!(listing.contains(name), "{name} not listed:\n{listing}");
     }
     // The link is shown as a link, with its target, never as a file to open.
     assert!(listing.contains("/etc/passwd"));
     b.screenshot(shot);
-    // Into a folder with a non-ASCII name; download one file.
-    b.click("a.dir[href*='dir%20with%20spaces']");
-    let page = b.source();
-    assert!(page.contains("Grüße aus Köln.txt"), "{page}");
+    // A file with a non-ASCII name, downloaded.
     b.click("a.file[href*='Gr%C3%BC%C3%9Fe']");
     b.click("#download");
     let got = b.downloaded("Grüße aus Köln.txt");
     assert_eq!(
         std::fs::read(&got).unwrap(),
-        std::fs::read(src.join("dir with spaces/Grüße aus Köln.txt")).unwrap()
+        std::fs::read(src.join("Grüße aus Köln.txt")).unwrap()
     );
+    // Into a folder with spaces in its name.
+    b.goto(&format!("{}p/1/", o.base));
+    b.click("a.dir[href*='dir%20with%20spaces']");
+    let page = b.source();
+    assert!(page.contains("notes one.txt"), "{page}");
     // Search the whole filesystem for the leaf 30 levels down.
     b.goto(&format!("{}p/1/", o.base));
     b.type_into("input[name=q]", "leaf*");
@@ -277,7 +194,7 @@ fn refusals(o: &Opened) {
     assert!(csp.contains("content-security-policy: default-src 'none'"), "{csp}");
     let c = format!("Cookie: {}", cookie.split(';').next().unwrap());
     let with = |path: &str| curl(spki, &format!("{base}{path}"), &["-H", &c]);
-    assert_eq!(with("p/1/etc/hostname?download").text(), "web-1\n");
+    assert_eq!(with("p/1/etc/hosts?download").text(), "127.0.0.1 localhost\n");
     for bad in ["p/1/../../etc/passwd", "p/1/etc/%2e%2e/%2e%2e/x", "p/1/etc%2F..%2F..%2Fx", "p/1/%2fetc/passwd"] {
         let r = with(bad);
         assert!(r.status == 400 || r.status == 404, "{bad}: {}", r.status);
@@ -289,9 +206,11 @@ fn refusals(o: &Opened) {
     let r = with("archive/1?item=passwd-link");
     assert!(!r.text().contains("root:x:0:0"), "the archive followed the link");
     // A resumable download: a byte range of the sparse file.
-    let r = curl(spki, &format!("{base}p/1/big/sparse.bin?download"), &["-H", &c, "-r", "7340032-7340035"]);
+    let at = crate::images::SPARSE_BLOCKS[1];
+    let range = format!("{}-{}", at, at + 99);
+    let r = curl(spki, &format!("{base}p/1/big/sparse.bin?download"), &["-H", &c, "-r", &range]);
     assert_eq!(r.status, 206);
-    assert_eq!(r.body, b"bbbb");
+    assert_eq!(r.body, crate::images::sparse_block(at)[..100].to_vec());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +218,7 @@ async fn a_local_session_serves_ext4_and_xfs_to_chromium_and_refuses_what_it_mus
     let ws = Workspace::new("").await;
     ws.write("pw.txt", "flr-test");
     let src = ws.path("src");
-    known_tree(&src);
+    crate::images::known_tree(&src);
     let ext4 = ext4_disk(&src, &ws.path(""));
     let xfs = xfs_disk(&src, &ws.path(""));
     ws.skiff(&["repo", "init", "repo", "--password-file", "pw.txt"]).await.ok();
@@ -353,7 +272,7 @@ async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
         .await
         .unwrap();
     let src = ws.path("src");
-    known_tree(&src);
+    crate::images::known_tree(&src);
     let disk = ext4_disk(&src, &ws.path(""));
     let repo = format!("repo:s3://{bucket}/r");
     let pw = ["--password-ssm", "/skiff/flr-test", "--region", region];
