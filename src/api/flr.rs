@@ -176,14 +176,12 @@ pub async fn on_worker(
         "tags": { "flr-session": session },
     }))
     .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))?;
-    let deploy = DeployOpts {
-        inbound_https: c.allow.clone(),
-        ..deploy
-    };
+    let mut deploy = deploy;
+    deploy.inbound_https = c.allow.clone();
     let w = deploy_with(ctx, deploy).await?;
     let mut accounts = BTreeMap::new();
     if let Some(a) = o.account.as_deref().filter(|a| *a != w.scope.account) {
-        if let Some(cfg) = ctx.cloud.config.accounts.get(a) {
+        if let Some(cfg) = ctx.cloud.config().accounts.get(a) {
             accounts.insert(a.to_string(), cfg.clone());
         }
     }

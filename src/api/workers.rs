@@ -331,19 +331,18 @@ pub(crate) async fn deploy_with(ctx: &Context, o: DeployOpts) -> Result<Arc<Work
             o.private.unwrap_or(s.file.private),
         )
     };
-    let w = pool
-        .deploy(LaunchSpec {
-            purpose,
-            resource,
-            scope,
-            instance_type,
-            private,
-            tags: o.tags,
-            repositories,
-            inbound_https: o.inbound_https,
-        })
-        .await
-        .map_err(|e| e.into_error(P))
+    pool.deploy(LaunchSpec {
+        purpose,
+        resource,
+        scope,
+        instance_type,
+        private,
+        tags: o.tags,
+        repositories,
+        inbound_https: o.inbound_https,
+    })
+    .await
+    .map_err(|e| e.into_error(P))
 }
 
 pub fn handle_of(prim: &str, v: &Value) -> Result<Arc<Worker>, ApiError> {

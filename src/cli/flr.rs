@@ -81,7 +81,7 @@ pub async fn flr(a: FlrArgsCli) -> anyhow::Result<i32> {
         ..Default::default()
     };
     let session = Session::open(&script, None).await?;
-    let history = crate::serve::history::History::open(&session.config.state_dir).ok();
+    let history = crate::serve::history::History::open(&crate::serve::default_state_dir()).ok();
     let audit: Arc<dyn Audit> = Arc::new(HistoryAudit { history });
     let cert_out = a.cert_out.clone();
     let on_open = move |an: Announce| {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -46,11 +47,11 @@ pub struct Fs {
     /// Its filesystem UUID, which finds it on the original instance.
     pub uuid: Option<String>,
     /// Mounted and browsable, or why not.
-    pub root: Result<Root, String>,
+    pub root: Result<Arc<Root>, String>,
 }
 
 /// Something a person did, for the run history.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     pub session: String,
     pub action: String,
@@ -195,15 +196,15 @@ async fn harden(mut r: Response) -> Response {
 }
 
 /// The token a request presents: query `t`, bearer header or cookie.
-fn presented(req: &Request) -> (Option<String>, bool) {
-    if let Some(q) = req.uri().query() {
+fn presented(req: &Parts) -> (Option<String>, bool) {
+    if let Some(q) = req.uri.query() {
         for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
             if k == "t" {
                 return (Some(v.into_owned()), true);
             }
         }
     }
-    let h = req.headers();
+    let h = &req.headers;
     if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         if let Some(t) = v.strip_prefix("Bearer ") {
             return (Some(t.trim().to_string()), false);
@@ -253,11 +254,11 @@ fn header_line(s: &Shared) -> String {
     )
 }
 
-fn admitted(s: &Shared, req: &Request) -> bool {
+fn admitted(s: &Shared, req: &Parts) -> bool {
     if s.admit.is_empty() {
         return true;
     }
-    match req.extensions().get::<Peer>().map(|p| p.0.ip()) {
+    match req.extensions.get::<Peer>().map(|p| p.0.ip()) {
         Some(std::net::IpAddr::V4(ip)) => s.admit.iter().any(|c| c.contains_addr(ip)),
         Some(std::net::IpAddr::V6(ip)) => ip
             .to_ipv4_mapped()
@@ -267,6 +268,7 @@ fn admitted(s: &Shared, req: &Request) -> bool {
 }
 
 async fn route(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let (req, body) = req.into_parts();
     if !admitted(&s, &req) {
         return refuse(
             &s,
@@ -282,7 +284,7 @@ async fn route(State(s): State<Arc<Shared>>, req: Request) -> Response {
             "This session needs its access token: open the URL skiff printed when the session started.",
         );
     };
-    let mut resp = dispatch(&s, req).await;
+    let mut resp = dispatch(&s, req, body).await;
     if in_query {
         // From now on the cookie carries it, and links need no token.
         if let Ok(v) = HeaderValue::from_str(&format!(
@@ -315,8 +317,8 @@ pub fn decode_rel(raw: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The query's values for `key`, percent-decoded to bytes.
-fn query_values(req: &Request, key: &str) -> Vec<Vec<u8>> {
-    let q = req.uri().query().unwrap_or("");
+fn query_values(req: &Parts, key: &str) -> Vec<Vec<u8>> {
+    let q = req.uri.query().unwrap_or("");
     q.split('&')
         .filter_map(|kv| kv.split_once('='))
         .filter(|(k, _)| *k == key)
@@ -327,30 +329,30 @@ fn query_values(req: &Request, key: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn query_str(req: &Request, key: &str) -> Option<String> {
+fn query_str(req: &Parts, key: &str) -> Option<String> {
     query_values(req, key)
         .into_iter()
         .next()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-fn client(req: &Request) -> String {
-    req.extensions()
+fn client(req: &Parts) -> String {
+    req.extensions
         .get::<Peer>()
         .map(|p| p.0.ip().to_string())
         .unwrap_or_default()
 }
 
-async fn dispatch(s: &Arc<Shared>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    if req.method() != Method::GET && req.method() != Method::HEAD && req.method() != Method::POST {
+async fn dispatch(s: &Arc<Shared>, req: Parts, body: Body) -> Response {
+    let path = req.uri.path().to_string();
+    if req.method != Method::GET && req.method != Method::HEAD && req.method != Method::POST {
         return refuse(s, StatusCode::METHOD_NOT_ALLOWED, "only GET and POST are served");
     }
     let mut parts = path.trim_start_matches('/').splitn(3, '/');
     let first = parts.next().unwrap_or("");
     let part_no = parts.next().unwrap_or("");
     let rest = parts.next().unwrap_or("");
-    match (req.method().clone(), first) {
+    match (req.method.clone(), first) {
         (Method::GET, "") => index(s),
         (Method::GET, "static") => match part_no {
             "app.css" => ([(header::CONTENT_TYPE, "text/css")], pages::CSS).into_response(),
@@ -379,7 +381,7 @@ async fn dispatch(s: &Arc<Shared>, req: Request) -> Response {
                 }
                 (Method::GET, "search") => search(s, fs, root, &req).await,
                 (Method::GET, "archive") => download_archive(s, fs, root, &req),
-                (Method::POST, "restore") => restore(s, fs, req).await,
+                (Method::POST, "restore") => restore(s, fs, &req, body).await,
                 _ => refuse(s, StatusCode::METHOD_NOT_ALLOWED, "not served"),
             }
         }
@@ -408,15 +410,10 @@ fn index(s: &Shared) -> Response {
 }
 
 fn tree_status(e: &tree::TreeError) -> StatusCode {
-    match e {
-        tree::TreeError::Refused(_) => StatusCode::BAD_REQUEST,
-        tree::TreeError::NotFound(_) => StatusCode::NOT_FOUND,
-        tree::TreeError::NotAFile(_) | tree::TreeError::NotADir(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Root, rel: RelPath, req: &Request) -> Response {
+async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &Parts) -> Response {
     let entry = match blocking({
         let (root, rel) = (root.clone(), rel.clone());
         move || root.stat(&rel)
@@ -513,7 +510,7 @@ async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Root, rel: RelPath, req: &Reque
 }
 
 /// A file, whole or one byte range (so large downloads resume).
-async fn download_file(s: &Arc<Shared>, fs: &Fs, root: &Root, rel: RelPath, req: &Request) -> Response {
+async fn download_file(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &Parts) -> Response {
     let opened = blocking({
         let (root, rel) = (root.clone(), rel.clone());
         move || root.open_file(&rel)
@@ -524,7 +521,7 @@ async fn download_file(s: &Arc<Shared>, fs: &Fs, root: &Root, rel: RelPath, req:
         Err(e) => return refuse(s, tree_status(&e), &e.to_string()),
     };
     let size = entry.size;
-    let range = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let range = match req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(r) => match tree::parse_range(r, size) {
             Ok(r) => r,
             Err(_) => {
@@ -541,7 +538,7 @@ async fn download_file(s: &Arc<Shared>, fs: &Fs, root: &Root, rel: RelPath, req:
     let len = if size == 0 { 0 } else { end - start + 1 };
     let name = entry.name.to_string_lossy().into_owned();
     s.audit.record(record(s, req, "download", fs.index, vec![String::from_utf8_lossy(rel.as_bytes()).into_owned()], len, "served"));
-    let body = if req.method() == Method::HEAD {
+    let body = if req.method == Method::HEAD {
         Body::empty()
     } else {
         stream_blocking(move |w| copy_range(file, start, len, w))
@@ -588,7 +585,7 @@ fn disposition(name: &str) -> String {
     )
 }
 
-fn selected(req: &Request) -> Result<Vec<RelPath>, String> {
+fn selected(req: &Parts) -> Result<Vec<RelPath>, String> {
     let items = query_values(req, "item");
     if items.is_empty() {
         return Err("select at least one file or folder".into());
@@ -617,7 +614,7 @@ fn decode_rel_bytes(b: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The selection as one tar, streamed as it is read: no copy is made.
-fn download_archive(s: &Arc<Shared>, fs: &Fs, root: &Root, req: &Request) -> Response {
+fn download_archive(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, req: &Parts) -> Response {
     let items = match selected(req) {
         Ok(i) => i,
         Err(e) => return refuse(s, StatusCode::BAD_REQUEST, &e),
@@ -633,7 +630,7 @@ fn download_archive(s: &Arc<Shared>, fs: &Fs, root: &Root, req: &Request) -> Res
     s.audit.record(record(s, req, "archive", fs.index, names, 0, "served"));
     let root = root.clone();
     let body = stream_blocking(move |w| {
-        archive::write_tar(&root, &items, &mut *w, &archive::Limits::default())
+        archive::write_tar(&root, &items, &mut *w, &archive::ArchiveLimits::default())
             .map(|_| ())
             .map_err(|e| std::io::Error::other(e.to_string()))
     });
@@ -645,7 +642,7 @@ fn download_archive(s: &Arc<Shared>, fs: &Fs, root: &Root, req: &Request) -> Res
         .unwrap_or_default()
 }
 
-async fn search(s: &Arc<Shared>, fs: &Fs, root: &Root, req: &Request) -> Response {
+async fn search(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, req: &Parts) -> Response {
     let q = query_str(req, "q").unwrap_or_default();
     let within = query_values(req, "in").into_iter().next().unwrap_or_default();
     let within = match decode_rel_bytes(&within).and_then(|b| RelPath::from_bytes(&b).map_err(|e| e.to_string())) {
@@ -681,19 +678,19 @@ async fn search(s: &Arc<Shared>, fs: &Fs, root: &Root, req: &Request) -> Respons
     html(StatusCode::OK, pages::page(&format!("Search: {q}"), &header_line(s), &body))
 }
 
-async fn restore(s: &Arc<Shared>, fs: &Fs, req: Request) -> Response {
+async fn restore(s: &Arc<Shared>, fs: &Fs, req: &Parts, body: Body) -> Response {
     let Some(restorer) = s.restorer.clone() else {
         return refuse(s, StatusCode::NOT_FOUND, "this session cannot restore to the original instance");
     };
     // SameSite=Strict already keeps other sites' forms out; a browser that
     // says where the form came from must say this origin.
-    if let Some(site) = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+    if let Some(site) = req.headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         if site != "same-origin" && site != "none" {
             return refuse(s, StatusCode::FORBIDDEN, "a restore must come from this session's own pages");
         }
     }
-    let who = client(&req);
-    let form = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+    let who = client(req);
+    let form = match axum::body::to_bytes(body, 1 << 20).await {
         Ok(b) => b,
         Err(_) => return refuse(s, StatusCode::PAYLOAD_TOO_LARGE, "the selection is too large"),
     };
@@ -772,7 +769,7 @@ fn form_pairs(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-fn record(s: &Shared, req: &Request, action: &str, part: u32, paths: Vec<String>, bytes: u64, outcome: &str) -> AuditRecord {
+fn record(s: &Shared, req: &Parts, action: &str, part: u32, paths: Vec<String>, bytes: u64, outcome: &str) -> AuditRecord {
     AuditRecord {
         session: s.session.clone(),
         action: action.into(),

@@ -180,7 +180,7 @@ impl Session {
                 label.push_str(&format!(", {} ({})", super::pages::size(p.size), p.type_name));
             }
             let root = match &m.state {
-                State::Mounted { at, .. } => Root::open(at).map_err(|e| e.to_string()),
+                State::Mounted { at, .. } => Root::open(at).map(Arc::new).map_err(|e| e.to_string()),
                 State::Skipped { reason } => Err(reason.clone()),
             };
             lines.push(match &root {
