@@ -320,7 +320,7 @@ pub fn decode_rel(raw: &str) -> Result<Vec<u8>, String> {
 fn query_values(req: &Parts, key: &str) -> Vec<Vec<u8>> {
     let q = req.uri.query().unwrap_or("");
     q.split('&')
-        .filter_map(|kv| kv.split_once('='))
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
         .filter(|(k, _)| *k == key)
         .map(|(_, v)| {
             let v = v.replace('+', " ");

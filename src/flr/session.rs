@@ -90,6 +90,43 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Undoes what sessions of processes that died without closing them
+/// (SIGKILL, a crash) left under `work`: their filesystems, loop devices
+/// (cleared with the last unmount) and FUSE image, then their folder.
+fn reap_stale(work: &Path) {
+    let Ok(dirs) = std::fs::read_dir(work) else { return };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for d in dirs.flatten() {
+        let dir = d.path();
+        if !d.file_name().to_string_lossy().starts_with("skiff-flr-") {
+            continue;
+        }
+        let alive = std::fs::read_to_string(dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if alive {
+            continue;
+        }
+        let prefix = format!("{}/", dir.display());
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        // Filesystems first (deepest path first), the image under them last.
+        points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in points {
+            let c = std::ffi::CString::new(m).unwrap_or_default();
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                tracing::warn!("flr: cannot unmount {m} left by an ended session");
+            }
+        }
+        tracing::info!("flr: removed what an ended session left in {}", dir.display());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 fn find_image(dir: &Path) -> Option<PathBuf> {
     for v in std::fs::read_dir(dir).ok()?.flatten() {
         for p in std::fs::read_dir(v.path()).ok()?.flatten() {
@@ -110,9 +147,13 @@ impl Session {
         audit: Arc<dyn Audit>,
         restorer: Option<Arc<dyn Restorer>>,
     ) -> Result<(Session, Opened), String> {
+        let work = opts.work.clone();
+        let _ = tokio::task::spawn_blocking(move || reap_stale(&work)).await;
         let dir = opts.work.join(format!("skiff-flr-{}", opts.session));
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(dir.join("image"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(dir.join("pid"), std::process::id().to_string())
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         std::fs::create_dir_all(dir.join("fs")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut session = Session {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 /// What `skiff flr` printed when its session opened.
 #[derive(Debug, Clone)]
 pub struct Opened {
+    pub session: String,
     pub url: String,
     pub base: String,
     pub token: String,
@@ -38,6 +39,7 @@ impl Opened {
             .filter_map(|l| l.strip_prefix("partition:").map(|v| v.trim().to_string()))
             .collect();
         Some(Opened {
+            session: field("session:")?,
             url: url.clone(),
             base: base.to_string(),
             token: token.to_string(),
@@ -51,6 +53,8 @@ impl Opened {
 /// A response as curl saw it.
 pub struct Got {
     pub status: u16,
+    /// What curl said on stderr (why it got no answer, when it got none).
+    pub err: String,
     pub headers: String,
     pub body: Vec<u8>,
 }
@@ -68,7 +72,8 @@ pub fn curl(spki: &str, url: &str, extra: &[&str]) -> Got {
     let (h, b) = (dir.path().join("h"), dir.path().join("b"));
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "60", "-k", "--path-as-is"])
-        .arg(format!("--pinnedpubkey=sha256//{spki}"))
+        .arg("--pinnedpubkey")
+        .arg(format!("sha256//{spki}"))
         .arg("-D")
         .arg(&h)
         .arg("-o")
@@ -81,6 +86,7 @@ pub fn curl(spki: &str, url: &str, extra: &[&str]) -> Got {
     let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
     Got {
         status,
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
         headers: std::fs::read_to_string(&h).unwrap_or_default(),
         body: std::fs::read(&b).unwrap_or_default(),
     }

@@ -106,10 +106,10 @@ async fn stop(mut s: Served) {
     assert!(status.success(), "skiff flr: {status}");
 }
 
-/// No mount of any session left behind.
-fn no_session_mounts() {
+/// Nothing of session `id` is left mounted.
+fn no_session_mounts(id: &str) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mounts.lines().filter(|l| l.contains("skiff-flr-")).collect();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&format!("skiff-flr-{id}/"))).collect();
     assert!(left.is_empty(), "left mounted: {left:#?}");
 }
 
@@ -177,7 +177,8 @@ fn drive_browser(o: &Opened, src: &Path, downloads: &Path, shot: &Path) {
 fn refusals(o: &Opened) {
     let spki = &o.spki;
     let base = &o.base;
-    assert_eq!(curl(spki, base, &[]).status, 401, "no token");
+    let r = curl(spki, base, &[]);
+    assert_eq!(r.status, 401, "no token: {}", r.err);
     assert_eq!(curl(spki, &format!("{base}?t=wrong"), &[]).status, 401, "a wrong token");
     let first = curl(spki, &o.url, &[]);
     assert_eq!(first.status, 200);
@@ -246,7 +247,7 @@ async fn a_local_session_serves_ext4_and_xfs_to_chromium_and_refuses_what_it_mus
             .await
             .unwrap();
         stop(s).await;
-        no_session_mounts();
+        no_session_mounts(&o.session);
         // Once ended, the session listens no more.
         assert_eq!(curl(&o.spki, &o.url, &[]).status, 0);
         old = Some(o);
@@ -316,7 +317,7 @@ async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
     let (o2, src2) = (o.clone(), src.clone());
     tokio::task::spawn_blocking(move || drive_browser(&o2, &src2, &dl, &shot)).await.unwrap();
     stop(s).await;
-    no_session_mounts();
+    no_session_mounts(&o.session);
     assert_eq!(curl(&o.spki, &o.url, &[]).status, 0, "still listening");
     let workers = crate::workers::workers_in(&ws.account, region).await;
     assert!(!workers.iter().any(live), "the worker outlived its session");
@@ -325,6 +326,7 @@ async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
     a.extend(pw);
     let s = open_with(&ws, &a).await;
     assert_eq!(curl(&s.opened.spki, &s.opened.url, &[]).status, 403);
+    let id = s.opened.session.clone();
     stop(s).await;
-    no_session_mounts();
+    no_session_mounts(&id);
 }
