@@ -97,7 +97,11 @@ pub fn check(o: &FlrOpts) -> Result<Checked, ApiError> {
             point: Some(p),
         }) => (repo, p),
         Ok(Location::Repo { point: None, .. }) => {
-            return Err(ApiError::field(P, "point", "name the restore point: repo:LOCATION#POINT"))
+            return Err(ApiError::field(
+                P,
+                "point",
+                "name the restore point: repo:LOCATION#POINT",
+            ))
         }
         _ => {
             return Err(ApiError::field(
@@ -107,7 +111,8 @@ pub fn check(o: &FlrOpts) -> Result<Checked, ApiError> {
             ))
         }
     };
-    let ttl = parse_ttl(o.ttl.as_deref().unwrap_or("2h")).map_err(|m| ApiError::field(P, "ttl", m))?;
+    let ttl =
+        parse_ttl(o.ttl.as_deref().unwrap_or("2h")).map_err(|m| ApiError::field(P, "ttl", m))?;
     let allow = o
         .allow
         .as_deref()
@@ -116,10 +121,18 @@ pub fn check(o: &FlrOpts) -> Result<Checked, ApiError> {
         .map_err(|m| ApiError::field(P, "allow", m))?;
     if o.local {
         if o.allow.is_some() {
-            return Err(ApiError::field(P, "allow", "a local session listens on 127.0.0.1 only"));
+            return Err(ApiError::field(
+                P,
+                "allow",
+                "a local session listens on 127.0.0.1 only",
+            ));
         }
         if o.private.is_some() {
-            return Err(ApiError::field(P, "private", "a local session has no worker"));
+            return Err(ApiError::field(
+                P,
+                "private",
+                "a local session has no worker",
+            ));
         }
     } else {
         if allow.is_none() {
@@ -177,7 +190,7 @@ pub async fn on_worker(
     }))
     .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))?;
     let mut deploy = deploy;
-    deploy.inbound_https = c.allow.clone();
+    deploy.inbound_https = c.allow;
     let w = deploy_with(ctx, deploy).await?;
     let mut accounts = BTreeMap::new();
     if let Some(a) = o.account.as_deref().filter(|a| *a != w.scope.account) {
@@ -198,7 +211,8 @@ pub async fn on_worker(
         allow: o.allow.clone(),
     };
     let pool = ctx.pool();
-    let args = serde_json::to_value(&args).map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))?;
+    let args = serde_json::to_value(&args)
+        .map_err(|e| ApiError::fail(Kind::Internal, P, e.to_string()))?;
     let run = pool.run(&w, OP, args, accounts, |e| {
         let Event::Note { note } = e else { return };
         if let Some(o) = note.get("opened") {
@@ -258,7 +272,9 @@ async fn flr(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
             for pair in t.pairs::<Value, Value>() {
                 let (k, val) = pair.map_err(|e| ApiError::usage(P, e))?;
                 match (&k, val) {
-                    (Value::String(s), Value::Function(f)) if s.to_string_lossy() == "on_open" => on_open = Some(f),
+                    (Value::String(s), Value::Function(f)) if s.to_string_lossy() == "on_open" => {
+                        on_open = Some(f)
+                    }
                     (Value::String(s), _) if s.to_string_lossy() == "on_open" => {
                         return Err(ApiError::field(P, "on_open", "expected a function"))
                     }
@@ -279,14 +295,28 @@ async fn flr(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     };
     let session = async {
         if o.local {
-            local(&ctx, &o, &c, audit.clone(), move |a| {
-                let _ = tx.send(a);
-            }, stop)
+            local(
+                &ctx,
+                &o,
+                &c,
+                audit.clone(),
+                move |a| {
+                    let _ = tx.send(a);
+                },
+                stop,
+            )
             .await
         } else {
-            on_worker(&ctx, &o, &c, audit.clone(), move |a| {
-                let _ = tx.send(a);
-            }, stop)
+            on_worker(
+                &ctx,
+                &o,
+                &c,
+                audit.clone(),
+                move |a| {
+                    let _ = tx.send(a);
+                },
+                stop,
+            )
             .await
         }
     };

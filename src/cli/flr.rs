@@ -121,7 +121,10 @@ pub fn print_opened(an: &Announce) {
     println!("session:     {}", an.session);
     println!("url:         {}", an.url);
     println!("certificate: SHA-256 {}", o.fingerprint);
-    println!("public key:  SHA-256 {} (base64; Chromium's --ignore-certificate-errors-spki-list)", o.spki_sha256);
+    println!(
+        "public key:  SHA-256 {} (base64; Chromium's --ignore-certificate-errors-spki-list)",
+        o.spki_sha256
+    );
     for p in &o.partitions {
         println!("partition:   {p}");
     }

@@ -32,9 +32,10 @@ impl SessionCert {
         }
         let mut params = rcgen::CertificateParams::new(names.to_vec())
             .map_err(|e| format!("certificate names {names:?}: {e}"))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "skiff file-level recovery session");
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            "skiff file-level recovery session",
+        );
         // Valid from a little before now (clock skew) for a day at most: a
         // session's ttl is capped below that.
         let now = time_now();

@@ -179,7 +179,10 @@ pub fn search_form(part: u32, within: &[u8], q: &str) -> String {
 
 /// Links to each folder above `rel`.
 pub fn breadcrumbs(part: u32, label: &str, rel: &[u8]) -> String {
-    let mut s = format!("<nav class=\"crumbs\"><a href=\"/p/{part}/\">{}</a>", esc(label));
+    let mut s = format!(
+        "<nav class=\"crumbs\"><a href=\"/p/{part}/\">{}</a>",
+        esc(label)
+    );
     let mut acc: Vec<u8> = Vec::new();
     for c in rel.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
         if !acc.is_empty() {
@@ -204,7 +207,10 @@ mod tests {
     #[test]
     fn names_are_escaped_and_paths_encoded_byte_by_byte() {
         assert_eq!(esc("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
-        assert_eq!(url_path(b"dir with spaces/Gr\xc3\xbc\xc3\x9fe"), "dir%20with%20spaces/Gr%C3%BC%C3%9Fe");
+        assert_eq!(
+            url_path(b"dir with spaces/Gr\xc3\xbc\xc3\x9fe"),
+            "dir%20with%20spaces/Gr%C3%BC%C3%9Fe"
+        );
         assert_eq!(url_path(b"a/%2F/\xff"), "a/%252F/%FF");
         assert_eq!(form_path(b"a/b c"), "a%2Fb%20c");
         assert_eq!(mode(0o755, &Kind::Dir), "drwxr-xr-x");

@@ -126,8 +126,14 @@ impl Drop for Serving {
 }
 
 /// Serves `shared` over TLS on `listener` until stopped.
-pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) -> Serving {
-    let addr = listener.local_addr().expect("a bound listener has an address");
+pub fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+) -> Serving {
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     let app = axum::Router::new()
         .fallback(route)
         .with_state(shared)
@@ -149,32 +155,44 @@ pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<
                     }
                 },
             };
-            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
             let (acceptor, app) = (acceptor.clone(), app.clone());
             conns.spawn(async move {
                 let _permit = permit;
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(t)) => t,
                     _ => return,
                 };
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(Peer(peer));
-                    let app = app.clone();
-                    async move {
-                        use tower::ServiceExt;
-                        app.oneshot(req.map(Body::new)).await
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(Peer(peer));
+                        let app = app.clone();
+                        async move {
+                            use tower::ServiceExt;
+                            app.oneshot(req.map(Body::new)).await
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
             });
             while conns.try_join_next().is_some() {}
         }
         drop(listener);
         conns.shutdown().await;
     });
-    Serving { addr, stop: Some(stop), task }
+    Serving {
+        addr,
+        stop: Some(stop),
+        task,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -183,9 +201,18 @@ struct Peer(SocketAddr);
 /// Headers every response carries.
 async fn harden(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
@@ -346,7 +373,11 @@ fn client(req: &Parts) -> String {
 async fn dispatch(s: &Arc<Shared>, req: Parts, body: Body) -> Response {
     let path = req.uri.path().to_string();
     if req.method != Method::GET && req.method != Method::HEAD && req.method != Method::POST {
-        return refuse(s, StatusCode::METHOD_NOT_ALLOWED, "only GET and POST are served");
+        return refuse(
+            s,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and POST are served",
+        );
     }
     let mut parts = path.trim_start_matches('/').splitn(3, '/');
     let first = parts.next().unwrap_or("");
@@ -369,11 +400,19 @@ async fn dispatch(s: &Arc<Shared>, req: Parts, body: Body) -> Response {
             };
             let root = match &fs.root {
                 Ok(r) => r,
-                Err(why) => return refuse(s, StatusCode::NOT_FOUND, &format!("partition {} is not browsable: {why}", fs.index)),
+                Err(why) => {
+                    return refuse(
+                        s,
+                        StatusCode::NOT_FOUND,
+                        &format!("partition {} is not browsable: {why}", fs.index),
+                    )
+                }
             };
             match (m, first) {
                 (Method::GET, "p") => {
-                    let rel = match decode_rel(rest).and_then(|b| RelPath::from_bytes(&b).map_err(|e| e.to_string())) {
+                    let rel = match decode_rel(rest)
+                        .and_then(|b| RelPath::from_bytes(&b).map_err(|e| e.to_string()))
+                    {
                         Ok(r) => r,
                         Err(e) => return refuse(s, StatusCode::BAD_REQUEST, &e),
                     };
@@ -394,7 +433,11 @@ fn index(s: &Shared) -> Response {
     for f in &s.filesystems {
         let what = match &f.root {
             Ok(_) => format!("<a href=\"/p/{}/\">{}</a>", f.index, esc(&f.label)),
-            Err(why) => format!("{} <span class=\"note\">— {}</span>", esc(&f.label), esc(why)),
+            Err(why) => format!(
+                "{} <span class=\"note\">— {}</span>",
+                esc(&f.label),
+                esc(why)
+            ),
         };
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{what}</td><td>{}</td></tr>\n",
@@ -406,7 +449,10 @@ fn index(s: &Shared) -> Response {
         "<table class=\"partitions\"><thead><tr><th>#</th><th>Partition</th><th>Filesystem UUID</th></tr></thead>\
          <tbody>\n{rows}</tbody></table>\n"
     );
-    html(StatusCode::OK, pages::page("Partitions", &header_line(s), &body))
+    html(
+        StatusCode::OK,
+        pages::page("Partitions", &header_line(s), &body),
+    )
 }
 
 fn tree_status(e: &tree::TreeError) -> StatusCode {
@@ -427,7 +473,9 @@ async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &
     let label = format!("partition {}", fs.index);
     match entry.kind {
         Kind::Dir => {
-            let offset = query_str(req, "offset").and_then(|o| o.parse().ok()).unwrap_or(0usize);
+            let offset = query_str(req, "offset")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0usize);
             let listing = match blocking({
                 let (root, rel) = (root.clone(), rel.clone());
                 move || root.list(&rel, offset, PAGE)
@@ -448,7 +496,11 @@ async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &
             }
             let mut body = pages::breadcrumbs(fs.index, &label, &bytes);
             body.push_str(&pages::search_form(fs.index, &bytes, ""));
-            body.push_str(&pages::selection_form(fs.index, &rows, s.restorer.is_some()));
+            body.push_str(&pages::selection_form(
+                fs.index,
+                &rows,
+                s.restorer.is_some(),
+            ));
             let shown = offset + listing.entries.len();
             if shown < listing.total {
                 body.push_str(&format!(
@@ -462,7 +514,10 @@ async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &
             let title = format!("/{}", String::from_utf8_lossy(&bytes));
             html(StatusCode::OK, pages::page(&title, &header_line(s), &body))
         }
-        Kind::File if query_values(req, "download").is_empty() && query_values(req, "preview").is_empty() => {
+        Kind::File
+            if query_values(req, "download").is_empty()
+                && query_values(req, "preview").is_empty() =>
+        {
             let title = format!("/{}", String::from_utf8_lossy(&bytes));
             let href = format!("/p/{}/{}", fs.index, pages::url_path(&bytes));
             let mut body = pages::breadcrumbs(fs.index, &label, &bytes);
@@ -475,7 +530,9 @@ async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &
                 esc(&entry.group.clone().unwrap_or_else(|| entry.gid.to_string())),
             ));
             if entry.size as usize <= PREVIEW_MAX {
-                body.push_str(&format!(" · <a href=\"{href}?preview\" id=\"preview\">Preview</a>"));
+                body.push_str(&format!(
+                    " · <a href=\"{href}?preview\" id=\"preview\">Preview</a>"
+                ));
             }
             body.push_str("</p>\n");
             html(StatusCode::OK, pages::page(&title, &header_line(s), &body))
@@ -489,11 +546,22 @@ async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &
             let title = format!("/{}", String::from_utf8_lossy(&bytes));
             let body = match p {
                 Ok(tree::Preview::Text(t)) => format!("<pre class=\"preview\">{}</pre>", esc(&t)),
-                Ok(tree::Preview::Binary) => "<p class=\"note\">Not text: download it instead.</p>".into(),
-                Ok(tree::Preview::TooLarge) => "<p class=\"note\">Too large to preview: download it instead.</p>".into(),
+                Ok(tree::Preview::Binary) => {
+                    "<p class=\"note\">Not text: download it instead.</p>".into()
+                }
+                Ok(tree::Preview::TooLarge) => {
+                    "<p class=\"note\">Too large to preview: download it instead.</p>".into()
+                }
                 Err(e) => return refuse(s, tree_status(&e), &e.to_string()),
             };
-            html(StatusCode::OK, pages::page(&title, &header_line(s), &(pages::breadcrumbs(fs.index, &label, &bytes) + &body)))
+            html(
+                StatusCode::OK,
+                pages::page(
+                    &title,
+                    &header_line(s),
+                    &(pages::breadcrumbs(fs.index, &label, &bytes) + &body),
+                ),
+            )
         }
         Kind::File => download_file(s, fs, root, rel, req).await,
         Kind::Symlink { target } => refuse(
@@ -510,7 +578,13 @@ async fn browse(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &
 }
 
 /// A file, whole or one byte range (so large downloads resume).
-async fn download_file(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath, req: &Parts) -> Response {
+async fn download_file(
+    s: &Arc<Shared>,
+    fs: &Fs,
+    root: &Arc<Root>,
+    rel: RelPath,
+    req: &Parts,
+) -> Response {
     let opened = blocking({
         let (root, rel) = (root.clone(), rel.clone());
         move || root.open_file(&rel)
@@ -537,14 +611,26 @@ async fn download_file(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath,
     let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
     let len = if size == 0 { 0 } else { end - start + 1 };
     let name = entry.name.to_string_lossy().into_owned();
-    s.audit.record(record(s, req, "download", fs.index, vec![String::from_utf8_lossy(rel.as_bytes()).into_owned()], len, "served"));
+    s.audit.record(record(
+        s,
+        req,
+        "download",
+        fs.index,
+        vec![String::from_utf8_lossy(rel.as_bytes()).into_owned()],
+        len,
+        "served",
+    ));
     let body = if req.method == Method::HEAD {
         Body::empty()
     } else {
         stream_blocking(move |w| copy_range(file, start, len, w))
     };
     let mut b = Response::builder()
-        .status(if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
+        .status(if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
         .header(header::ACCEPT_RANGES, "bytes")
@@ -555,7 +641,12 @@ async fn download_file(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, rel: RelPath,
     b.body(body).unwrap_or_default()
 }
 
-fn copy_range(file: std::fs::File, start: u64, len: u64, w: &mut ChannelWriter) -> std::io::Result<()> {
+fn copy_range(
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+    w: &mut ChannelWriter,
+) -> std::io::Result<()> {
     use std::io::{Read, Seek, Write};
     let mut f = file;
     f.seek(std::io::SeekFrom::Start(start))?;
@@ -565,7 +656,10 @@ fn copy_range(file: std::fs::File, start: u64, len: u64, w: &mut ChannelWriter) 
         let want = buf.len().min(left as usize);
         let n = f.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank",
+            ));
         }
         w.write_all(&buf[..n])?;
         left -= n as u64;
@@ -577,7 +671,13 @@ fn copy_range(file: std::fs::File, start: u64, len: u64, w: &mut ChannelWriter) 
 fn disposition(name: &str) -> String {
     let ascii: String = name
         .chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!(
         "attachment; filename=\"{ascii}\"; filename*=UTF-8''{}",
@@ -619,15 +719,24 @@ fn download_archive(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, req: &Parts) -> 
         Ok(i) => i,
         Err(e) => return refuse(s, StatusCode::BAD_REQUEST, &e),
     };
-    let names: Vec<String> = items.iter().map(|i| String::from_utf8_lossy(i.as_bytes()).into_owned()).collect();
+    let names: Vec<String> = items
+        .iter()
+        .map(|i| String::from_utf8_lossy(i.as_bytes()).into_owned())
+        .collect();
     let file = match items.as_slice() {
         [one] => format!(
             "{}.tar",
-            String::from_utf8_lossy(one.as_bytes().rsplit(|b| *b == b'/').next().unwrap_or(b"selection"))
+            String::from_utf8_lossy(
+                one.as_bytes()
+                    .rsplit(|b| *b == b'/')
+                    .next()
+                    .unwrap_or(b"selection")
+            )
         ),
         _ => "selection.tar".to_string(),
     };
-    s.audit.record(record(s, req, "archive", fs.index, names, 0, "served"));
+    s.audit
+        .record(record(s, req, "archive", fs.index, names, 0, "served"));
     let root = root.clone();
     let body = stream_blocking(move |w| {
         archive::write_tar(&root, &items, &mut *w, &archive::ArchiveLimits::default())
@@ -644,8 +753,13 @@ fn download_archive(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, req: &Parts) -> 
 
 async fn search(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, req: &Parts) -> Response {
     let q = query_str(req, "q").unwrap_or_default();
-    let within = query_values(req, "in").into_iter().next().unwrap_or_default();
-    let within = match decode_rel_bytes(&within).and_then(|b| RelPath::from_bytes(&b).map_err(|e| e.to_string())) {
+    let within = query_values(req, "in")
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let within = match decode_rel_bytes(&within)
+        .and_then(|b| RelPath::from_bytes(&b).map_err(|e| e.to_string()))
+    {
         Ok(w) => w,
         Err(e) => return refuse(s, StatusCode::BAD_REQUEST, &e),
     };
@@ -654,7 +768,10 @@ async fn search(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, req: &Parts) -> Resp
     body.push_str(&pages::search_form(fs.index, within.as_bytes(), &q));
     if q.trim().is_empty() {
         body.push_str("<p class=\"note\">Type a name or a pattern.</p>");
-        return html(StatusCode::OK, pages::page("Search", &header_line(s), &body));
+        return html(
+            StatusCode::OK,
+            pages::page("Search", &header_line(s), &body),
+        );
     }
     let found = blocking({
         let (root, within, q) = (root.clone(), within.clone(), q.clone());
@@ -672,33 +789,64 @@ async fn search(s: &Arc<Shared>, fs: &Fs, root: &Arc<Root>, req: &Parts) -> Resp
     body.push_str(&format!(
         "<p id=\"found\">{} found{}</p>",
         found.hits.len(),
-        if found.truncated { " (the search stopped at its limit; narrow it)" } else { "" }
+        if found.truncated {
+            " (the search stopped at its limit; narrow it)"
+        } else {
+            ""
+        }
     ));
-    body.push_str(&pages::selection_form(fs.index, &rows, s.restorer.is_some()));
-    html(StatusCode::OK, pages::page(&format!("Search: {q}"), &header_line(s), &body))
+    body.push_str(&pages::selection_form(
+        fs.index,
+        &rows,
+        s.restorer.is_some(),
+    ));
+    html(
+        StatusCode::OK,
+        pages::page(&format!("Search: {q}"), &header_line(s), &body),
+    )
 }
 
 async fn restore(s: &Arc<Shared>, fs: &Fs, req: &Parts, body: Body) -> Response {
     let Some(restorer) = s.restorer.clone() else {
-        return refuse(s, StatusCode::NOT_FOUND, "this session cannot restore to the original instance");
+        return refuse(
+            s,
+            StatusCode::NOT_FOUND,
+            "this session cannot restore to the original instance",
+        );
     };
     // SameSite=Strict already keeps other sites' forms out; a browser that
     // says where the form came from must say this origin.
-    if let Some(site) = req.headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+    if let Some(site) = req
+        .headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+    {
         if site != "same-origin" && site != "none" {
-            return refuse(s, StatusCode::FORBIDDEN, "a restore must come from this session's own pages");
+            return refuse(
+                s,
+                StatusCode::FORBIDDEN,
+                "a restore must come from this session's own pages",
+            );
         }
     }
     let who = client(req);
     let form = match axum::body::to_bytes(body, 1 << 20).await {
         Ok(b) => b,
-        Err(_) => return refuse(s, StatusCode::PAYLOAD_TOO_LARGE, "the selection is too large"),
+        Err(_) => {
+            return refuse(
+                s,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the selection is too large",
+            )
+        }
     };
     let mut items = Vec::new();
     let mut overwrite = false;
     for (k, v) in form_pairs(&form) {
         match k.as_slice() {
-            b"item" => match decode_rel_bytes(&v).and_then(|b| RelPath::from_bytes(&b).map_err(|e| e.to_string())) {
+            b"item" => match decode_rel_bytes(&v)
+                .and_then(|b| RelPath::from_bytes(&b).map_err(|e| e.to_string()))
+            {
                 Ok(p) => items.push(p),
                 Err(e) => return refuse(s, StatusCode::BAD_REQUEST, &e),
             },
@@ -707,9 +855,16 @@ async fn restore(s: &Arc<Shared>, fs: &Fs, req: &Parts, body: Body) -> Response 
         }
     }
     if items.is_empty() {
-        return refuse(s, StatusCode::BAD_REQUEST, "select at least one file or folder");
+        return refuse(
+            s,
+            StatusCode::BAD_REQUEST,
+            "select at least one file or folder",
+        );
     }
-    let names: Vec<String> = items.iter().map(|i| String::from_utf8_lossy(i.as_bytes()).into_owned()).collect();
+    let names: Vec<String> = items
+        .iter()
+        .map(|i| String::from_utf8_lossy(i.as_bytes()).into_owned())
+        .collect();
     let outcome = restorer.restore(fs, items, overwrite).await;
     let (status, body, note) = match &outcome {
         Ok(results) => {
@@ -738,7 +893,12 @@ async fn restore(s: &Arc<Shared>, fs: &Fs, req: &Parts, body: Body) -> Response 
     };
     let mut r = AuditRecord {
         session: s.session.clone(),
-        action: if overwrite { "restore (overwrite)" } else { "restore" }.into(),
+        action: if overwrite {
+            "restore (overwrite)"
+        } else {
+            "restore"
+        }
+        .into(),
         partition: fs.index,
         paths: names,
         bytes: 0,
@@ -747,10 +907,16 @@ async fn restore(s: &Arc<Shared>, fs: &Fs, req: &Parts, body: Body) -> Response 
         time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
     if let Ok(res) = &outcome {
-        r.paths = res.iter().map(|i| format!("{} → {}", i.path, i.detail)).collect();
+        r.paths = res
+            .iter()
+            .map(|i| format!("{} → {}", i.path, i.detail))
+            .collect();
     }
     s.audit.record(r);
-    html(status, pages::page("Restore to the original location", &header_line(s), &body))
+    html(
+        status,
+        pages::page("Restore to the original location", &header_line(s), &body),
+    )
 }
 
 /// `application/x-www-form-urlencoded` pairs as bytes.
@@ -761,7 +927,10 @@ fn form_pairs(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
             let k = it.next()?;
             let v = it.next().unwrap_or(b"");
             let dec = |x: &[u8]| -> Vec<u8> {
-                let plus: Vec<u8> = x.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+                let plus: Vec<u8> = x
+                    .iter()
+                    .map(|b| if *b == b'+' { b' ' } else { *b })
+                    .collect();
                 percent_encoding::percent_decode(&plus).collect()
             };
             Some((dec(k), dec(v)))
@@ -769,7 +938,15 @@ fn form_pairs(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-fn record(s: &Shared, req: &Parts, action: &str, part: u32, paths: Vec<String>, bytes: u64, outcome: &str) -> AuditRecord {
+fn record(
+    s: &Shared,
+    req: &Parts,
+    action: &str,
+    part: u32,
+    paths: Vec<String>,
+    bytes: u64,
+    outcome: &str,
+) -> AuditRecord {
     AuditRecord {
         session: s.session.clone(),
         action: action.into(),
@@ -783,7 +960,9 @@ fn record(s: &Shared, req: &Parts, action: &str, part: u32, paths: Vec<String>, 
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("a filesystem call panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a filesystem call panicked")
 }
 
 /// A `Write` feeding a response body through a small channel: memory stays
@@ -809,9 +988,9 @@ impl std::io::Write for ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
     }
 }
 
@@ -821,7 +1000,10 @@ fn stream_blocking(
 ) -> Body {
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+        let mut w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
         let r = produce(&mut w).and_then(|_| std::io::Write::flush(&mut w));
         if let Err(e) = r {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -832,7 +1014,8 @@ fn stream_blocking(
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     Body::from_stream(stream)
 }
 

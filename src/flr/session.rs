@@ -94,7 +94,9 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 /// (SIGKILL, a crash) left under `work`: their filesystems, loop devices
 /// (cleared with the last unmount) and FUSE image, then their folder.
 fn reap_stale(work: &Path) {
-    let Ok(dirs) = std::fs::read_dir(work) else { return };
+    let Ok(dirs) = std::fs::read_dir(work) else {
+        return;
+    };
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for d in dirs.flatten() {
         let dir = d.path();
@@ -122,7 +124,10 @@ fn reap_stale(work: &Path) {
                 tracing::warn!("flr: cannot unmount {m} left by an ended session");
             }
         }
-        tracing::info!("flr: removed what an ended session left in {}", dir.display());
+        tracing::info!(
+            "flr: removed what an ended session left in {}",
+            dir.display()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -196,7 +201,8 @@ impl Session {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let img = img.ok_or_else(|| format!("the point's image did not appear under {}", at.display()))?;
+        let img =
+            img.ok_or_else(|| format!("the point's image did not appear under {}", at.display()))?;
         let under = self.dir.join("fs");
         let (layout, attached) = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&img).map_err(|e| format!("{}: {e}", img.display()))?;
@@ -214,14 +220,24 @@ impl Session {
                 Some(f) => f.kind.name().to_string(),
                 None => "no filesystem found".to_string(),
             };
-            if let Some(l) = m.fs.as_ref().and_then(|f| f.label.as_deref()).filter(|l| !l.is_empty()) {
+            if let Some(l) =
+                m.fs.as_ref()
+                    .and_then(|f| f.label.as_deref())
+                    .filter(|l| !l.is_empty())
+            {
                 label.push_str(&format!(" \"{l}\""));
             }
             if let Some(p) = part {
-                label.push_str(&format!(", {} ({})", super::pages::size(p.size), p.type_name));
+                label.push_str(&format!(
+                    ", {} ({})",
+                    super::pages::size(p.size),
+                    p.type_name
+                ));
             }
             let root = match &m.state {
-                State::Mounted { at, .. } => Root::open(at).map(Arc::new).map_err(|e| e.to_string()),
+                State::Mounted { at, .. } => {
+                    Root::open(at).map(Arc::new).map_err(|e| e.to_string())
+                }
                 State::Skipped { reason } => Err(reason.clone()),
             };
             lines.push(match &root {
@@ -241,7 +257,8 @@ impl Session {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        let expires = (chrono::Utc::now() + opts.ttl).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let expires =
+            (chrono::Utc::now() + opts.ttl).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let shared = Arc::new(Shared {
             token_sha256: opts.token_sha256,
             session: opts.session.clone(),
@@ -254,7 +271,11 @@ impl Session {
         });
         self.serving = Some(server::serve(listener, cert.config.clone(), shared));
         let host = &opts.names[0];
-        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
         Ok(Opened {
             url: format!("https://{host}:{port}/"),
             fingerprint: cert.fingerprint,

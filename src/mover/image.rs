@@ -135,7 +135,7 @@ impl PointImage {
             Data::Owned(buf) => buf.into_bytes().slice(crate::repo::buf::ALIGN..),
             Data::Zero => return Ok(None),
         };
-        if bytes.len() != BLOCK_SIZE as usize {
+        if bytes.len() != BLOCK_SIZE {
             return Err(MoverError::Invalid(format!(
                 "point {}: block {index} is {} bytes, not {BLOCK_SIZE}",
                 self.point().id,

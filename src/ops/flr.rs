@@ -87,9 +87,13 @@ pub async fn open(
         .open(&location, args.password.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let point = repo.find_point(&args.point).await.map_err(|e| e.to_string())?;
+    let point = repo
+        .find_point(&args.point)
+        .await
+        .map_err(|e| e.to_string())?;
     let pool = CpuPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let image = Arc::new(PointImage::new(repo, point, pool, CACHE_BLOCKS).map_err(|e| e.to_string())?);
+    let image =
+        Arc::new(PointImage::new(repo, point, pool, CACHE_BLOCKS).map_err(|e| e.to_string())?);
     let admit = match &args.allow {
         Some(c) => vec![crate::network::cidr::parse_field(c).map_err(|e| format!("allow: {e}"))?],
         None => Vec::new(),
@@ -145,10 +149,17 @@ async fn worker_address() -> Result<(SocketAddr, Vec<String>), String> {
 }
 
 /// Runs the session until `ttl`, `stop` or SIGTERM/SIGINT; then closes it.
-pub async fn hold(session: Session, ttl: Duration, stop: impl std::future::Future<Output = String>) -> String {
+pub async fn hold(
+    session: Session,
+    ttl: Duration,
+    stop: impl std::future::Future<Output = String>,
+) -> String {
     use tokio::signal::unix::{signal, SignalKind};
     let term = async {
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut t), Ok(mut i)) => tokio::select! {
                 _ = t.recv() => "stopped (SIGTERM)".to_string(),
                 _ = i.recv() => "stopped (SIGINT)".to_string(),
@@ -168,14 +179,22 @@ pub async fn hold(session: Session, ttl: Duration, stop: impl std::future::Futur
 /// The agent's side: the `flr` task.
 pub async fn run(cloud: Arc<Cloud>, task: &Task, notes: Notes) -> Result<Value, Failure> {
     let fail = |m: String| Failure::new(Kind::Usage, OP, m);
-    let args: FlrArgs = serde_json::from_value(task.args.clone()).map_err(|e| fail(format!("flr task: {e}")))?;
-    let (listen, names) = worker_address().await.map_err(|m| Failure::new(Kind::Internal, OP, m))?;
+    let args: FlrArgs =
+        serde_json::from_value(task.args.clone()).map_err(|e| fail(format!("flr task: {e}")))?;
+    let (listen, names) = worker_address()
+        .await
+        .map_err(|m| Failure::new(Kind::Internal, OP, m))?;
     let audit: Arc<dyn Audit> = Arc::new(NoteAudit(notes.clone()));
     let (session, opened) = open(&cloud, &args, listen, names, audit, None)
         .await
         .map_err(|m| Failure::new(Kind::Internal, OP, m))?;
     notes(json!({ "opened": opened }));
-    let why = hold(session, Duration::from_secs(args.ttl_secs), std::future::pending()).await;
+    let why = hold(
+        session,
+        Duration::from_secs(args.ttl_secs),
+        std::future::pending(),
+    )
+    .await;
     if why.starts_with("stopped") {
         // The agent was told to end (its worker is being removed): the
         // session is closed; end once the result has gone out, rather than
@@ -185,5 +204,9 @@ pub async fn run(cloud: Arc<Cloud>, task: &Task, notes: Notes) -> Result<Value, 
             std::process::exit(0);
         });
     }
-    serde_json::to_value(Ended { session: args.session, why }).map_err(|e| Failure::internal(OP, e))
+    serde_json::to_value(Ended {
+        session: args.session,
+        why,
+    })
+    .map_err(|e| Failure::internal(OP, e))
 }

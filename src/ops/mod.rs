@@ -5,9 +5,9 @@
 //! rewrites it on its typed fields. Nothing here knows Lua.
 
 pub mod agent;
-pub mod flr;
 mod args;
 mod copy;
+pub mod flr;
 pub mod parse;
 mod repo;
 mod worker;

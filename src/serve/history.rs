@@ -310,7 +310,10 @@ impl History {
     }
 
     /// What file-level recovery sessions served, oldest first.
-    pub fn flr_events(&self, session: Option<&str>) -> Result<Vec<crate::flr::server::AuditRecord>> {
+    pub fn flr_events(
+        &self,
+        session: Option<&str>,
+    ) -> Result<Vec<crate::flr::server::AuditRecord>> {
         self.with(|c| {
             let mut q = c.prepare(
                 "SELECT session, time, action, partition, paths, bytes, outcome, client FROM flr_events WHERE ?1 IS NULL OR session = ?1 ORDER BY id",

@@ -159,7 +159,12 @@ pub async fn worker_group(cloud: &Cloud, scope: &Scope, vpc: &str, public: bool)
 /// that serve a file-level recovery session to that address: named by the
 /// CIDR (`skiff-flr-203.0.113.7-32`), found or created, its rules
 /// reconciled; it allows nothing out (the worker's own group does that).
-pub async fn inbound_group(cloud: &Cloud, scope: &Scope, vpc: &str, allow: &Cidr) -> Result<String> {
+pub async fn inbound_group(
+    cloud: &Cloud,
+    scope: &Scope,
+    vpc: &str,
+    allow: &Cidr,
+) -> Result<String> {
     let name = format!("skiff-flr-{}", allow.to_string().replace('/', "-"));
     let g = security_group::ensure(
         cloud,
@@ -169,7 +174,9 @@ pub async fn inbound_group(cloud: &Cloud, scope: &Scope, vpc: &str, allow: &Cidr
                 scope: scope.clone(),
             },
             name,
-            description: Some(format!("skiff file-level recovery: HTTPS in from {allow} only")),
+            description: Some(format!(
+                "skiff file-level recovery: HTTPS in from {allow} only"
+            )),
             ingress: vec![Rule {
                 proto: Proto::Tcp,
                 ports: Some((443, 443)),

@@ -28,7 +28,9 @@ impl Opened {
         };
         let url = field("url:")?;
         let (base, token) = url.split_once("?t=")?;
-        let fingerprint = field("certificate:")?.trim_start_matches("SHA-256 ").to_string();
+        let fingerprint = field("certificate:")?
+            .trim_start_matches("SHA-256 ")
+            .to_string();
         let spki = field("public key:")?
             .trim_start_matches("SHA-256 ")
             .split_whitespace()
@@ -83,7 +85,10 @@ pub fn curl(spki: &str, url: &str, extra: &[&str]) -> Got {
         .arg(url)
         .output()
         .expect("curl");
-    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     Got {
         status,
         err: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -183,8 +188,17 @@ impl Browser {
     }
 
     fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
-        let body = if method == "GET" || method == "DELETE" { None } else { Some(body) };
-        wd(self.port, method, &format!("/session/{}{path}", self.session), body)
+        let body = if method == "GET" || method == "DELETE" {
+            None
+        } else {
+            Some(body)
+        };
+        wd(
+            self.port,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body,
+        )
     }
 
     pub fn goto(&self, url: &str) {
@@ -207,13 +221,23 @@ impl Browser {
 
     /// The first element `css` selects; panics with the page when there is none.
     pub fn find(&self, css: &str) -> String {
-        let r = self.cmd("POST", "/element", json!({"using": "css selector", "value": css}));
+        let r = self.cmd(
+            "POST",
+            "/element",
+            json!({"using": "css selector", "value": css}),
+        );
         r["value"]
             .as_object()
             .and_then(|o| o.values().next())
             .and_then(Value::as_str)
             .map(str::to_string)
-            .unwrap_or_else(|| panic!("no element {css:?} on {}:\n{}", self.current_url(), self.source()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no element {css:?} on {}:\n{}",
+                    self.current_url(),
+                    self.source()
+                )
+            })
     }
 
     pub fn click(&self, css: &str) {
@@ -223,7 +247,11 @@ impl Browser {
 
     pub fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
-        self.cmd("POST", &format!("/element/{e}/value"), json!({ "text": text }));
+        self.cmd(
+            "POST",
+            &format!("/element/{e}/value"),
+            json!({ "text": text }),
+        );
     }
 
     pub fn screenshot(&self, to: &Path) {
@@ -240,7 +268,10 @@ impl Browser {
         let p = self.downloads.join(name);
         for _ in 0..600 {
             let partial = std::fs::read_dir(&self.downloads)
-                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".crdownload")))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".crdownload"))
+                })
                 .unwrap_or(false);
             if p.is_file() && !partial {
                 return p;
@@ -256,7 +287,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = wd(self.port, "DELETE", &format!("/session/{}", self.session), None);
+        let _ = wd(
+            self.port,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

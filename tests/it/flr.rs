@@ -109,7 +109,10 @@ async fn stop(mut s: Served) {
 /// Nothing of session `id` is left mounted.
 fn no_session_mounts(id: &str) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&format!("skiff-flr-{id}/"))).collect();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&format!("skiff-flr-{id}/")))
+        .collect();
     assert!(left.is_empty(), "left mounted: {left:#?}");
 }
 
@@ -137,7 +140,14 @@ fn drive_browser(o: &Opened, src: &Path, downloads: &Path, shot: &Path) {
     assert!(page.contains("Partitions"), "{page}");
     b.click("table.partitions a");
     let listing = b.source();
-    for name in ["dir with spaces/", "etc/", "deep/", "big/", "passwd-link", "Grüße aus Köln.txt"] {
+    for name in [
+        "dir with spaces/",
+        "etc/",
+        "deep/",
+        "big/",
+        "passwd-link",
+        "Grüße aus Köln.txt",
+    ] {
         assert!(listing.contains(name), "{name} not listed:\n{listing}");
     }
     // The link is shown as a link, with its target, never as a file to open.
@@ -169,7 +179,10 @@ fn drive_browser(o: &Opened, src: &Path, downloads: &Path, shot: &Path) {
     let tar = b.downloaded("etc.tar");
     let x = downloads.join("x");
     std::fs::create_dir_all(&x).unwrap();
-    run("tar", &["-xf", tar.to_str().unwrap(), "-C", x.to_str().unwrap()]);
+    run(
+        "tar",
+        &["-xf", tar.to_str().unwrap(), "-C", x.to_str().unwrap()],
+    );
     same_tree(&src.join("etc"), &x.join("etc"));
 }
 
@@ -179,37 +192,65 @@ fn refusals(o: &Opened) {
     let base = &o.base;
     let r = curl(spki, base, &[]);
     assert_eq!(r.status, 401, "no token: {}", r.err);
-    assert_eq!(curl(spki, &format!("{base}?t=wrong"), &[]).status, 401, "a wrong token");
+    assert_eq!(
+        curl(spki, &format!("{base}?t=wrong"), &[]).status,
+        401,
+        "a wrong token"
+    );
     let first = curl(spki, &o.url, &[]);
     assert_eq!(first.status, 200);
     let cookie = first
         .headers
         .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
         .expect("a cookie on the first visit")
         .to_string();
     for attr in ["HttpOnly", "Secure", "SameSite=Strict"] {
         assert!(cookie.contains(attr), "{cookie}");
     }
     let csp = first.headers.to_ascii_lowercase();
-    assert!(csp.contains("content-security-policy: default-src 'none'"), "{csp}");
+    assert!(
+        csp.contains("content-security-policy: default-src 'none'"),
+        "{csp}"
+    );
     let c = format!("Cookie: {}", cookie.split(';').next().unwrap());
     let with = |path: &str| curl(spki, &format!("{base}{path}"), &["-H", &c]);
-    assert_eq!(with("p/1/etc/hosts?download").text(), "127.0.0.1 localhost\n");
-    for bad in ["p/1/../../etc/passwd", "p/1/etc/%2e%2e/%2e%2e/x", "p/1/etc%2F..%2F..%2Fx", "p/1/%2fetc/passwd"] {
+    assert_eq!(
+        with("p/1/etc/hosts?download").text(),
+        "127.0.0.1 localhost\n"
+    );
+    for bad in [
+        "p/1/../../etc/passwd",
+        "p/1/etc/%2e%2e/%2e%2e/x",
+        "p/1/etc%2F..%2F..%2Fx",
+        "p/1/%2fetc/passwd",
+    ] {
         let r = with(bad);
         assert!(r.status == 400 || r.status == 404, "{bad}: {}", r.status);
-        assert!(!r.text().contains("root:x:0:0"), "{bad} reached the host's passwd");
+        assert!(
+            !r.text().contains("root:x:0:0"),
+            "{bad} reached the host's passwd"
+        );
     }
     let r = with("p/1/passwd-link?download");
     assert_eq!(r.status, 400, "following the symlink");
     assert!(!r.text().contains("root:x:0:0"));
     let r = with("archive/1?item=passwd-link");
-    assert!(!r.text().contains("root:x:0:0"), "the archive followed the link");
+    assert!(
+        !r.text().contains("root:x:0:0"),
+        "the archive followed the link"
+    );
     // A resumable download: a byte range of the sparse file.
     let at = crate::images::SPARSE_BLOCKS[1];
     let range = format!("{}-{}", at, at + 99);
-    let r = curl(spki, &format!("{base}p/1/big/sparse.bin?download"), &["-H", &c, "-r", &range]);
+    let r = curl(
+        spki,
+        &format!("{base}p/1/big/sparse.bin?download"),
+        &["-H", &c, "-r", &range],
+    );
     assert_eq!(r.status, 206);
     assert_eq!(r.body, crate::images::sparse_block(at)[..100].to_vec());
 }
@@ -222,7 +263,9 @@ async fn a_local_session_serves_ext4_and_xfs_to_chromium_and_refuses_what_it_mus
     crate::images::known_tree(&src);
     let ext4 = ext4_disk(&src, &ws.path(""));
     let xfs = xfs_disk(&src, &ws.path(""));
-    ws.skiff(&["repo", "init", "repo", "--password-file", "pw.txt"]).await.ok();
+    ws.skiff(&["repo", "init", "repo", "--password-file", "pw.txt"])
+        .await
+        .ok();
     let p_ext4 = backup(&ws, &ext4, "root").await;
     let p_xfs = backup(&ws, &xfs, "data").await;
     let shots = crate::harness::project_root().join("target/test-output");
@@ -232,11 +275,20 @@ async fn a_local_session_serves_ext4_and_xfs_to_chromium_and_refuses_what_it_mus
     for (point, kind) in [(&p_ext4, "ext4"), (&p_xfs, "xfs")] {
         let s = open_session(&ws, point).await;
         let o = s.opened.clone();
-        assert!(o.partitions.iter().any(|p| p.starts_with("1: ") && p.contains(kind)), "{:?}", o.partitions);
+        assert!(
+            o.partitions
+                .iter()
+                .any(|p| p.starts_with("1: ") && p.contains(kind)),
+            "{:?}",
+            o.partitions
+        );
         fingerprints.push(o.fingerprint.clone());
         if let Some(prev) = &old {
             // The token of an ended session opens nothing here.
-            assert_eq!(curl(&o.spki, &format!("{}?t={}", o.base, prev.token), &[]).status, 401);
+            assert_eq!(
+                curl(&o.spki, &format!("{}?t={}", o.base, prev.token), &[]).status,
+                401
+            );
         }
         refusals(&o);
         let dl = ws.path(&format!("downloads-{kind}"));
@@ -252,7 +304,10 @@ async fn a_local_session_serves_ext4_and_xfs_to_chromium_and_refuses_what_it_mus
         assert_eq!(curl(&o.spki, &o.url, &[]).status, 0);
         old = Some(o);
     }
-    assert_ne!(fingerprints[0], fingerprints[1], "each session has its own certificate");
+    assert_ne!(
+        fingerprints[0], fingerprints[1],
+        "each session has its own certificate"
+    );
 }
 
 /// A session on a worker (the local launcher): its own group admits the
@@ -285,7 +340,15 @@ async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
     a.extend(pw);
     let out = ws.skiff(&a).await;
     out.ok();
-    let point = out.stdout.split("point ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let point = out
+        .stdout
+        .split("point ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     let at = format!("{repo}#{point}");
     // Allowed: this machine.
     let mut a = vec![at.as_str(), "--allow", "127.0.0.1/32"];
@@ -295,7 +358,12 @@ async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
     let groups = ws
         .ec2(region)
         .describe_security_groups()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("group-name").values("skiff-flr-127.0.0.1-32").build())
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-name")
+                .values("skiff-flr-127.0.0.1-32")
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -303,19 +371,35 @@ async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
     let rules: Vec<_> = g
         .ip_permissions()
         .iter()
-        .map(|p| (p.from_port(), p.to_port(), p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).collect::<Vec<_>>()))
+        .map(|p| {
+            (
+                p.from_port(),
+                p.to_port(),
+                p.ip_ranges()
+                    .iter()
+                    .filter_map(|r| r.cidr_ip())
+                    .collect::<Vec<_>>(),
+            )
+        })
         .collect();
     assert_eq!(rules, vec![(Some(443), Some(443), vec!["127.0.0.1/32"])]);
-    let live = |w: &crate::workers::SeenWorker| w.state != "terminated" && w.state != "shutting-down";
+    let live =
+        |w: &crate::workers::SeenWorker| w.state != "terminated" && w.state != "shutting-down";
     let workers = crate::workers::workers_in(&ws.account, region).await;
-    assert_eq!(workers.iter().filter(|w| live(w)).count(), 1, "one flr worker");
+    assert_eq!(
+        workers.iter().filter(|w| live(w)).count(),
+        1,
+        "one flr worker"
+    );
     refusals(&o);
     let dl = ws.path("downloads-worker");
     std::fs::create_dir_all(&dl).unwrap();
     let shot = crate::harness::project_root().join("target/test-output/flr-listing-worker.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let (o2, src2) = (o.clone(), src.clone());
-    tokio::task::spawn_blocking(move || drive_browser(&o2, &src2, &dl, &shot)).await.unwrap();
+    tokio::task::spawn_blocking(move || drive_browser(&o2, &src2, &dl, &shot))
+        .await
+        .unwrap();
     stop(s).await;
     no_session_mounts(&o.session);
     assert_eq!(curl(&o.spki, &o.url, &[]).status, 0, "still listening");
