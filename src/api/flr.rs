@@ -192,12 +192,17 @@ pub async fn on_worker(
     let mut deploy = deploy;
     deploy.inbound_https = c.allow;
     let w = deploy_with(ctx, deploy).await?;
-    let mut accounts = BTreeMap::new();
-    if let Some(a) = o.account.as_deref().filter(|a| *a != w.scope.account) {
-        if let Some(cfg) = ctx.cloud.config().accounts.get(a) {
-            accounts.insert(a.to_string(), cfg.clone());
-        }
-    }
+    // The roles the worker may assume: the repository's account, and the
+    // account of the instance a restore to the original location writes
+    // to, which only the point (read on the worker) names.
+    let accounts: BTreeMap<_, _> = ctx
+        .cloud
+        .config()
+        .accounts
+        .iter()
+        .filter(|(name, _)| **name != w.scope.account)
+        .map(|(n, c)| (n.clone(), c.clone()))
+        .collect();
     let args = FlrArgs {
         repo,
         point: c.point.clone(),

@@ -108,10 +108,11 @@ pub async fn flr(a: FlrArgsCli) -> anyhow::Result<i32> {
 /// A Lua option's name as the command line spells it.
 fn flag_of(message: &str) -> String {
     message
-        .replace("flr: point:", "POINT:")
-        .replace("flr: allow:", "--allow:")
-        .replace("flr: ttl:", "--ttl:")
-        .replace("flr: password:", "--password-ssm:")
+        .replace("flr: opts.point:", "POINT:")
+        .replace("flr: opts.allow:", "--allow:")
+        .replace("flr: opts.ttl:", "--ttl:")
+        .replace("flr: opts.private:", "--private:")
+        .replace("flr: opts.password:", "--password-ssm:")
 }
 
 /// The lines an operator (or a test) reads: the URL with the token, and

@@ -107,10 +107,37 @@ pub fn write_tar(
         }
     }
     chosen.sort();
-    for item in &chosen {
+    let base = common_parent(&chosen);
+    let named: Vec<(RelPath, Vec<u8>)> = chosen
+        .iter()
+        .map(|item| {
+            let arc = item.strip_prefix(&base).expect("base holds every item");
+            (item.clone(), arc.as_bytes().to_vec())
+        })
+        .collect();
+    write_tar_named(root, &named, out, limits)
+}
+
+/// As [`write_tar`], each item stored under the archive name given with it
+/// (a folder's contents below that name; the root's contents below it, or
+/// at the top when it is empty). Restores to the original instance number
+/// their items this way (`0/ssh/…`, `1/b.txt`), so two items of one name
+/// from different folders stay apart.
+pub fn write_tar_named(
+    root: &Root,
+    items: &[(RelPath, Vec<u8>)],
+    out: impl Write,
+    limits: &ArchiveLimits,
+) -> Result<ArchiveStats, TreeError> {
+    if items.is_empty() {
+        return Err(TreeError::Refused {
+            path: "/".to_string(),
+            why: "nothing selected to archive".to_string(),
+        });
+    }
+    for (item, _) in items {
         root.stat(item)?;
     }
-    let base = common_parent(&chosen);
     let mut w = Writer {
         root,
         tar: Tar(BufWriter::with_capacity(limits.buffer, out)),
@@ -120,17 +147,16 @@ pub fn write_tar(
         entries: 0,
         dev: root.stat(&RelPath::root())?.dev,
     };
-    for item in &chosen {
-        let arc = item.strip_prefix(&base).expect("base holds every item");
+    for (item, arc) in items {
         if item.is_root() {
             let (dir, _) = root.open_dir(item)?;
-            w.dir_contents(dir, item, arc.as_bytes(), 0)?;
+            w.dir_contents(dir, item, arc, 0)?;
             continue;
         }
         let flags = libc::O_PATH | libc::O_DIRECTORY;
         let parent = sys::open_beneath(root.fd(), &item.parent().to_cstring(), flags)
             .map_err(|e| io_error(&item.parent(), "open directory", e))?;
-        w.entry(parent.as_fd(), item, arc.as_bytes(), 0)?;
+        w.entry(parent.as_fd(), item, arc, 0)?;
     }
     w.tar.finish().map_err(write_error)?;
     Ok(w.stats)

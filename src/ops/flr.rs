@@ -14,7 +14,12 @@ use serde_json::{json, Value};
 use super::{Access, RepoLocation};
 use crate::cloud::{Cloud, S3Endpoint};
 use crate::failure::{Failure, Kind};
-use crate::flr::server::{Audit, AuditRecord, Restorer};
+use futures::future::BoxFuture;
+
+use crate::flr::archive;
+use crate::flr::restore::{self, ItemOutcome};
+use crate::flr::server::{Audit, AuditRecord, Fs, Restorer};
+use crate::flr::tree::RelPath;
 use crate::flr::session::{Opened, Opts, Session};
 use crate::mover::image::{PointImage, CACHE_BLOCKS};
 use crate::mover::pool::CpuPool;
@@ -91,6 +96,10 @@ pub async fn open(
         .find_point(&args.point)
         .await
         .map_err(|e| e.to_string())?;
+    let restorer = match restorer {
+        Some(r) => Some(r),
+        None => to_instance(cloud, args, &location, &point)?,
+    };
     let pool = CpuPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
     let image =
         Arc::new(PointImage::new(repo, point, pool, CACHE_BLOCKS).map_err(|e| e.to_string())?);
@@ -108,6 +117,132 @@ pub async fn open(
         work: std::env::temp_dir(),
     };
     Session::open(image, opts, audit, restorer).await
+}
+
+/// Writes selected items back onto the instance a point was taken from
+/// (its `instance`, `account` and `region` tags), staging the archive in
+/// the repository's bucket (or `[workers.agents]`'s, for a local
+/// repository) outside the repository's prefix.
+struct ToInstance {
+    cloud: Arc<Cloud>,
+    target: restore::Target,
+}
+
+fn to_instance(
+    cloud: &Arc<Cloud>,
+    args: &FlrArgs,
+    location: &RepoLocation,
+    point: &crate::repo::format::Point,
+) -> Result<Option<Arc<dyn Restorer>>, String> {
+    let Some(instance) = point.tags.get("instance").filter(|i| i.starts_with("i-")) else {
+        return Ok(None);
+    };
+    let tag = |k: &str| point.tags.get(k).map(String::as_str);
+    let scope = match cloud.scope(tag("account"), tag("region")) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("flr: the point's instance {instance} cannot be reached: {e}; restoring to it is off");
+            return Ok(None);
+        }
+    };
+    let staging = match &location.0 {
+        crate::repo::RepoUrl::S3 { bucket, .. } => {
+            Some((bucket.clone(), args.account.clone(), args.region.clone()))
+        }
+        crate::repo::RepoUrl::Local(_) => cloud.config().workers.agents.as_ref().and_then(|a| {
+            let rest = a.location.strip_prefix("s3://")?;
+            let bucket = rest.split('/').next()?.to_string();
+            Some((bucket, a.account.clone(), a.region.clone()))
+        }),
+    };
+    let Some((bucket, account, region)) = staging else {
+        return Ok(None);
+    };
+    let bucket_scope = cloud
+        .scope(account.as_deref(), region.as_deref())
+        .map_err(|e| format!("the staging bucket {bucket}: {e}"))?;
+    Ok(Some(Arc::new(ToInstance {
+        cloud: cloud.clone(),
+        target: restore::Target {
+            instance: instance.clone(),
+            scope,
+            bucket,
+            prefix: format!("skiff-flr/{}/", args.session),
+            bucket_scope,
+        },
+    })))
+}
+
+impl Restorer for ToInstance {
+    fn restore<'a>(
+        &'a self,
+        fs: &'a Fs,
+        items: Vec<RelPath>,
+        overwrite: bool,
+    ) -> BoxFuture<'a, Result<Vec<ItemOutcome>, String>> {
+        Box::pin(async move {
+            let root = fs.root.as_ref().map_err(|e| e.clone())?.clone();
+            if items.iter().any(RelPath::is_root) {
+                return Err("select files or folders inside the filesystem, not the whole of it".into());
+            }
+            // Item k is stored as `k/<its name>`: two items of one name stay apart.
+            let named: Vec<(RelPath, Vec<u8>)> = items
+                .iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    let mut arc = format!("{k}/").into_bytes();
+                    arc.extend_from_slice(p.name().as_encoded_bytes());
+                    (p.clone(), arc)
+                })
+                .collect();
+            let staged = std::env::temp_dir()
+                .join(format!("skiff-flr-restore-{}.tar", uuid::Uuid::new_v4()));
+            let path = staged.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let f = std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new().write(true).create_new(true),
+                    0o600,
+                )
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+                archive::write_tar_named(
+                    &root,
+                    &named,
+                    std::io::BufWriter::new(f),
+                    &archive::ArchiveLimits::default(),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let its: Vec<restore::Item> = items
+                .iter()
+                .enumerate()
+                .map(|(k, p)| restore::Item {
+                    index: k,
+                    path: p.as_bytes().to_vec(),
+                })
+                .collect();
+            let outcome = match written {
+                Ok(_) => {
+                    restore::restore(
+                        &self.cloud,
+                        &self.target,
+                        fs.uuid.as_deref(),
+                        &staged,
+                        &its,
+                        overwrite,
+                        chrono::Utc::now(),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            let _ = std::fs::remove_file(&staged);
+            outcome
+        })
+    }
 }
 
 /// The audit as task notes.
