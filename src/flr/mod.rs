@@ -8,6 +8,7 @@ pub mod attach;
 pub mod cert;
 pub mod disk;
 pub mod pages;
+pub mod restore;
 pub mod server;
 pub mod session;
 pub mod tree;

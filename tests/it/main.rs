@@ -10,6 +10,7 @@ mod browser;
 mod examples;
 mod flr;
 mod flr_images;
+mod flr_restore;
 mod host;
 mod images;
 mod mount;

@@ -12,6 +12,10 @@ from . import volumes
 
 volumes.apply()
 
+from . import ssm
+
+ssm.apply()
+
 # Last, so its gate wraps the others: they see the path without /skiff/vpce/<id>.
 from . import vpce
 
