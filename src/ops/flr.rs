@@ -17,10 +17,10 @@ use crate::failure::{Failure, Kind};
 use futures::future::BoxFuture;
 
 use crate::flr::archive;
-use crate::flr::restore::{self, ItemOutcome};
-use crate::flr::server::{Audit, AuditRecord, Fs, Restorer};
-use crate::flr::tree::RelPath;
+use crate::flr::restore;
+use crate::flr::server::{Audit, AuditRecord, Fs, ItemOutcome, Restorer};
 use crate::flr::session::{Opened, Opts, Session};
+use crate::flr::tree::RelPath;
 use crate::mover::image::{PointImage, CACHE_BLOCKS};
 use crate::mover::pool::CpuPool;
 use crate::repo::password::PasswordSource;
@@ -183,7 +183,9 @@ impl Restorer for ToInstance {
         Box::pin(async move {
             let root = fs.root.as_ref().map_err(|e| e.clone())?.clone();
             if items.iter().any(RelPath::is_root) {
-                return Err("select files or folders inside the filesystem, not the whole of it".into());
+                return Err(
+                    "select files or folders inside the filesystem, not the whole of it".into(),
+                );
             }
             // Item k is stored as `k/<its name>`: two items of one name stay apart.
             let named: Vec<(RelPath, Vec<u8>)> = items

@@ -419,11 +419,29 @@ async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
 async fn skiff_flr_refuses_bad_input_before_anything() {
     let ws = Workspace::new("").await;
     let cases: [(&[&str], &str); 5] = [
-        (&["flr", "repo:s3://skiff-backups/p#abc"], "--allow: required"),
-        (&["flr", "repo:repo", "--local"], "POINT: name the restore point"),
-        (&["flr", "file:x.img", "--local"], "POINT: expected repo:LOCATION#POINT"),
+        (
+            &["flr", "repo:s3://skiff-backups/p#abc"],
+            "--allow: required",
+        ),
+        (
+            &["flr", "repo:repo", "--local"],
+            "POINT: name the restore point",
+        ),
+        (
+            &["flr", "file:x.img", "--local"],
+            "POINT: expected repo:LOCATION#POINT",
+        ),
         (&["flr", "repo:repo#abc", "--local", "--ttl", "3d"], "--ttl"),
-        (&["flr", "repo:repo#abc", "--local", "--allow", "203.0.113.7/32"], "--allow: a local session listens on 127.0.0.1 only"),
+        (
+            &[
+                "flr",
+                "repo:repo#abc",
+                "--local",
+                "--allow",
+                "203.0.113.7/32",
+            ],
+            "--allow: a local session listens on 127.0.0.1 only",
+        ),
     ];
     for (args, want) in cases {
         let r = ws.skiff(args).await;
