@@ -68,7 +68,7 @@ pub trait Audit: Send + Sync {
 }
 
 /// The outcome of restoring one selected item.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ItemOutcome {
     pub path: String,
     pub ok: bool,
