@@ -81,7 +81,19 @@ pub async fn flr(a: FlrArgsCli) -> anyhow::Result<i32> {
         ..Default::default()
     };
     let session = Session::open(&script, None).await?;
-    let history = crate::serve::history::History::open(&crate::serve::default_state_dir()).ok();
+    let state = crate::serve::default_state_dir();
+    let history =
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&state)
+            .map_err(|e| e.to_string())
+            .and_then(|_| crate::serve::history::History::open(&state).map_err(|e| e.to_string()));
+    let history = match history {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("skiff: downloads and restores will not be in the run history: {e}");
+            None
+        }
+    };
     let audit: Arc<dyn Audit> = Arc::new(HistoryAudit { history });
     let cert_out = a.cert_out.clone();
     let on_open = move |an: Announce| {

@@ -300,6 +300,15 @@ async fn a_local_session_serves_ext4_and_xfs_to_chromium_and_refuses_what_it_mus
             .unwrap();
         stop(s).await;
         no_session_mounts(&o.session);
+        // What was downloaded, by whom and when, is in the run history.
+        let history = skiff::serve::history::History::open(&ws.path(".local/state/skiff")).unwrap();
+        let events = history.flr_events(Some(&o.session)).unwrap();
+        for action in ["download", "archive"] {
+            let e = events.iter().find(|e| e.action == action);
+            let e = e.unwrap_or_else(|| panic!("no {action} in the history: {events:?}"));
+            assert_eq!(e.client, "127.0.0.1");
+            assert!(!e.time.is_empty() && !e.paths.is_empty(), "{e:?}");
+        }
         // Once ended, the session listens no more.
         assert_eq!(curl(&o.spki, &o.url, &[]).status, 0);
         old = Some(o);
@@ -449,4 +458,105 @@ async fn skiff_flr_refuses_bad_input_before_anything() {
         assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
     }
     assert!(!ws.path("repo").exists(), "nothing was made");
+}
+
+/// Restore to the original location from the browser: one SSM command to
+/// the instance the point's tags name, the archive staged and removed, a
+/// result per item, and the restore in the run history. (The emulator runs
+/// no command, so each item reports that the instance gave no result;
+/// tests/it/flr_restore.rs runs the command's script itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_restores_a_selection_to_the_original_instance_through_ssm() {
+    use crate::harness::emulator;
+    let ws = Workspace::new("").await;
+    let region = ws.region.clone();
+    let instance = crate::workers::production_instance(&ws.account, &region, "flr").await;
+    let bucket = emulator().bucket_in(&ws.account, &region, "flrr").await;
+    ws.write("pw.txt", "flr-restore-test");
+    let src = ws.path("src");
+    crate::images::known_tree(&src);
+    let disk = ext4_disk(&src, &ws.path(""));
+    let repo = format!("repo:s3://{bucket}/r");
+    let pw = ["--password-file", "pw.txt"];
+    let mut a = vec!["repo", "init", &repo];
+    a.extend(pw);
+    ws.skiff(&a).await.ok();
+    let (file, itag, rtag) = (
+        format!("file:{}", disk.display()),
+        format!("instance={instance}"),
+        format!("region={region}"),
+    );
+    let mut a = vec![
+        "copy", &file, &repo, "--volume", "root", "--tag", &itag, "--tag", &rtag,
+    ];
+    a.extend(pw);
+    let out = ws.skiff(&a).await;
+    out.ok();
+    let point = out
+        .stdout
+        .split("point ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let at = format!("{repo}#{point}");
+    let s = open_with(&ws, &[&at, "--local", "--password-file", "pw.txt"]).await;
+    let o = s.opened.clone();
+    let auth = format!("Authorization: Bearer {}", o.token);
+    let page = curl(&o.spki, &format!("{}p/1/", o.base), &["-H", &auth]);
+    assert!(
+        page.text().contains("id=\"restore-selection\""),
+        "the restore button is offered"
+    );
+    let r = curl(
+        &o.spki,
+        &format!("{}restore/1", o.base),
+        &[
+            "-H",
+            &auth,
+            "--data",
+            "item=etc%2Fhosts&item=dir%20with%20spaces",
+        ],
+    );
+    let text = r.text();
+    assert!(text.contains("id=\"restored\""), "{text}");
+    assert_eq!(
+        text.matches("<tr><td>").count(),
+        2,
+        "a result per item: {text}"
+    );
+    let ssm = aws_sdk_ssm::Client::new(&emulator().sdk(&ws.account, &region));
+    let cmds = ssm.list_commands().send().await.unwrap();
+    let cmds = cmds.commands();
+    assert_eq!(cmds.len(), 1, "one command");
+    assert_eq!(cmds[0].document_name(), Some("AWS-RunShellScript"));
+    assert_eq!(cmds[0].instance_ids(), [instance.clone()]);
+    let script = cmds[0].parameters().unwrap()["commands"].join("\n");
+    assert!(script.contains("URL_B64='"), "{script}");
+    // The staged archive is gone.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&emulator().sdk(&ws.account, &region))
+            .force_path_style(true)
+            .build(),
+    );
+    let keys = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("skiff-flr/")
+        .send()
+        .await
+        .unwrap();
+    assert!(keys.contents().is_empty(), "the staged archive was left");
+    let id = o.session.clone();
+    stop(s).await;
+    no_session_mounts(&id);
+    let history = skiff::serve::history::History::open(&ws.path(".local/state/skiff")).unwrap();
+    let events = history.flr_events(Some(&id)).unwrap();
+    let restore = events
+        .iter()
+        .find(|e| e.action == "restore")
+        .expect("the restore is in the run history");
+    assert_eq!(restore.paths.len(), 2, "{restore:?}");
 }
