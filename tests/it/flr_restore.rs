@@ -429,7 +429,7 @@ async fn restore_sends_one_command_and_removes_the_staged_archive() {
     assert_eq!(commands.len(), 1);
     let c = &commands[0];
     assert_eq!(c.document_name(), Some("AWS-RunShellScript"));
-    assert_eq!(c.instance_ids(), [e.target.instance.clone()]);
+    assert_eq!(c.instance_ids(), std::slice::from_ref(&e.target.instance));
     assert_eq!(
         c.comment(),
         Some("skiff flr restore: etc/ssh, home/zoë/notes $(touch pwned).txt, var/lib/app/current, escape/inner/fi…")
