@@ -23,6 +23,7 @@ mkdir -p "$work"
 cd "$work"
 export SKIFF_PASSWORD=bench SKIFF_LOG=warn
 "$here/tools/system.sh"
+command -v bc >/dev/null || apt-get install -y bc >&2
 
 say() { printf '\n== %s\n' "$*" >&2; }
 now() { date +%s.%N; }

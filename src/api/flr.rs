@@ -301,7 +301,7 @@ async fn flr(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
     let session = async {
         if o.local {
             local(
-                &ctx,
+                &ctx.cloud,
                 &o,
                 &c,
                 audit.clone(),
@@ -346,7 +346,7 @@ async fn flr(lua: Lua, ctx: Arc<Context>, v: Value) -> ApiResult {
 
 /// A session on this machine, on 127.0.0.1.
 pub async fn local(
-    ctx: &Context,
+    cloud: &Arc<crate::cloud::Cloud>,
     o: &FlrOpts,
     c: &Checked,
     audit: Arc<dyn Audit>,
@@ -369,7 +369,7 @@ pub async fn local(
     };
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let (s, opened) = crate::ops::flr::open(&ctx.cloud, &args, listen, names, audit, None)
+    let (s, opened) = crate::ops::flr::open(cloud, &args, listen, names, audit, None)
         .await
         .map_err(|m| ApiError::fail(Kind::Internal, P, m))?;
     on_open(Announce {

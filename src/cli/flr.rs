@@ -76,11 +76,6 @@ pub async fn flr(a: FlrArgsCli) -> anyhow::Result<i32> {
         local: a.local,
     };
     let c = api::flr::check(&o).map_err(|e| anyhow::anyhow!("{}", flag_of(&e.to_string())))?;
-    let script = ScriptOpts {
-        config: a.access.config.clone(),
-        ..Default::default()
-    };
-    let session = Session::open(&script, None).await?;
     let state = crate::serve::default_state_dir();
     let history =
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -105,13 +100,27 @@ pub async fn flr(a: FlrArgsCli) -> anyhow::Result<i32> {
         print_opened(&an);
     };
     let stop = async { format!("stopped ({})", super::signal().await) };
-    let ctx = session.ctx.clone();
     let why = if a.local {
-        api::flr::local(&ctx, &o, &c, audit, on_open, stop).await
+        // AWS only when the session needs it: an S3 repository, a password
+        // in SSM, or a bucket to stage restores to the original instance.
+        let agents = crate::config::Config::discover(a.access.config.as_deref(), None)
+            .is_ok_and(|c| c.workers.agents.is_some());
+        let needs_aws = matches!(c.repo, crate::repo::RepoUrl::S3 { .. })
+            || o.password.as_ref().is_some_and(|p| p.needs_ssm())
+            || agents;
+        let cloud = a.access.cloud(needs_aws).await?;
+        api::flr::local(&cloud, &o, &c, audit, on_open, stop).await
     } else {
-        api::flr::on_worker(&ctx, &o, &c, audit, on_open, stop).await
+        let script = ScriptOpts {
+            config: a.access.config.clone(),
+            ..Default::default()
+        };
+        let session = Session::open(&script, None).await?;
+        let ctx = session.ctx.clone();
+        let why = api::flr::on_worker(&ctx, &o, &c, audit, on_open, stop).await;
+        ctx.pool.remove_all().await;
+        why
     };
-    ctx.pool.remove_all().await;
     let why = why.map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!("skiff: the file-level recovery session ended: {why}; its mounts are gone");
     Ok(0)

@@ -570,16 +570,34 @@ async fn the_example_runbook_serves_a_local_point_until_its_ttl() {
     let src = ws.path("src");
     crate::images::known_tree(&src);
     let disk = ext4_disk(&src, &ws.path(""));
-    ws.skiff(&["repo", "init", "repo", "--password-file", "pw.txt"]).await.ok();
+    ws.skiff(&["repo", "init", "repo", "--password-file", "pw.txt"])
+        .await
+        .ok();
     backup(&ws, &disk, "root").await;
     let run = crate::examples::example(
         &ws,
         "recover_files.lua",
-        &["repository=repo", "volume=root", "local=true", "password_file=pw.txt", "ttl=3s"],
+        &[
+            "repository=repo",
+            "volume=root",
+            "local=true",
+            "password_file=pw.txt",
+            "ttl=3s",
+        ],
     )
     .await;
     run.ok();
-    for want in ["open https://127.0.0.1:", "?t=", "fingerprint is ", "partition 1: ext4", "the session ended: its ttl passed"] {
-        assert!(run.stdout.contains(want), "{want:?} not in:\n{}", run.stdout);
+    for want in [
+        "open https://127.0.0.1:",
+        "?t=",
+        "fingerprint is ",
+        "partition 1: ext4",
+        "the session ended: its ttl passed",
+    ] {
+        assert!(
+            run.stdout.contains(want),
+            "{want:?} not in:\n{}",
+            run.stdout
+        );
     }
 }
