@@ -45,6 +45,7 @@ pub struct Opts {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Opened {
     /// `https://NAME:PORT/`, without the token.
+    #[serde(rename = "address")]
     pub url: String,
     /// SHA-256 of the certificate, `AB:CD:…`.
     pub fingerprint: String,

@@ -18,6 +18,7 @@
 --- @class skiff.FlrOpened
 --- @field session string
 --- @field url string `https://ADDRESS:PORT/?t=TOKEN` — give it only to who should browse
+--- @field address string `https://ADDRESS:PORT/`, without the token
 --- @field token string
 --- @field fingerprint string SHA-256 of the certificate, `AB:CD:…`: compare with what the browser shows
 --- @field spki_sha256 string SHA-256 of the certificate's public key, base64
