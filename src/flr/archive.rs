@@ -79,12 +79,6 @@ pub fn write_tar(
     out: impl Write,
     limits: &ArchiveLimits,
 ) -> Result<ArchiveStats, TreeError> {
-    if items.is_empty() {
-        return Err(TreeError::Refused {
-            path: "/".to_string(),
-            why: "nothing selected to archive".to_string(),
-        });
-    }
     // An item inside another selected one would be stored twice.
     let mut sorted: Vec<&RelPath> = items.iter().collect();
     sorted.sort_by_key(|p| p.as_bytes().len());

@@ -8,10 +8,13 @@ pub mod attach;
 pub mod cert;
 pub mod disk;
 pub mod pages;
+mod request;
 pub mod restore;
 pub mod server;
 pub mod session;
+mod stream;
 pub mod tree;
+mod views;
 
 #[cfg(test)]
 mod testimg;

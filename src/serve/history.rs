@@ -4,6 +4,8 @@
 //! of each file is loaded (or why it failed); and the policies it declared,
 //! so `skiff runs` and `skiff policies` work while `skiff serve` is down.
 
+mod flr;
+
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -155,17 +157,6 @@ fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
 }
 
 const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS flr_events (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    session   TEXT NOT NULL,
-    time      TEXT NOT NULL,
-    action    TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    paths     TEXT NOT NULL,
-    bytes     INTEGER NOT NULL,
-    outcome   TEXT NOT NULL,
-    client    TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS runs (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
     policy    TEXT NOT NULL,
@@ -274,6 +265,7 @@ impl History {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(flr::SCHEMA).map_err(err)?;
         Ok(History {
             conn: Mutex::new(conn),
             path: path.display().to_string(),
@@ -294,44 +286,6 @@ impl History {
         f(&conn).map_err(|source| HistoryError {
             path: self.path.clone(),
             source,
-        })
-    }
-
-    /// Records what a file-level recovery session's browser served.
-    pub fn record_flr(&self, r: &crate::flr::server::AuditRecord) -> Result<()> {
-        let paths = serde_json::to_string(&r.paths).unwrap_or_default();
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO flr_events (session, time, action, partition, paths, bytes, outcome, client) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![r.session, r.time, r.action, r.partition, paths, r.bytes as i64, r.outcome, r.client],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// What file-level recovery sessions served, oldest first.
-    pub fn flr_events(
-        &self,
-        session: Option<&str>,
-    ) -> Result<Vec<crate::flr::server::AuditRecord>> {
-        self.with(|c| {
-            let mut q = c.prepare(
-                "SELECT session, time, action, partition, paths, bytes, outcome, client FROM flr_events WHERE ?1 IS NULL OR session = ?1 ORDER BY id",
-            )?;
-            let rows = q.query_map(params![session], |row| {
-                let paths: String = row.get(4)?;
-                Ok(crate::flr::server::AuditRecord {
-                    session: row.get(0)?,
-                    time: row.get(1)?,
-                    action: row.get(2)?,
-                    partition: row.get(3)?,
-                    paths: serde_json::from_str(&paths).unwrap_or_default(),
-                    bytes: row.get::<_, i64>(5)? as u64,
-                    outcome: row.get(6)?,
-                    client: row.get(7)?,
-                })
-            })?;
-            rows.collect()
         })
     }
 

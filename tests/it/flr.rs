@@ -12,21 +12,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::browser::{curl, Browser, Opened};
 use crate::harness::Workspace;
+use crate::images::run;
 
 const MIB: u64 = 1 << 20;
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (tools/system.sh installs it)"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn ext4_disk(src: &Path, work: &Path) -> PathBuf {
     crate::images::fs_image(work, "ext4", "gpt", 96 * MIB, src).path
@@ -50,14 +38,7 @@ async fn backup(ws: &Workspace, disk: &Path, volume: &str) -> String {
         ])
         .await;
     out.ok();
-    out.stdout
-        .split("point ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    crate::repo_cli::point_of(&out.stdout)
 }
 
 /// A running `skiff flr --local` and what it printed.
@@ -349,15 +330,7 @@ async fn a_worker_session_admits_only_its_allow_and_is_removed_at_the_end() {
     a.extend(pw);
     let out = ws.skiff(&a).await;
     out.ok();
-    let point = out
-        .stdout
-        .split("point ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let point = crate::repo_cli::point_of(&out.stdout);
     let at = format!("{repo}#{point}");
     // Allowed: this machine.
     let mut a = vec![at.as_str(), "--allow", "127.0.0.1/32"];
@@ -492,15 +465,7 @@ async fn the_browser_restores_a_selection_to_the_original_instance_through_ssm()
     a.extend(pw);
     let out = ws.skiff(&a).await;
     out.ok();
-    let point = out
-        .stdout
-        .split("point ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let point = crate::repo_cli::point_of(&out.stdout);
     let at = format!("{repo}#{point}");
     let s = open_with(&ws, &[&at, "--local", "--password-file", "pw.txt"]).await;
     let o = s.opened.clone();
@@ -532,7 +497,7 @@ async fn the_browser_restores_a_selection_to_the_original_instance_through_ssm()
     let cmds = cmds.commands();
     assert_eq!(cmds.len(), 1, "one command");
     assert_eq!(cmds[0].document_name(), Some("AWS-RunShellScript"));
-    assert_eq!(cmds[0].instance_ids(), [instance.clone()]);
+    assert_eq!(cmds[0].instance_ids(), std::slice::from_ref(&instance));
     let script = cmds[0].parameters().unwrap()["commands"].join("\n");
     assert!(script.contains("URL_B64='"), "{script}");
     // The staged archive is gone.

@@ -174,7 +174,7 @@ pub fn known_tree(dir: &Path) {
     }
 }
 
-fn run(program: &str, args: &[&str]) {
+pub fn run(program: &str, args: &[&str]) {
     let out = std::process::Command::new(program)
         .args(args)
         .output()

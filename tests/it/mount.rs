@@ -54,15 +54,7 @@ async fn a_mounted_point_reads_as_its_restore_and_unmounts_on_sigint() {
         a.extend(pw);
         let out = ws.skiff(&a).await;
         out.ok();
-        let id = out
-            .stdout
-            .split("point ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
+        let id = crate::repo_cli::point_of(&out.stdout);
         let restored = format!("restored-{round}.img");
         let mut r = vec![
             "copy".to_string(),
